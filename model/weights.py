@@ -1,0 +1,168 @@
+"""Weights and images: Edge-MoE's weight-folder importer and the built-in deterministic defaults.
+
+Edge-MoE stores each tensor as raw little-endian float32 (C order, no header) in
+``<name>.float32.bin``, names and layouts as :func:`model.m3vit.expected_shapes`. Its public
+snapshot lacks the expert weight tensors; the importer generates those deterministically and
+reports that it did.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import M3ViTConfig
+from .m3vit import expected_shapes
+
+__all__ = [
+    "WeightError", "ImportedWeights", "load_weight_folder", "generated_expert_weights",
+    "default_weights", "default_image", "load_image", "image_to_pixels",
+]
+
+#: Expert tensors that the importer may generate when a folder lacks them.
+_GENERATED_SUFFIXES = ("htoh4_weight", "h4toh_weight")
+#: Seeds: fixed so that every run and every machine sees the same tensors.
+EXPERT_SEED = 2023
+DEFAULT_SEED = 7
+
+
+class WeightError(ValueError):
+    """A weight or image file is missing, unreadable or of the wrong size."""
+
+
+@dataclass
+class ImportedWeights:
+    """Tensors by name plus the names that were generated rather than read."""
+
+    tensors: dict
+    generated: list = field(default_factory=list)
+    source: str = "built-in"
+
+
+def _read_bin(path: Path, shape, what):
+    expected = int(np.prod(shape))
+    if not path.is_file():
+        raise WeightError(f"missing {what} file {path} (expected {expected} float32 values, "
+                          f"{expected * 4} bytes, shape {list(shape)})")
+    size = path.stat().st_size
+    if size != expected * 4:
+        raise WeightError(f"{path} holds {size} bytes, expected {expected * 4} "
+                          f"({expected} float32 values, shape {list(shape)})")
+    return np.fromfile(path, dtype="<f4").reshape(shape)
+
+
+def generated_expert_weights(cfg: M3ViTConfig, tensors, layer):
+    """Deterministic stand-ins for one MoE layer's expert weights.
+
+    Each expert's first (second) layer is drawn from a normal distribution with the mean and
+    standard deviation of the dense fc1 (fc2) weight of the nearest dense layer, seeded by
+    ``EXPERT_SEED`` and the layer index.
+    """
+    dense = [d for d in range(cfg.depth) if not cfg.is_moe(d)]
+    if not dense:
+        raise WeightError("cannot generate expert weights: the config has no dense layer to take "
+                          "statistics from")
+    ref = min(dense, key=lambda d: (abs(d - layer), d))
+    rng = np.random.default_rng(EXPERT_SEED + layer)
+    out = {}
+    for suffix, dense_name, shape in (
+            ("htoh4_weight", "fc1_weight", (cfg.num_experts, cfg.expert_hidden, cfg.dim)),
+            ("h4toh_weight", "fc2_weight", (cfg.num_experts, cfg.dim, cfg.expert_hidden))):
+        w = tensors[f"l{ref}_{dense_name}"]
+        out[f"l{layer}_{suffix}"] = rng.normal(float(w.mean()), float(w.std()), size=shape).astype(np.float32)
+    return out
+
+
+def load_weight_folder(folder, cfg: M3ViTConfig):
+    """Read an Edge-MoE weight folder for ``cfg``; generate missing expert weights.
+
+    Raises
+    ------
+    WeightError
+        The folder is missing, or a file is missing or has the wrong size (the message names the
+        file and the expected size).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightError(f"weight folder {folder} does not exist")
+    shapes = expected_shapes(cfg)
+    tensors, generated = {}, []
+    for name, shape in shapes.items():
+        path = folder / f"{name}.float32.bin"
+        if name.endswith(_GENERATED_SUFFIXES) and not path.exists():
+            generated.append(name)
+            continue
+        tensors[name] = _read_bin(path, shape, "weight")
+    for layer in sorted({int(n[1:n.index("_")]) for n in generated}):
+        tensors.update(generated_expert_weights(cfg, tensors, layer))
+    return ImportedWeights(tensors, generated, str(folder))
+
+
+def default_weights(cfg: M3ViTConfig):
+    """Built-in weights for ``cfg``: seeded, with trained-ViT-like statistics (small linear
+    weights, LayerNorm gains near 1), so a fresh clone runs without any download."""
+    rng = np.random.default_rng(DEFAULT_SEED)
+    tensors = {}
+    for name, shape in expected_shapes(cfg).items():
+        fan_in = shape[-1] if len(shape) > 1 else cfg.dim
+        if name.endswith("norm1_weight") or name.endswith("norm2_weight"):
+            t = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name.endswith("bias"):
+            t = 0.02 * rng.standard_normal(shape)
+        elif name == "pos_embed":
+            t = 0.5 * rng.standard_normal(shape)
+        elif name == "patch_embed_weight":
+            t = rng.standard_normal(shape) / np.sqrt(cfg.patch_dim) * 4.0
+        elif "w_gate" in name:
+            t = rng.standard_normal(shape) / np.sqrt(cfg.dim) * 2.0
+        else:
+            t = rng.standard_normal(shape) / np.sqrt(fan_in)
+        tensors[name] = t.astype(np.float32)
+    return ImportedWeights(tensors, [], "built-in")
+
+
+def default_image(cfg: M3ViTConfig):
+    """A built-in 8-bit test image ``[C, H, W]`` in [0, 1): smooth gradients, stripes and a disc,
+    so that patches differ from one another as in a real scene."""
+    c, h, w = cfg.in_chans, cfg.image_height, cfg.image_width
+    y, x = np.mgrid[0:h, 0:w]
+    planes = [
+        (x * 255) // max(w - 1, 1),
+        ((y // 4 + x // 8) % 2) * 160 + (y * 90) // max(h - 1, 1),
+        np.where((x - w * 0.6) ** 2 + (y - h * 0.5) ** 2 < (min(h, w) * 0.3) ** 2, 230, 40),
+    ]
+    pixels = np.stack([planes[i % 3] for i in range(c)]).astype(np.int64)
+    return (np.clip(pixels, 0, 255) / 256.0).astype(np.float32)
+
+
+def load_image(path, cfg: M3ViTConfig):
+    """Read an image ``[C, H, W]`` float32 with values in [0, 1]: Edge-MoE's raw ``.bin``
+    (little-endian float32, C order) or a ``.npy`` file."""
+    path = Path(path)
+    shape = (cfg.in_chans, cfg.image_height, cfg.image_width)
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise WeightError(f"missing image file {path}")
+        try:
+            img = np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise WeightError(f"{path} is not a readable .npy array: {err}") from None
+        if img.shape != shape:
+            raise WeightError(f"image {path} has shape {list(img.shape)}, config {cfg.name!r} "
+                              f"expects {list(shape)}")
+        img = img.astype(np.float32)
+    else:
+        img = _read_bin(path, shape, "image")
+    if not np.all(np.isfinite(img)) or img.min() < 0.0 or img.max() > 1.0:
+        raise WeightError(f"image {path} must hold values in [0, 1] (8-bit pixels / 256), "
+                          f"found [{np.nanmin(img):.3g}, {np.nanmax(img):.3g}]")
+    return img
+
+
+def image_to_pixels(image):
+    """Float image in [0, 1] -> int8 accelerator input ``round(256 * x) - 128``, clipped to 8 bits.
+
+    The accelerator takes 8-bit pixels; the offset of 128 is folded into the patch-embedding
+    bias, so the int8 value q stands for ``(q + 128) / 256`` exactly."""
+    k = np.clip(np.floor(np.asarray(image, dtype=np.float64) * 256.0 + 0.5), 0, 255).astype(np.int64)
+    return k - 128

@@ -28,8 +28,8 @@ def _cosine(a, b):
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
-def compare(cfg, weights, image, artifact=None):
-    """Golden vs float on ``image`` for every task; returns ``(layers, routing, artifact)``."""
+def compare(cfg, weights, image, artifact=None, tasks=None):
+    """Golden vs float on ``image`` for ``tasks`` (default all); returns ``(layers, routing, artifact)``."""
     if artifact is None:
         artifact = quantize_model(cfg, weights, calibration_images(image))
     model = M3ViT(cfg, weights)
@@ -38,7 +38,7 @@ def compare(cfg, weights, image, artifact=None):
     image_q = (pixels + 128) / 256.0
     s_res = artifact.scales["residual"]
     layers, routing = [], []
-    for task in range(cfg.num_tasks):
+    for task in range(cfg.num_tasks) if tasks is None else tasks:
         ref = {}
 
         def record(layer, name, t):

@@ -1,0 +1,131 @@
+"""``m3vit`` subcommands of the software side: ``golden``, ``numerics``, ``quantize``."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cli import UserError
+
+from .artifact import Artifact, ArtifactError
+from .config import CONFIGS, get_config
+from .numerics import compare, numerics_report
+from .quantize import calibration_images, quantize_model
+from .weights import WeightError, default_image, default_weights, load_image, load_weight_folder
+
+__all__ = ["register"]
+
+
+def _inputs(args):
+    """Config, weights and image named by the common options (built-in defaults otherwise)."""
+    try:
+        cfg = get_config(args.config)
+    except KeyError as err:
+        raise UserError(err.args[0]) from None
+    try:
+        weights = load_weight_folder(args.weights, cfg) if args.weights else default_weights(cfg)
+        image = load_image(args.image, cfg) if args.image else default_image(cfg)
+    except WeightError as err:
+        raise UserError(str(err)) from None
+    if weights.generated:
+        print(f"note: {len(weights.generated)} expert weight tensors were missing from {weights.source} and "
+              f"were generated deterministically from the dense layers' statistics "
+              f"({', '.join(weights.generated[:2])}, ...)", file=sys.stderr)
+    return cfg, weights, image
+
+
+def _check_task(cfg, task):
+    if not 0 <= task < cfg.num_tasks:
+        raise UserError(f"unknown task {task}: config {cfg.name!r} has tasks 0..{cfg.num_tasks - 1}")
+
+
+def _write_json(path, data):
+    try:
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror}") from None
+
+
+def _print_layers(layers, routing):
+    print(f"{'layer':>6} {'task':>4} {'cosine':>9} {'max|err|':>9} {'max|ref|':>9}")
+    for row in layers:
+        name = "embed" if row["layer"] < 0 else str(row["layer"])
+        print(f"{name:>6} {row['task']:>4} {row['cosine']:9.5f} {row['max_abs_err']:9.4f} {row['ref_max_abs']:9.3f}")
+    if routing:
+        print(f"{'moe layer':>9} {'task':>4} {'routing agreement':>18} {'experts run':>12}")
+        for row in routing:
+            print(f"{row['layer']:>9} {row['task']:>4} {row['agreement']:18.3f} {row['experts_run']:>12}")
+
+
+def _golden(args):
+    cfg, weights, image = _inputs(args)
+    _check_task(cfg, args.task)
+    artifact = None
+    if args.artifact:
+        try:
+            artifact = Artifact.load(args.artifact)
+        except ArtifactError as err:
+            raise UserError(str(err)) from None
+        if artifact.config != cfg:
+            raise UserError(f"artifact {args.artifact} is for config {artifact.config.name!r}, not {cfg.name!r}")
+    start = time.perf_counter()
+    layers, routing, _ = compare(cfg, weights.tensors, image, artifact, tasks=[args.task])
+    print(f"golden (integer) vs float M3ViT, config {cfg.name}, task {args.task}, weights {weights.source}")
+    _print_layers(layers, routing)
+    out = layers[-1]
+    print(f"output features: cosine {out['cosine']:.5f}, max abs error {out['max_abs_err']:.4f} "
+          f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _numerics(args):
+    cfg, weights, image = _inputs(args)
+    report = numerics_report(cfg, weights.tensors, image, weights.source)
+    _print_layers(report["layers"], report["routing_agreement"])
+    print(f"GELU max error over all int16 inputs: {report['gelu_max_lsb_err']:.3f} LSB of the output grid")
+    print(f"softmax max abs error vs exact softmax of the same integers: {report['softmax_max_abs_err']:.6f} "
+          f"(2**-8 = {2 ** -8:.6f})")
+    if args.json:
+        _write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _quantize(args):
+    cfg, weights, image = _inputs(args)
+    artifact = quantize_model(cfg, weights.tensors, calibration_images(image))
+    try:
+        artifact.save(args.out)
+    except OSError as err:
+        raise UserError(f"cannot write {args.out}: {err.strerror}") from None
+    n = sum(v.size for k, v in artifact.tensors.items() if k.endswith(".w"))
+    print(f"wrote {args.out}: config {cfg.name}, {n} int8 weights, residual scale {artifact.scales['residual']:.3g}")
+    return 0
+
+
+def _common(p):
+    p.add_argument("--config", default="edge-moe", help=f"model configuration ({', '.join(CONFIGS)}; default edge-moe)")
+    p.add_argument("--weights", metavar="DIR", help="Edge-MoE weight folder (default: built-in deterministic weights)")
+    p.add_argument("--image", metavar="FILE", help="image [C,H,W] float32 in [0,1], raw .bin or .npy "
+                                                   "(default: built-in test image)")
+
+
+def register(sub):
+    """Add the software-side subcommands to the ``m3vit`` parser."""
+    p = sub.add_parser("golden", help="run one frame through the integer golden model and compare with float")
+    _common(p)
+    p.add_argument("--task", type=int, default=0, help="task (selects the MoE gates; default 0)")
+    p.add_argument("--artifact", metavar="FILE", help="quantised artifact (default: quantise now)")
+    p.set_defaults(handler=_golden)
+
+    p = sub.add_parser("numerics", help="golden vs float per layer and task, routing agreement, operator errors")
+    _common(p)
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(handler=_numerics)
+
+    p = sub.add_parser("quantize", help="calibrate and write the quantised artifact (.npz)")
+    _common(p)
+    p.add_argument("--out", metavar="FILE", required=True, help="artifact file to write")
+    p.set_defaults(handler=_quantize)

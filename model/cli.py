@@ -26,7 +26,11 @@ def _inputs(args):
         raise UserError(err.args[0]) from None
     try:
         weights = load_weight_folder(args.weights, cfg) if args.weights else default_weights(cfg)
-        image = load_image(args.image, cfg) if args.image else default_image(cfg)
+        image_path = args.image
+        # An Edge-MoE weight folder carries its own test image: use it unless told otherwise.
+        if image_path is None and args.weights and (Path(args.weights) / "image.float32.bin").is_file():
+            image_path = Path(args.weights) / "image.float32.bin"
+        image = load_image(image_path, cfg) if image_path else default_image(cfg)
     except WeightError as err:
         raise UserError(str(err)) from None
     if weights.generated:
@@ -109,7 +113,8 @@ def _common(p):
     p.add_argument("--config", default="edge-moe", help=f"model configuration ({', '.join(CONFIGS)}; default edge-moe)")
     p.add_argument("--weights", metavar="DIR", help="Edge-MoE weight folder (default: built-in deterministic weights)")
     p.add_argument("--image", metavar="FILE", help="image [C,H,W] float32 in [0,1], raw .bin or .npy "
-                                                   "(default: built-in test image)")
+                                                   "(default: the weight folder's image.float32.bin, "
+                                                   "else a built-in test image)")
 
 
 def register(sub):

@@ -1,0 +1,22 @@
+# The two commands of the README. The first call of either installs everything from
+# pyproject.toml + pdm.lock into .venv (PDM itself goes into .pdm-bootstrap).
+PYTHON ?= python3
+PDM_HOME := .pdm-bootstrap
+PDM := $(PDM_HOME)/bin/pdm
+export PDM_CHECK_UPDATE := false
+
+.PHONY: demo test
+
+demo: .venv/.synced
+	.venv/bin/m3vit golden --config edge-moe --task 0
+
+test: .venv/.synced
+	.venv/bin/python -m pytest -n auto
+
+$(PDM):
+	$(PYTHON) -m venv $(PDM_HOME)
+	$(PDM_HOME)/bin/python -m pip install -q "pdm==2.29.3" "unearth<0.19" "hishel[httpx]<2"
+
+.venv/.synced: pyproject.toml pdm.lock | $(PDM)
+	$(PDM) sync -G test
+	touch $@

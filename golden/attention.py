@@ -3,7 +3,7 @@
     acc_s = q_h @ k_h.T                              (MAC array, int8 x int8)
     u     = requantize(acc_s, score_mult, score_shift, 16)   (log2 domain, EXP_IN_FRAC bits)
     p     = softmax(u, PROB_FRAC)                    (unsigned, 0..2**PROB_FRAC)
-    acc_o = p @ v_h                                  (MAC array, 9-bit probability x int8)
+    acc_o = p @ v_h                                  (MAC array, probability 0..256 x int8)
     o     = requantize(acc_o, av_mult, av_shift, 8)
 
 Rows are queries; the softmax walks each row's keys in index order, as the hardware receives them.
@@ -15,7 +15,7 @@ from .softmax import softmax
 
 __all__ = ["PROB_FRAC", "attention_head"]
 
-#: Attention probabilities carry 8 fractional bits, so 1.0 is 256 (the MAC array's 9-bit operand).
+#: Attention probabilities carry 8 fractional bits, so 1.0 is 256 (fits the MAC array's 10-bit operand).
 PROB_FRAC = 8
 
 

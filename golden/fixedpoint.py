@@ -16,9 +16,10 @@ __all__ = [
 
 #: Width of the int8 activations and weights that feed the MAC array.
 ACT_BITS = 8
-#: The MAC array's activation operand is one bit wider than int8 so that attention probabilities
-#: (unsigned, 0..256 = 0..1.0) enter the A·V product exactly; every int8 operand fits too.
-PROB_OPERAND_BITS = 9
+#: The MAC array's activation operand is signed 10 bits so that attention probabilities
+#: (0..256 = 0..1.0; a fully dominant key gives 256) enter the A·V product exactly; every int8
+#: (or int9) activation fits too. DSP48E2's 27x18 multiplier takes it at no extra cost.
+PROB_OPERAND_BITS = 10
 #: Width of the residual stream (the token features between layers).
 RES_BITS = 16
 #: Requantisation multipliers are unsigned and below 2**REQUANT_MULT_BITS.

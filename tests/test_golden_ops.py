@@ -43,11 +43,11 @@ def test_requantize_saturates_both_ways():
 
 
 def test_matmul_exact_and_rejects_wide_operands():
-    a = rng.integers(-256, 256, (7, 13))
+    a = rng.integers(-512, 512, (7, 13))
     w = rng.integers(-128, 128, (5, 13))
     assert np.array_equal(matmul(a, w), a @ w.T)
     with pytest.raises(OverflowError):
-        matmul(np.full((1, 2), 256 + 1), w[:, :2])
+        matmul(np.full((1, 2), 512), w[:, :2])
     with pytest.raises(OverflowError):
         matmul(a[:, :2], np.full((1, 2), 128))
 
@@ -57,6 +57,16 @@ def test_postprocess_residual_saturates_once():
     out = postprocess(acc, np.array([0, 0]), np.array([1 << 15, 1 << 15]), np.array([15, 15]), 16,
                       residual=np.array([[32000, -32000]]))
     assert out.tolist() == [[32767, -32768]]
+
+
+def test_attention_with_a_fully_dominant_key():
+    """p = 256 (1.0) must enter the A·V product: the operand is wider than int9."""
+    from golden.attention import attention_head
+    q = np.array([[127], [127]])
+    k = np.array([[127], [-128]])
+    v = np.array([[5], [7]])
+    out = attention_head(q, k, v, 60000, 0, 1 << 15, 23)     # av: 2**-8 * 2**15 / 2**15 -> v * p / 256
+    assert out.tolist() == [[5], [5]]
 
 
 # --- softmax ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from amaranth.sim import Simulator
 
-__all__ = ["run_simulation", "stream_put", "stream_get"]
+__all__ = ["run_simulation", "stream_put", "stream_get", "stream_get_timed"]
 
 
 def run_simulation(dut, *testbenches, processes=(), vcd=None):
@@ -34,3 +34,19 @@ async def stream_get(ctx, stream):
     payload, = await ctx.tick().sample(stream.payload).until(stream.valid)
     ctx.set(stream.ready, 0)
     return payload
+
+
+async def stream_get_timed(ctx, stream):
+    """Take one payload from a ``lib.stream`` source; also return the clock edges waited.
+
+    Called right after an input transfer, the count is the source's latency in edges.
+    """
+    ctx.set(stream.ready, 1)
+    edges = 0
+    while not ctx.get(stream.valid):
+        await ctx.tick()
+        edges += 1
+    payload = ctx.get(stream.payload)
+    await ctx.tick()
+    ctx.set(stream.ready, 0)
+    return payload, edges

@@ -1,0 +1,144 @@
+"""Softmax gateware against ``golden.softmax.softmax``, with its cycle counts measured."""
+
+import numpy as np
+import pytest
+
+from gateware.softmax import Softmax
+from golden.softmax import EXP_IN_FRAC, softmax
+from tests.sim_helpers import run_simulation
+
+
+def _simulate(dut, rows, *, in_gaps=None, out_stalls=None):
+    """Stream ``rows`` (groups, lanes, n) through ``dut``; return outputs and transfer cycles.
+
+    ``in_gaps``/``out_stalls`` are seeded generators: the producer idles and the consumer drops
+    ``ready`` at random to exercise back-pressure; without them both run at full rate.
+    """
+    groups, lanes, n = rows.shape
+    beats = [{"u": [int(v) for v in rows[g, :, e]], "last": int(e == n - 1)}
+             for g in range(groups) for e in range(n)]
+    in_cycles, out_cycles, outs = [], [], []
+
+    async def producer(ctx):
+        cycle = 0
+        for beat in beats:
+            while in_gaps is not None and in_gaps.random() < 0.3:
+                ctx.set(dut.i.valid, 0)
+                await ctx.tick()
+                cycle += 1
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.payload, beat)
+            while True:
+                ready = ctx.get(dut.i.ready)
+                await ctx.tick()
+                cycle += 1
+                if ready:
+                    in_cycles.append(cycle)
+                    break
+        ctx.set(dut.i.valid, 0)
+
+    async def consumer(ctx):
+        cycle = 0
+        while len(outs) < len(beats):
+            ready = out_stalls is None or out_stalls.random() >= 0.3
+            ctx.set(dut.o.ready, ready)
+            valid = ctx.get(dut.o.valid)
+            payload = ctx.get(dut.o.payload)
+            await ctx.tick()
+            cycle += 1
+            if valid and ready:
+                out_cycles.append(cycle)
+                outs.append(([int(payload.p[k]) for k in range(lanes)], int(payload.last)))
+
+    run_simulation(dut, producer, consumer)
+    p = np.array([o[0] for o in outs], dtype=np.int64).reshape(groups, n, lanes).transpose(0, 2, 1)
+    last = np.array([o[1] for o in outs]).reshape(groups, n)
+    expected_last = np.zeros((groups, n), dtype=int)
+    expected_last[:, -1] = 1
+    assert (last == expected_last).all(), "last must mark exactly each row's final element"
+    return p, in_cycles, out_cycles
+
+
+def _check(rows, out_frac, max_len=None, banks=2, **kw):
+    rows = np.asarray(rows, dtype=np.int64)
+    dut = Softmax(rows.shape[1], max_len or rows.shape[2], out_frac, banks=banks)
+    p, in_cycles, out_cycles = _simulate(dut, rows, **kw)
+    np.testing.assert_array_equal(p, softmax(rows, out_frac))
+    return dut, in_cycles, out_cycles
+
+
+@pytest.mark.parametrize("lanes,n", [(1, 1), (1, 5), (2, 17), (4, 64), (2, 1)])
+@pytest.mark.parametrize("out_frac", [8, 15])
+def test_random_rows(lanes, n, out_frac):
+    rng = np.random.default_rng(1000 * lanes + n + out_frac)
+    rows = rng.integers(-4 << EXP_IN_FRAC, 4 << EXP_IN_FRAC, size=(3, lanes, n))
+    _check(rows, out_frac, max_len=max(n, 20))
+
+
+def test_edge_rows():
+    """Equal rows, the int16 extremes, a late new maximum, and rows spread far enough that exp
+    underflows to 0 (distances beyond the clamp of the exp shift included)."""
+    n = 17
+    late_max = np.full(n, -3000)
+    late_max[-1] = 2000
+    rising = np.arange(n) * 700 - 6000
+    spread = np.where(np.arange(n) % 2, 32767, -32768)
+    lanes = np.array([
+        np.zeros(n), np.full(n, -32768), np.full(n, 32767), late_max, rising, spread,
+        np.linspace(-32768, 32767, n).astype(np.int64), np.r_[32767, np.full(n - 1, -32768)],
+    ], dtype=np.int64)
+    _check(lanes[None], 8)
+    _check(lanes[None], 15)
+
+
+def test_backpressure():
+    rng = np.random.default_rng(7)
+    rows = rng.integers(-3000, 3000, size=(4, 2, 9))
+    _check(rows, 8, max_len=12, in_gaps=np.random.default_rng(1), out_stalls=np.random.default_rng(2))
+
+
+@pytest.mark.parametrize("n", [1, 5, 64])
+def test_row_latency(n):
+    """One row group alone: n input cycles, stats_latency, then n output cycles back to back."""
+    rng = np.random.default_rng(n)
+    dut, in_cycles, out_cycles = _check(rng.integers(-2000, 2000, size=(1, 2, n)), 8)
+    assert in_cycles == list(range(in_cycles[0], in_cycles[0] + n))
+    assert out_cycles == list(range(out_cycles[0], out_cycles[0] + n))
+    gap = out_cycles[0] - in_cycles[-1]
+    print(f"softmax n={n}: last input -> first output {gap} edges, "
+          f"row total {out_cycles[-1] - in_cycles[0] + 1} cycles")
+    assert gap == dut.latency
+    assert out_cycles[-1] - in_cycles[0] + 1 == 2 * n + dut.latency - 1
+
+
+@pytest.mark.parametrize("banks,n", [(2, 64), (3, 64), (3, 17)])
+def test_streaming_throughput(banks, n):
+    """Back-to-back row groups: cycles per row in steady state."""
+    groups = 6
+    rng = np.random.default_rng(banks + n)
+    dut, in_cycles, out_cycles = _check(rng.integers(-2000, 2000, size=(groups, 2, n)), 8,
+                                        banks=banks)
+    row_starts = in_cycles[::n]
+    periods = [b - a for a, b in zip(row_starts, row_starts[1:])]
+    out_starts = out_cycles[::n]
+    out_periods = [b - a for a, b in zip(out_starts, out_starts[1:])]
+    print(f"softmax banks={banks} n={n}: input row periods {periods}, output {out_periods}")
+    if banks >= 3:
+        assert set(out_periods[1:]) == {max(n, dut.divider_period)}
+    else:
+        pairs = {a + b for a, b in zip(out_periods, out_periods[1:])}
+        assert pairs == {2 * n + dut.latency - 4}
+
+
+def test_long_equal_row_fills_the_sum():
+    """300 equal elements: S = 300 * 2**EXP_FRAC, near the top of the sum's width."""
+    _check(np.full((1, 1, 300), 1234), 15)
+
+
+@pytest.mark.slow
+def test_max_row_len():
+    """The longest row golden allows, equal elements (largest sum) and a random one."""
+    from golden.softmax import MAX_ROW_LEN
+    rng = np.random.default_rng(4096)
+    rows = np.stack([np.full(MAX_ROW_LEN, -5), rng.integers(-32768, 32768, MAX_ROW_LEN)])
+    _check(rows[None], 15)

@@ -29,8 +29,8 @@ def _simulate(dut, rows, *, in_gaps=None, out_stalls=None):
             ctx.set(dut.i.valid, 1)
             ctx.set(dut.i.payload, beat)
             while True:
-                ready = ctx.get(dut.i.ready)
-                await ctx.tick()
+                # Sampled at the edge: i.ready may follow o.ready, which the consumer sets.
+                *_, ready = await ctx.tick().sample(dut.i.ready)
                 cycle += 1
                 if ready:
                     in_cycles.append(cycle)
@@ -42,9 +42,7 @@ def _simulate(dut, rows, *, in_gaps=None, out_stalls=None):
         while len(outs) < len(beats):
             ready = out_stalls is None or out_stalls.random() >= 0.3
             ctx.set(dut.o.ready, ready)
-            valid = ctx.get(dut.o.valid)
-            payload = ctx.get(dut.o.payload)
-            await ctx.tick()
+            *_, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
             cycle += 1
             if valid and ready:
                 out_cycles.append(cycle)

@@ -1,0 +1,113 @@
+"""GELU as ReLU minus an interpolated correction table, the twin of ``golden/gelu.py``."""
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.fixedpoint import ACT_BITS, REQUANT_MULT_BITS
+from golden.gelu import DELTA_FRAC, DELTA_LUT, DELTA_STEP_BITS, GELU_IN_BITS, GELU_IN_FRAC
+
+from .fixedpoint import rshift_round, saturate
+
+__all__ = ["GELU"]
+
+_INTERP_BITS = GELU_IN_FRAC - DELTA_STEP_BITS
+_LAST = len(DELTA_LUT) - 1
+
+
+class GELU(wiring.Component):
+    """``golden.gelu.gelu`` on ``lanes`` elements per cycle, fully pipelined.
+
+    Elementwise, so rows do not matter: lane ``k`` of each output transfer is the GELU of lane
+    ``k`` of the matching input transfer, in order.
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per transfer.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(ArrayLayout(signed(16), lanes)))
+        Q7.8 inputs (``GELU_IN_FRAC`` fractional bits), as fc1's requantisation produces them.
+    o : Out(stream.Signature(ArrayLayout(signed(8), lanes)))
+        ``requantize(gelu_fixed(x), mult, shift, 8)``.
+    mult : In(unsigned(16))
+        Requantisation multiplier.
+    shift : In(unsigned(6))
+        Requantisation shift, 0..62. ``mult`` and ``shift`` are settings, not data: hold them
+        constant while any element is in flight (they act on the last two stages).
+    latency : int
+        4: when ``i`` transfers on clock edge ``t``, the result is on ``o`` from edge
+        ``t + latency`` on.
+
+    Throughput: one transfer (``lanes`` elements) per cycle; every stage advances together and
+    stalls only while ``o`` holds a result that is not taken (``i.ready = ~o.valid | o.ready``).
+    """
+
+    latency = 4
+
+    def __init__(self, lanes):
+        if lanes < 1:
+            raise ValueError("lanes must be positive")
+        self.lanes = lanes
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(signed(GELU_IN_BITS), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(ACT_BITS), lanes))),
+            "mult": In(unsigned(REQUANT_MULT_BITS)),
+            "shift": In(unsigned(6)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = self.lanes
+
+        m.submodules.delta_lut = lut = memory.Memory(
+            shape=unsigned(max(int(DELTA_LUT.max()).bit_length(), 1)), depth=len(DELTA_LUT),
+            init=[int(v) for v in DELTA_LUT])
+
+        advance = Signal()
+        m.d.comb += [
+            advance.eq(~self.o.valid | self.o.ready),
+            self.i.ready.eq(advance),
+        ]
+
+        # Stages: table read, interpolate and subtract, multiply, round and saturate.
+        v1, v2, v3 = Signal(), Signal(), Signal()
+        with m.If(advance):
+            m.d.sync += [v1.eq(self.i.valid), v2.eq(v1), v3.eq(v2), self.o.valid.eq(v3)]
+
+        for k in range(lanes):
+            x = self.i.payload[k]
+            mag = Signal(GELU_IN_BITS, name=f"mag{k}")
+            idx = Signal(range(_LAST + 1), name=f"idx{k}")
+            lo_rd, hi_rd = lut.read_port(), lut.read_port()
+            m.d.comb += [
+                mag.eq(Mux(x < 0, -x, x)),
+                idx.eq(Mux(mag[_INTERP_BITS:] > _LAST, _LAST, mag[_INTERP_BITS:])),
+                lo_rd.addr.eq(idx),
+                hi_rd.addr.eq(Mux(idx == _LAST, _LAST, idx + 1)),
+                lo_rd.en.eq(advance),
+                hi_rd.en.eq(advance),
+            ]
+
+            x1 = Signal(signed(GELU_IN_BITS), name=f"x1_{k}")
+            frac1 = Signal(_INTERP_BITS, name=f"frac1_{k}")
+            beyond1 = Signal(name=f"beyond1_{k}")
+            # GELU = ReLU - delta: one bit more than the input holds both ends.
+            g2 = Signal(signed(GELU_IN_BITS + 1), name=f"g2_{k}")
+            prod3 = Signal(signed(GELU_IN_BITS + 1 + REQUANT_MULT_BITS + 1), name=f"prod3_{k}")
+
+            lo = lo_rd.data
+            fine = (lo << _INTERP_BITS) + (hi_rd.data - lo) * frac1
+            delta = Mux(beyond1, 0, rshift_round(fine, DELTA_FRAC + _INTERP_BITS - GELU_IN_FRAC))
+            with m.If(advance):
+                m.d.sync += [
+                    x1.eq(x),
+                    frac1.eq(mag[:_INTERP_BITS]),
+                    beyond1.eq(idx == _LAST),
+                    g2.eq(Mux(x1 < 0, 0, x1) - delta),
+                    prod3.eq(g2 * self.mult),
+                    self.o.payload[k].eq(saturate(rshift_round(prod3, self.shift), ACT_BITS)),
+                ]
+        return m

@@ -1,5 +1,7 @@
 """Online-normaliser softmax over token lanes, the twin of ``golden/softmax.py``."""
 
+from fractions import Fraction
+
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -40,7 +42,7 @@ class Softmax(wiring.Component):
         Fractional bits of the output (attention uses 8, the gate 15); 1.0 is ``2**out_frac``.
     banks : int
         Rows the buffer holds. With 2, pass 1 of row ``k + 1`` overlaps pass 2 of row ``k``;
-        with 3, rows stream back to back once they are at least ``divider period`` long.
+        with 3, rows of 29 or more elements stream back to back (see ``steady_period``).
 
     Attributes
     ----------
@@ -56,6 +58,9 @@ class Softmax(wiring.Component):
         Clock edges from the transfer of a row's last input to the transfer of its first output
         when the divider and pass 2 are free and ``o`` is ready: ``divider.latency + 7`` (33).
         Pass 1 adds 2 of them, the divider hand-offs 3, pass 2's read-exp-multiply pipe 2.
+    read_latency : int
+        3: clock edges from pass 2 reading an element from the row buffer to its ``o`` transfer
+        (``o`` ready).
 
     Timing: ``i`` accepts one element per cycle; it stalls only when a row starts while ``banks``
     rows are held (in pass 1, awaiting or in the divider, or in pass 2), or for one cycle when
@@ -64,10 +69,8 @@ class Softmax(wiring.Component):
     previous row's last when its reciprocal is ready. A lone row group of ``n`` elements with
     ``o`` always ready thus spans ``2 * n + latency - 1`` cycles from first input to last output.
     The divider, one per lane, takes ``divider_period`` (28) cycles per row, which bounds the
-    row rate for short rows (the gate's 16 experts). Steady state with back-to-back rows of
-    ``n`` elements and ``o`` always ready: with ``banks >= 3`` one row every
-    ``max(n, divider_period)`` cycles; with ``banks == 2`` (and ``n >= divider_period``) two rows
-    every ``2 * n + latency - 4`` cycles, since a bank is reused only after pass 2 has read it.
+    row rate for short rows (the gate's 16 experts). Steady state with back-to-back rows and ``o``
+    always ready: see ``steady_period``.
     """
 
     def __init__(self, lanes, max_len, out_frac, banks=2):
@@ -85,6 +88,7 @@ class Softmax(wiring.Component):
         self.sum_width = (max_len << EXP_FRAC).bit_length()
         self.divider_period = _RCP_BITS_WIDTH + 2
         self.latency = _RCP_BITS_WIDTH + 7
+        self.read_latency = 3
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "u": data.ArrayLayout(signed(_IN_BITS), lanes),
@@ -95,6 +99,18 @@ class Softmax(wiring.Component):
                 "last": 1,
             }))),
         })
+
+    def steady_period(self, n):
+        """Average cycles per row group for back-to-back rows of ``n`` elements, ``o`` ready.
+
+        The largest of three limits: the input (``n``), the per-row divider
+        (``divider_period``), and the row buffer: a bank is held from a row's first input until
+        pass 2 has read its last element, ``2 * n + latency - read_latency - 1`` cycles
+        (``2 * n + 29``), so ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the
+        sum of any ``banks`` consecutive row periods) when one limit dominates.
+        """
+        held = 2 * n + self.latency - self.read_latency - 1
+        return max(Fraction(n), Fraction(self.divider_period), Fraction(held, self.banks))
 
     def elaborate(self, platform):
         m = Module()

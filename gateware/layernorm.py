@@ -50,9 +50,10 @@ class LayerNorm(wiring.Component):
     o : Out(stream.Signature(StructLayout({"y": ArrayLayout(signed(8), lanes), "last": 1})))
         One transfer per input element, same order.
     params : In(stream.Signature(StructLayout({"index": range(max_dim), "gamma": signed(16),
-        "beta": signed(32)}), always_ready=True))
-        Write port of the per-channel parameter memories, shared by all lanes. Write while no
-        row is in pass 2.
+        "beta": signed(32)})))
+        Write port of the per-channel parameter memories, shared by all lanes; always ready (a
+        plain stream rather than ``always_ready`` so the unit also converts as a top level).
+        Write while no row is in pass 2.
     affine_shift : In(unsigned(6))
         0..40, as golden's ``affine_shift``.
     eps_term : In(unsigned(var_width))
@@ -109,7 +110,7 @@ class LayerNorm(wiring.Component):
                 "index": range(max_dim),
                 "gamma": signed(GAMMA_BITS),
                 "beta": signed(BETA_BITS),
-            }), always_ready=True)),
+            }))),
             "affine_shift": In(unsigned(_MAX_AFFINE_SHIFT.bit_length())),
             "eps_term": In(unsigned(self.var_width)),
         })
@@ -142,6 +143,7 @@ class LayerNorm(wiring.Component):
         gamma_wr, beta_wr = gamma_mem.write_port(), beta_mem.write_port()
         gamma_rd, beta_rd = gamma_mem.read_port(), beta_mem.read_port()
         m.d.comb += [
+            self.params.ready.eq(1),
             gamma_wr.addr.eq(self.params.payload.index),
             gamma_wr.data.eq(self.params.payload.gamma),
             gamma_wr.en.eq(self.params.valid),

@@ -2,7 +2,8 @@
 
 from amaranth.sim import Simulator
 
-__all__ = ["run_simulation", "stream_put", "stream_get", "stream_get_timed"]
+__all__ = ["run_simulation", "stream_put", "stream_get", "stream_get_timed", "stream_send",
+           "stream_receive"]
 
 
 def run_simulation(dut, *testbenches, processes=(), vcd=None):
@@ -50,3 +51,48 @@ async def stream_get_timed(ctx, stream):
     await ctx.tick()
     ctx.set(stream.ready, 0)
     return payload, edges
+
+
+async def stream_send(ctx, stream, payloads, *, gaps=None, gap_rate=0.3, cycles=None):
+    """Offer each of ``payloads`` on a sink in turn, counting clock edges from the call.
+
+    With a ``numpy`` Generator as ``gaps``, idles a cycle before a transfer with probability
+    ``gap_rate`` (repeatedly). ``ready`` is sampled at the edge, so it may follow the DUT's own
+    output ready combinationally. Appends each transfer's edge number to ``cycles`` if given.
+    """
+    edge = 0
+    for payload in payloads:
+        while gaps is not None and gaps.random() < gap_rate:
+            ctx.set(stream.valid, 0)
+            await ctx.tick()
+            edge += 1
+        ctx.set(stream.valid, 1)
+        ctx.set(stream.payload, payload)
+        while True:
+            *_, ready = await ctx.tick().sample(stream.ready)
+            edge += 1
+            if ready:
+                break
+        if cycles is not None:
+            cycles.append(edge)
+    ctx.set(stream.valid, 0)
+
+
+async def stream_receive(ctx, stream, count, *, stalls=None, stall_rate=0.3, cycles=None):
+    """Take ``count`` payloads from a source and return them, counting clock edges from the call.
+
+    With a ``numpy`` Generator as ``stalls``, holds ``ready`` low for a cycle with probability
+    ``stall_rate``. Appends each transfer's edge number to ``cycles`` if given.
+    """
+    edge, payloads = 0, []
+    while len(payloads) < count:
+        ready = stalls is None or stalls.random() >= stall_rate
+        ctx.set(stream.ready, ready)
+        *_, valid, payload = await ctx.tick().sample(stream.valid, stream.payload)
+        edge += 1
+        if valid and ready:
+            payloads.append(payload)
+            if cycles is not None:
+                cycles.append(edge)
+    ctx.set(stream.ready, 0)
+    return payloads

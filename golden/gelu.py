@@ -4,7 +4,7 @@
 about 0.17 and is below 2**-20 beyond |x| = 5.5 (as in Edge-MoE). The input is a fixed-point value
 with ``GELU_IN_FRAC`` fractional bits (int16, produced by the fc1 requantisation); delta is a table
 with step 1/32 up to 5.5, linearly interpolated, in units of ``2**-DELTA_FRAC``. The result, in the
-input's units, is requantised to int8 by the caller's multiplier and shift.
+input's units, is requantised to the activation width (int10) by the caller's multiplier and shift.
 """
 
 import math
@@ -56,7 +56,7 @@ def gelu_fixed(x):
 
 
 def gelu(x, mult, shift, bits=ACT_BITS):
-    """GELU of Q7.8 input requantised to ``bits`` (int8) by ``mult * 2**-shift``."""
+    """GELU of Q7.8 input requantised to ``bits`` (ACT_BITS) by ``mult * 2**-shift``."""
     return requantize(gelu_fixed(x), mult, shift, bits)
 
 

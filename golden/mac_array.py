@@ -1,8 +1,8 @@
 """Exact integer matrix product, the spec of ``gateware/mac_array.py``.
 
 Every matrix product of the model runs on the one MAC array: activation operands are signed
-``PROB_OPERAND_BITS`` = 10 bits (int8 activations, or attention probabilities 0..256), weight
-operands int8
+``PROB_OPERAND_BITS`` = 10 bits (int10 activations, or attention probabilities 0..256), weight
+operands signed ``ACT_BITS`` = 10 bits (int8 weights, or K and V for attention)
 (weights, or K and V for attention), accumulation is exact.
 """
 
@@ -12,7 +12,7 @@ from .fixedpoint import ACT_BITS, PROB_OPERAND_BITS, check_range
 
 __all__ = ["ACC_BITS", "matmul"]
 
-#: Accumulator width: 2**24.6 per product sum at K=768, plus bias, with margin.
+#: Accumulator width: |a*w| <= 2**18 (10 x 8 bits) summed over K=768 is below 2**28, plus bias.
 ACC_BITS = 32
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from golden.fixedpoint import ACT_BITS, REQUANT_MULT_BITS, RES_BITS, int_range
+from golden.fixedpoint import REQUANT_MULT_BITS, RES_BITS, WEIGHT_BITS, int_range
 from golden.layernorm import BETA_BITS, GAMMA_BITS
 
 from .config import M3ViTConfig
@@ -32,7 +32,7 @@ def artifact_schema(cfg: M3ViTConfig):
     u16, shift = (REQUANT_MULT_BITS, False), (6, False)
 
     def linear(prefix, lead, n_out, n_in):
-        return {prefix + "w": ((*lead, n_out, n_in), ACT_BITS, True),
+        return {prefix + "w": ((*lead, n_out, n_in), WEIGHT_BITS, True),
                 prefix + "b": ((*lead, n_out), 32, True),
                 prefix + "mult": ((*lead, n_out), *u16),
                 prefix + "shift": ((*lead, n_out), *shift)}
@@ -50,7 +50,7 @@ def artifact_schema(cfg: M3ViTConfig):
         for scalar in ("score", "av", "gelu"):
             s.update({L + scalar + ".mult": ((), *u16), L + scalar + ".shift": ((), *shift)})
         if cfg.is_moe(layer):
-            s[L + "gate.w"] = ((tasks, e, d), ACT_BITS, True)
+            s[L + "gate.w"] = ((tasks, e, d), WEIGHT_BITS, True)
             s.update({L + "gate.mult": ((tasks,), *u16), L + "gate.shift": ((tasks,), *shift)})
             s.update(linear(L + "expert_fc1.", (e,), cfg.expert_hidden, d))
             s.update(linear(L + "expert_fc2.", (e,), d, cfg.expert_hidden))

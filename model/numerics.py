@@ -14,7 +14,7 @@ from golden.attention import PROB_FRAC
 from golden.backbone import run_backbone
 from golden.gelu import GELU_IN_BITS, gelu, gelu_exact
 from golden.softmax import softmax, softmax_exact
-from golden.fixedpoint import int_range
+from golden.fixedpoint import ACT_BITS, int_range
 
 from .m3vit import M3ViT
 from .quantize import calibration_images, quantize_model
@@ -66,7 +66,7 @@ def compare(cfg, weights, image, artifact=None, tasks=None):
 
 def gelu_error_lsb(artifact):
     """Largest |golden GELU - exact GELU| over all int16 inputs, in LSB of each layer's output
-    grid, counting only inputs whose exact output lies inside the int8 range."""
+    grid, counting only inputs whose exact output lies inside the activation range."""
     x = np.arange(*int_range(GELU_IN_BITS)).astype(np.int64)
     x = np.append(x, int_range(GELU_IN_BITS)[1])
     exact = gelu_exact(x)
@@ -75,7 +75,7 @@ def gelu_error_lsb(artifact):
         p = f"l{layer}."
         s_h = artifact.scales[p + "hidden"]
         y = gelu(x, artifact[p + "gelu.mult"], artifact[p + "gelu.shift"])
-        inside = np.abs(exact / s_h) <= 127
+        inside = np.abs(exact / s_h) <= int_range(ACT_BITS)[1]
         worst = max(worst, float(np.abs(y[inside] * s_h - exact[inside]).max() / s_h))
     return worst
 

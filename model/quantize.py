@@ -1,8 +1,8 @@
 """Post-training quantisation of M3ViT into the integer artifact that golden and gateware load.
 
-Scales are calibrated as the largest magnitude seen on a few inputs (both tasks). Weights are
-int8 symmetric per output channel, except the gates, which are per tensor so that logits of
-different experts are comparable for top-k. Biases are int32 at the accumulator's scale. Every
+Scales are calibrated as the largest magnitude seen on a few inputs (both tasks). Activations are
+int10 (``golden.fixedpoint.ACT_BITS``). Weights are int8 symmetric per output channel, except the
+gates, which are per tensor so that logits of different experts are comparable for top-k. Biases are int32 at the accumulator's scale. Every
 real-valued rescale becomes one ``(mult, shift)`` pair (see ``golden.fixedpoint.requantize``).
 Fixed formats need no calibration: attention scores and gate logits enter the softmax in a log2
 domain with ``EXP_IN_FRAC`` fractional bits; fc1 outputs enter the GELU as Q7.8.
@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from golden.fixedpoint import ACT_BITS, REQUANT_MULT_BITS, RES_BITS, int_range
+from golden.fixedpoint import ACT_BITS, REQUANT_MULT_BITS, RES_BITS, WEIGHT_BITS, int_range
 from golden.gelu import GELU_IN_FRAC
 from golden.layernorm import BETA_BITS, GAMMA_BITS, Z_FRAC
 from golden.softmax import EXP_IN_FRAC
@@ -25,7 +25,7 @@ from .m3vit import M3ViT
 
 __all__ = ["quantize_multiplier", "calibrate", "quantize_model", "calibration_images"]
 
-_Q8 = (1 << (ACT_BITS - 1)) - 1
+_Q8 = (1 << (WEIGHT_BITS - 1)) - 1
 _LOG2E = 1.0 / math.log(2.0)
 
 

@@ -139,7 +139,7 @@ def test_golden_vs_float_builtin(config):
 
 @pytest.mark.real_data
 def test_golden_vs_float_real_weights(real_data):
-    """Real Edge-MoE weights and image (experts generated): the issue's bounds on cosine."""
+    """Real Edge-MoE weights and image (experts generated): the issue's bounds on cosine and routing."""
     cfg = get_config("edge-moe")
     w = load_weight_folder(real_data, cfg)
     assert len(w.generated) == 12                          # the snapshot lacks the expert tensors
@@ -148,15 +148,6 @@ def test_golden_vs_float_real_weights(real_data):
         if r["layer"] <= 1:
             assert r["cosine"] >= 0.99, r
     assert min(r["cosine"] for r in layers if r["layer"] == cfg.depth - 1) >= 0.98
-    # Measured 0.876 (task 0) and 0.930 (task 1): int8 activations flip near-tied experts.
-    assert min(r["agreement"] for r in routing if r["layer"] == 1) >= 0.85
-
-
-@pytest.mark.real_data
-@pytest.mark.xfail(strict=True, reason="routing agreement at layer 1 is 0.876/0.930 with int8 activations; "
-                                       "the 95% target needs finer activations (open)")
-def test_routing_agreement_target_real_weights(real_data):
-    cfg = get_config("edge-moe")
-    w = load_weight_folder(real_data, cfg).tensors
-    _, routing, _ = compare(cfg, w, load_image(real_data / "image.float32.bin", cfg))
+    # Near-tied gate logits make this the tightest bound: measured 0.961 for both tasks with int10
+    # activations (int8 gave 0.876 / 0.930).
     assert min(r["agreement"] for r in routing if r["layer"] == 1) >= 0.95

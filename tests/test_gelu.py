@@ -5,47 +5,24 @@ import pytest
 
 from gateware.gelu import GELU
 from golden.gelu import gelu
-from tests.sim_helpers import run_simulation
+from tests.sim_helpers import run_simulation, stream_receive, stream_send
 
 
 def _simulate(dut, x, mult, shift, *, in_gaps=None, out_stalls=None):
     """Stream ``x`` (transfers, lanes) through ``dut``; return outputs and transfer cycles."""
     beats = [[int(v) for v in row] for row in x]
-    in_cycles, out_cycles, outs = [], [], []
+    in_cycles, out_cycles, payloads = [], [], []
 
     async def producer(ctx):
         ctx.set(dut.mult, mult)
         ctx.set(dut.shift, shift)
-        cycle = 0
-        for beat in beats:
-            while in_gaps is not None and in_gaps.random() < 0.3:
-                ctx.set(dut.i.valid, 0)
-                await ctx.tick()
-                cycle += 1
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload, beat)
-            while True:
-                # Sampled at the edge: i.ready may follow o.ready, which the consumer sets.
-                *_, ready = await ctx.tick().sample(dut.i.ready)
-                cycle += 1
-                if ready:
-                    in_cycles.append(cycle)
-                    break
-        ctx.set(dut.i.valid, 0)
+        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
 
     async def consumer(ctx):
-        cycle = 0
-        while len(outs) < len(beats):
-            ready = out_stalls is None or out_stalls.random() >= 0.3
-            ctx.set(dut.o.ready, ready)
-            *_, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            cycle += 1
-            if valid and ready:
-                out_cycles.append(cycle)
-                outs.append([int(v) for v in payload])
+        payloads.extend(await stream_receive(ctx, dut.o, len(beats), stalls=out_stalls, cycles=out_cycles))
 
     run_simulation(dut, producer, consumer)
-    return np.array(outs, dtype=np.int64), in_cycles, out_cycles
+    return np.array([[int(v) for v in q] for q in payloads], dtype=np.int64), in_cycles, out_cycles
 
 
 def test_all_inputs_and_rate():

@@ -5,7 +5,7 @@ import pytest
 
 from gateware.layernorm import LayerNorm
 from golden.layernorm import layernorm
-from tests.sim_helpers import run_simulation
+from tests.sim_helpers import run_simulation, stream_receive, stream_send
 
 
 def _simulate(dut, rows, gamma, beta, affine_shift, eps_term, *, in_gaps=None, out_stalls=None):
@@ -13,7 +13,7 @@ def _simulate(dut, rows, gamma, beta, affine_shift, eps_term, *, in_gaps=None, o
     groups, lanes, n = rows.shape
     beats = [{"x": [int(v) for v in rows[g, :, e]], "last": int(e == n - 1)}
              for g in range(groups) for e in range(n)]
-    in_cycles, out_cycles, outs = [], [], []
+    in_cycles, out_cycles, payloads = [], [], []
     loaded = []
 
     async def producer(ctx):
@@ -25,36 +25,15 @@ def _simulate(dut, rows, gamma, beta, affine_shift, eps_term, *, in_gaps=None, o
             await ctx.tick()
         ctx.set(dut.params.valid, 0)
         loaded.append(True)
-        cycle = 0
-        for beat in beats:
-            while in_gaps is not None and in_gaps.random() < 0.3:
-                ctx.set(dut.i.valid, 0)
-                await ctx.tick()
-                cycle += 1
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload, beat)
-            while True:
-                *_, ready = await ctx.tick().sample(dut.i.ready)
-                cycle += 1
-                if ready:
-                    in_cycles.append(cycle)
-                    break
-        ctx.set(dut.i.valid, 0)
+        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
 
     async def consumer(ctx):
         while not loaded:
             await ctx.tick()
-        cycle = 0
-        while len(outs) < len(beats):
-            ready = out_stalls is None or out_stalls.random() >= 0.3
-            ctx.set(dut.o.ready, ready)
-            *_, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            cycle += 1
-            if valid and ready:
-                out_cycles.append(cycle)
-                outs.append(([int(payload.y[k]) for k in range(lanes)], int(payload.last)))
+        payloads.extend(await stream_receive(ctx, dut.o, len(beats), stalls=out_stalls, cycles=out_cycles))
 
     run_simulation(dut, producer, consumer)
+    outs = [([int(q.y[k]) for k in range(lanes)], int(q.last)) for q in payloads]
     y = np.array([o[0] for o in outs], dtype=np.int64).reshape(groups, n, lanes).transpose(0, 2, 1)
     last = np.array([o[1] for o in outs]).reshape(groups, n)
     assert (last == (np.arange(n) == n - 1)).all(), "last must mark each row's final element"

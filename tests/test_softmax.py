@@ -5,7 +5,7 @@ import pytest
 
 from gateware.softmax import Softmax
 from golden.softmax import EXP_IN_FRAC, softmax
-from tests.sim_helpers import run_simulation
+from tests.sim_helpers import run_simulation, stream_receive, stream_send
 
 
 def _simulate(dut, rows, *, in_gaps=None, out_stalls=None):
@@ -17,38 +17,16 @@ def _simulate(dut, rows, *, in_gaps=None, out_stalls=None):
     groups, lanes, n = rows.shape
     beats = [{"u": [int(v) for v in rows[g, :, e]], "last": int(e == n - 1)}
              for g in range(groups) for e in range(n)]
-    in_cycles, out_cycles, outs = [], [], []
+    in_cycles, out_cycles, payloads = [], [], []
 
     async def producer(ctx):
-        cycle = 0
-        for beat in beats:
-            while in_gaps is not None and in_gaps.random() < 0.3:
-                ctx.set(dut.i.valid, 0)
-                await ctx.tick()
-                cycle += 1
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload, beat)
-            while True:
-                # Sampled at the edge: i.ready may follow o.ready, which the consumer sets.
-                *_, ready = await ctx.tick().sample(dut.i.ready)
-                cycle += 1
-                if ready:
-                    in_cycles.append(cycle)
-                    break
-        ctx.set(dut.i.valid, 0)
+        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
 
     async def consumer(ctx):
-        cycle = 0
-        while len(outs) < len(beats):
-            ready = out_stalls is None or out_stalls.random() >= 0.3
-            ctx.set(dut.o.ready, ready)
-            *_, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            cycle += 1
-            if valid and ready:
-                out_cycles.append(cycle)
-                outs.append(([int(payload.p[k]) for k in range(lanes)], int(payload.last)))
+        payloads.extend(await stream_receive(ctx, dut.o, len(beats), stalls=out_stalls, cycles=out_cycles))
 
     run_simulation(dut, producer, consumer)
+    outs = [([int(q.p[k]) for k in range(lanes)], int(q.last)) for q in payloads]
     p = np.array([o[0] for o in outs], dtype=np.int64).reshape(groups, n, lanes).transpose(0, 2, 1)
     last = np.array([o[1] for o in outs]).reshape(groups, n)
     expected_last = np.zeros((groups, n), dtype=int)

@@ -33,7 +33,9 @@ class MACArray(wiring.Component):
         Output channels C (weight operands per transfer).
     a_bits, w_bits, acc_bits : int
         Signed widths of the activation operand, weight operand and accumulator; the defaults
-        are golden's ``PROB_OPERAND_BITS``, ``ACT_BITS`` and ``ACC_BITS``.
+        are golden's ``PROB_OPERAND_BITS`` (activations and attention probabilities),
+        ``ACT_BITS`` (int8 weights, or K and V activations for attention) and ``ACC_BITS``.
+        Operands up to 27 x 18 bits keep one DSP48E2 per PE.
 
     Attributes
     ----------

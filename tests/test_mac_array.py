@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gateware.mac_array import MACArray
+from golden.fixedpoint import ACT_BITS, PROB_OPERAND_BITS
 from golden.mac_array import matmul
 from tests.sim_helpers import run_simulation, stream_receive, stream_send
 
@@ -46,7 +47,7 @@ def _check(dut, tiles, **kw):
     return in_cycles, out_cycles
 
 
-def _random_tiles(rng, rows, cols, depths, a_bits=10, w_bits=8):
+def _random_tiles(rng, rows, cols, depths, a_bits=PROB_OPERAND_BITS, w_bits=ACT_BITS):
     alo, ahi = -(1 << (a_bits - 1)), 1 << (a_bits - 1)
     wlo, whi = -(1 << (w_bits - 1)), 1 << (w_bits - 1)
     return [(rng.integers(alo, ahi, (rows, k)), rng.integers(wlo, whi, (cols, k))) for k in depths]
@@ -77,34 +78,44 @@ def test_heavy_backpressure_short_tiles():
     assert len(result) == len(tiles)
 
 
+A_MIN, A_MAX = -(1 << (PROB_OPERAND_BITS - 1)), (1 << (PROB_OPERAND_BITS - 1)) - 1
+W_MIN, W_MAX = -(1 << (ACT_BITS - 1)), (1 << (ACT_BITS - 1)) - 1
+BIG = A_MIN * W_MIN   # the largest product
+
+
 def test_extreme_operands():
-    """-512 x -128 (the largest product), probability 1.0 (256), max-negative and max-positive
-    operands in every combination, in rows and columns of a 2 x 3 array."""
-    a_vals = np.array([-512, 511, 256, -1, 0, -128, 127, 1])
-    w_vals = np.array([-128, 127, -1, 0, 1])
+    """Max-negative times max-negative (the largest product), probability 1.0 (256), int8
+    -128 x -128, extremes in every combination, in rows and columns of a 2 x 3 array."""
+    a_vals = np.array([A_MIN, A_MAX, 256, -128, 127, -1, 0, 1])
+    w_vals = np.array([W_MIN, W_MAX, -128, 127, -1, 0, 1])
     a = np.stack([np.repeat(a_vals, len(w_vals)), np.repeat(a_vals[::-1], len(w_vals))])
     w = np.stack([np.tile(w_vals, len(a_vals)), np.tile(w_vals[::-1], len(a_vals)),
-                  np.full(len(a_vals) * len(w_vals), -128)])
+                  np.full(len(a_vals) * len(w_vals), W_MIN)])
     tiles = [(a[:, k:k + 1], w[:, k:k + 1]) for k in range(a.shape[1])]   # every product alone
-    tiles += [(a, w), (np.full((2, 40), -512), np.full((3, 40), -128)),
-              (np.full((2, 40), 256), np.full((3, 40), 127))]
+    tiles += [(a, w), (np.full((2, 40), A_MIN), np.full((3, 40), W_MIN)),
+              (np.full((2, 40), 256), np.full((3, 40), W_MAX)),
+              (np.full((2, 40), -128), np.full((3, 40), -128))]
     _check(MACArray(2, 3), tiles)
 
 
+def test_int8_weight_port():
+    """A narrower weight port (w_bits=8, plain int8 weights) with its extremes."""
+    rng = np.random.default_rng(21)
+    tiles = _random_tiles(rng, 2, 2, [1, 7, 40], w_bits=8)
+    tiles += [(np.full((2, 9), A_MIN), np.full((2, 9), -128)),
+              (np.full((2, 9), -128), np.full((2, 9), -128))]
+    _check(MACArray(2, 2, w_bits=8), tiles)
+
+
 def _products_summing_to(target):
-    """Operand pairs ``(a, w)`` in the signed 10 x 8 bit ranges whose products sum to ``target``."""
+    """Operand pairs ``(a, w)`` in the operand ranges whose products sum to ``target``."""
     pairs, rest = [], target
     while rest:
         sign = 1 if rest > 0 else -1
-        mag = abs(rest)
-        if mag >= 511 * 127:
-            a, w = 511, 127
-        elif mag >= 127:
-            a, w = mag // 127, 127
-        else:
-            a, w = mag, 1
-        pairs.append((sign * a, w))
-        rest -= sign * a * w
+        a = min(abs(rest) // W_MAX, A_MAX)
+        pair = (sign * a, W_MAX) if a else (rest, 1)
+        pairs.append(pair)
+        rest -= pair[0] * pair[1]
     return pairs
 
 
@@ -113,21 +124,26 @@ def _tile_from_pairs(pairs):
 
 
 def test_narrow_accumulator_wraps_to_the_exact_result():
-    """Partial sums overflowing a 20-bit accumulator both ways still give the exact tile sum;
+    """Partial sums overflowing a 22-bit accumulator both ways still give the exact tile sum;
     tile sums at the accumulator's extremes."""
-    over = ([(-512, -128)] * 16 + [(-512, 127)] * 16, [(-512, 127)] * 17 + [(-512, -128)] * 17)
+    bits = 22
+    top = 1 << (bits - 1)
+    over = ([(A_MIN, W_MIN)] * 16 + [(A_MIN, W_MAX)] * 16,
+            [(A_MIN, W_MAX)] * 17 + [(A_MIN, W_MIN)] * 17)
     tiles = [_tile_from_pairs(p) for p in over]
-    tiles += [_tile_from_pairs(_products_summing_to(t)) for t in ((1 << 19) - 1, -(1 << 19))]
-    tiles += [_tile_from_pairs([(-512, -128)] * 9 + _products_summing_to((1 << 19) - 1 - 9 * 65536))]
+    tiles += [_tile_from_pairs(_products_summing_to(t)) for t in (top - 1, -top)]
+    tiles += [_tile_from_pairs([(A_MIN, W_MIN)] * 9 + _products_summing_to(top - 1 - 9 * BIG))]
     for a, w in tiles:
-        assert -(1 << 19) <= matmul(a, w)[0, 0] < 1 << 19
-    _check(MACArray(1, 1, acc_bits=20), tiles)
+        assert -top <= matmul(a, w)[0, 0] < top
+    _check(MACArray(1, 1, acc_bits=bits), tiles)
 
 
 @pytest.mark.slow
 def test_accumulator_extremes_32_bits():
-    """Tile sums of exactly 2**31 - 1 and -2**31 (about 33 k products each)."""
+    """Tile sums of exactly 2**31 - 1 and -2**31 (thousands of products each), and partial sums
+    beyond them."""
     tiles = [_tile_from_pairs(_products_summing_to(t)) for t in ((1 << 31) - 1, -(1 << 31))]
+    tiles += [_tile_from_pairs([(A_MIN, W_MIN)] * 9000 + [(A_MIN, W_MAX)] * 9000)]
     _check(MACArray(1, 1), tiles)
 
 

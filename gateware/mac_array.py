@@ -1,6 +1,6 @@
 """Output-stationary R x C multiply-accumulate array, the twin of ``golden/mac_array.py``."""
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -18,6 +18,9 @@ class MACArray(wiring.Component):
     DSP48E2 in its usual shape: operand registers (AREG/BREG), product register (MREG) and the
     accumulator in the P register, whose feedback is replaced by zero on a tile's first ``k``
     (the OPMODE W/Z select); the clock enable of all of them is the array's ``advance``.
+    Yosys packs all four registers of each PE into its DSP for 7-series (DSP48E1); its
+    UltraScale+ packer (Yosys 0.70) places the multiplier in a DSP48E2 but leaves the registers in
+    fabric, which Vivado absorbs.
 
     When a tile's last product has been accumulated, the R x C sums move at once into a drain
     register bank, which shifts them out one column per transfer while the PEs already
@@ -157,9 +160,7 @@ class MACArray(wiring.Component):
                 w.eq(self.i.payload.w[c]),
                 prod.eq(a * w),
             ]
+            # Zeroing the feedback (not selecting prod alone) is the form Yosys packs into P.
             with m.If(v2):
-                with m.If(first2):
-                    m.d.sync += acc.eq(prod)
-                with m.Else():
-                    m.d.sync += acc.eq(acc + prod)
+                m.d.sync += acc.eq(Mux(first2, 0, acc) + prod)
         return acc

@@ -18,9 +18,9 @@ class MACArray(wiring.Component):
     DSP48E2 in its usual shape: operand registers (AREG/BREG), product register (MREG) and the
     accumulator in the P register, whose feedback is replaced by zero on a tile's first ``k``
     (the OPMODE W/Z select); the clock enable of all of them is the array's ``advance``.
-    Yosys packs all four registers of each PE into its DSP for 7-series (DSP48E1); its
-    UltraScale+ packer (Yosys 0.70) places the multiplier in a DSP48E2 but leaves the registers in
-    fabric, which Vivado absorbs.
+    Yosys (0.70) packs all four registers of each PE into its DSP for 7-series (DSP48E1); for
+    UltraScale+ it places the multiplier in a DSP48E2 but packs no register of any design, even
+    plain Verilog, so its xcup resource figures overcount flip-flops (Vivado not run here).
 
     When a tile's last product has been accumulated, the R x C sums move at once into a drain
     register bank, which shifts them out one column per transfer while the PEs already

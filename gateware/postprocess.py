@@ -29,7 +29,7 @@ class PostProcess(wiring.Component):
     high 16-bit part, multiplies both by ``mult`` (one DSP48E2 each, registered operands and
     product; Yosys packs both operand stages and the product register for 7-series) and adds
     them back shifted in fabric. The rounding shift is
-    ``((2 * p) >> shift) + 1) >> 1``, which equals golden's ``(p + 2**(shift-1)) >> shift`` for
+    ``(((2 * p) >> shift) + 1) >> 1``, which equals golden's ``(p + 2**(shift-1)) >> shift`` for
     every shift including 0, with one barrel shifter and no rounding-constant shifter.
 
     Parameters

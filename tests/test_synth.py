@@ -1,0 +1,79 @@
+"""Open-source synthesis report: cell counting, logic depth, one real Yosys run, CLI errors."""
+
+import json
+import subprocess
+import sys
+
+from amaranth import Module, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from boards.synth import count_cells, logic_depth, synthesize
+
+
+def _cell(kind, inputs, outputs):
+    ports = {**{f"I{i}": "input" for i in range(len(inputs))}, **{f"O{i}": "output" for i in range(len(outputs))}}
+    conns = {**{f"I{i}": [b] for i, b in enumerate(inputs)}, **{f"O{i}": [b] for i, b in enumerate(outputs)}}
+    return {"type": kind, "port_directions": ports, "connections": conns}
+
+
+def test_logic_depth_counts_luts_between_registers():
+    cells = {
+        "ff_a": _cell("FDRE", [1], [2]),
+        "lut1": _cell("LUT2", [2, 3], [4]),
+        "inv": _cell("INV", [4], [5]),                       # counts zero
+        "lut2": _cell("LUT6", [5, 2], [6]),
+        "carry": _cell("CARRY4", [6], [7]),
+        "ff_b": _cell("FDRE", [7], [8]),
+        "lut3": _cell("LUT3", [8], [9]),                     # a separate, shorter path
+        "dsp": _cell("DSP48E2", [9], [10]),
+        "lut4": _cell("LUT1", [10], [11]),
+    }
+    assert logic_depth(cells) == 3
+    assert logic_depth({}) == 0
+
+
+def test_count_cells():
+    figures = count_cells({"LUT6": 3, "LUT2": 2, "FDRE": 5, "FDCE": 1, "DSP48E2": 4, "RAMB36E2": 1,
+                           "RAMB18E2": 3, "URAM288": 2, "RAM64M": 1, "SRLC32E": 2, "CARRY4": 9})
+    assert figures == {"lut": 5, "lutram": 3, "ff": 6, "dsp": 4, "uram": 2, "bram": 2.5}
+
+
+class _MultiplyAccumulate(wiring.Component):
+    a: In(signed(10))
+    b: In(signed(8))
+    acc: Out(signed(32))
+
+    def elaborate(self, platform):
+        m = Module()
+        a, b = Signal(signed(10)), Signal(signed(8))
+        m.d.sync += [a.eq(self.a), b.eq(self.b), self.acc.eq(self.acc + a * b)]
+        return m
+
+
+def test_multiply_accumulate_maps_to_one_dsp():
+    r = synthesize(_MultiplyAccumulate(), "mac1")
+    assert r["unit"] == "mac1" and r["dsp"] == 1
+    # Yosys packs no registers into DSP48E2 for xcup, so the 32-bit accumulate stays in fabric.
+    assert r["lut"] <= 40 and r["bram"] == 0 and r["uram"] == 0
+    assert 0 < r["percent"]["dsp"] < 0.1
+
+
+def _m3vit(*args):
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_unknown_unit_and_unwritable_json(tmp_path):
+    r = _m3vit("synth", "--unit", "fpu")
+    assert r.returncode == 2 and "unknown unit 'fpu'" in r.stderr and "Traceback" not in r.stderr
+    r = _m3vit("synth", "--unit", "topk", "--json", str(tmp_path / "no" / "dir" / "t.json"))
+    assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_synth_unit_json(tmp_path):
+    out = tmp_path / "topk.json"
+    r = _m3vit("synth", "--unit", "topk", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(out.read_text())
+    assert {"unit", "dsp", "lut", "ff", "bram", "uram", "lut_levels"} <= set(figures)
+    assert figures["unit"] == "topk" and figures["lut"] > 0 and figures["lut_levels"] > 0

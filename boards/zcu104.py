@@ -1,0 +1,91 @@
+"""Xilinx ZCU104 (Zynq UltraScale+ xczu7ev-ffvc1156-2-e) as an Amaranth platform, and a bring-up top.
+
+Pin sources, checked against public material (UG1267 itself was not reachable from here):
+
+- LEDs D5 D6 A5 B5 and DIP switches E4 D4 F5 F4, LVCMOS33: litex-boards
+  ``litex_boards/platforms/xilinx_zcu104.py`` and chipyard's ZCU104 bring-up GPIO map (which cites
+  UG1267 pp. 67-68) agree.
+- Push buttons B4 C4 B3 C3, LVCMOS33: litex-boards; B3 and C3 also in GevKeepCoding/BeginnerVivadoProjects
+  ``full_led_blink/top.xdc`` (a ZCU104 design).
+- clk125 F23/E23, LVDS: litex-boards and the same ZCU104 XDC agree.
+- clk300 AH18/AH17, DIFF_SSTL12_DCI: litex-boards only (and DESIGN.md §5); not independently confirmed.
+- PMOD headers: two sources agree on the pin sets (G8 H8 G7 H7 G6 H6 J6 J7 and J9 K9 K8 L8 L10 M10 M8 M9)
+  but neither gives which header pin number each one is, so they are left out.
+"""
+
+from amaranth.build import Attrs, Clock, DiffPairs, Resource
+from amaranth.hdl import Cat, ClockDomain, Elaboratable, Module, Signal
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.vendor import XilinxPlatform
+from amaranth_boards.resources import ButtonResources, LEDResources, SwitchResources
+
+__all__ = ["ZCU104Platform", "Bringup"]
+
+
+class ZCU104Platform(XilinxPlatform):
+    """The ZCU104 evaluation board's programmable-logic I/O.
+
+    Resources: ``clk125`` (LVDS, 125 MHz), ``clk300`` (DIFF_SSTL12_DCI, 300 MHz), ``led`` 0-3,
+    ``button`` 0-3 and ``switch`` 0-3 (all LVCMOS33 on the 3.3 V HD bank). The accelerator's AXI ports
+    reach the PS8 in the Vivado build, not through resources here.
+    """
+
+    device = "xczu7ev"
+    package = "ffvc1156"
+    speed = "2-e"
+    default_clk = "clk125"
+    resources = [
+        Resource("clk125", 0, DiffPairs("F23", "E23", dir="i"), Clock(125e6), Attrs(IOSTANDARD="LVDS")),
+        # Sits in the DDR4 bank (1.2 V), hence SSTL rather than LVDS.
+        Resource("clk300", 0, DiffPairs("AH18", "AH17", dir="i"), Clock(300e6),
+                 Attrs(IOSTANDARD="DIFF_SSTL12_DCI")),
+
+        *LEDResources(pins="D5 D6 A5 B5", attrs=Attrs(IOSTANDARD="LVCMOS33")),
+        *ButtonResources(pins="B4 C4 B3 C3", attrs=Attrs(IOSTANDARD="LVCMOS33")),
+        *SwitchResources(pins="E4 D4 F5 F4", attrs=Attrs(IOSTANDARD="LVCMOS33")),
+    ]
+    connectors = []
+
+
+class Bringup(Elaboratable):
+    """Board bring-up: LEDs show a slow count from ``clk125``, flipped by the buttons and DIP switches.
+
+    LED ``i`` is count bit ``first_bit + i`` XOR button ``i`` XOR switch ``i``, so a running clock, each
+    LED's pin, and each input's pin can be checked by eye.
+
+    Parameters
+    ----------
+    first_bit : int
+        Counter bit shown on LED 0. The default, 24, gives about 3.7 Hz on LED 0 at 125 MHz.
+    """
+
+    def __init__(self, first_bit=24):
+        self.first_bit = first_bit
+
+    def elaborate(self, platform):
+        m = Module()
+        clk125 = platform.request("clk125", 0)
+        # No reset pin: the configuration's global set/reset gives the counter its init value.
+        m.domains.sync = sync = ClockDomain("sync", reset_less=True)
+        m.d.comb += sync.clk.eq(clk125.i)
+
+        count = Signal(self.first_bit + 4)
+        m.d.sync += count.eq(count + 1)
+
+        for i in range(4):
+            led = platform.request("led", i)
+            button = platform.request("button", i)
+            switch = platform.request("switch", i)
+            # Buttons and switches are asynchronous to clk125; synchronise before they reach logic.
+            inputs = Signal(2, name=f"inputs{i}")
+            m.submodules[f"sync_in{i}"] = FFSynchronizer(Cat(button.i, switch.i), inputs)
+            m.d.comb += led.o.eq(count[self.first_bit + i] ^ inputs[0] ^ inputs[1])
+        return m
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .build import main
+
+    sys.exit(main())

@@ -15,6 +15,7 @@ Pin sources, checked against public material (UG1267 itself was not reachable fr
 
 from amaranth.build import Attrs, Clock, DiffPairs, Resource
 from amaranth.hdl import Cat, ClockDomain, Elaboratable, Module, Signal
+from amaranth.lib import io
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.vendor import XilinxPlatform
 from amaranth_boards.resources import ButtonResources, LEDResources, SwitchResources
@@ -36,7 +37,7 @@ class ZCU104Platform(XilinxPlatform):
     default_clk = "clk125"
     resources = [
         Resource("clk125", 0, DiffPairs("F23", "E23", dir="i"), Clock(125e6), Attrs(IOSTANDARD="LVDS")),
-        # Sits in the DDR4 bank (1.2 V), hence SSTL rather than LVDS.
+        # In a 1.2 V bank shared with the PL DDR4 pins (bank 64 per litex-boards), hence SSTL, not LVDS.
         Resource("clk300", 0, DiffPairs("AH18", "AH17", dir="i"), Clock(300e6),
                  Attrs(IOSTANDARD="DIFF_SSTL12_DCI")),
 
@@ -64,7 +65,7 @@ class Bringup(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        clk125 = platform.request("clk125", 0)
+        m.submodules.clk125 = clk125 = io.Buffer("i", platform.request("clk125", 0, dir="-"))
         # No reset pin: the configuration's global set/reset gives the counter its init value.
         m.domains.sync = sync = ClockDomain("sync", reset_less=True)
         m.d.comb += sync.clk.eq(clk125.i)
@@ -73,9 +74,9 @@ class Bringup(Elaboratable):
         m.d.sync += count.eq(count + 1)
 
         for i in range(4):
-            led = platform.request("led", i)
-            button = platform.request("button", i)
-            switch = platform.request("switch", i)
+            m.submodules[f"led{i}"] = led = io.Buffer("o", platform.request("led", i, dir="-"))
+            m.submodules[f"button{i}"] = button = io.Buffer("i", platform.request("button", i, dir="-"))
+            m.submodules[f"switch{i}"] = switch = io.Buffer("i", platform.request("switch", i, dir="-"))
             # Buttons and switches are asynchronous to clk125; synchronise before they reach logic.
             inputs = Signal(2, name=f"inputs{i}")
             m.submodules[f"sync_in{i}"] = FFSynchronizer(Cat(button.i, switch.i), inputs)

@@ -5,21 +5,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from cli import UserError
 
-from .artifact import Artifact, ArtifactError
 from .config import CONFIGS, get_config
-from .numerics import compare, numerics_report
-from .quantize import calibration_images, quantize_model
-from .weights import WeightError, default_image, default_weights, load_image, load_weight_folder
+
+# The handlers import the model, golden and torch when they run, so that `m3vit --help` and the
+# hardware-side subcommands start without paying for torch.
 
 __all__ = ["register"]
 
 
 def _inputs(args):
     """Config, weights and image named by the common options (built-in defaults otherwise)."""
+    from .weights import WeightError, default_image, default_weights, load_image, load_weight_folder
+
     try:
         cfg = get_config(args.config)
     except KeyError as err:
@@ -64,6 +63,9 @@ def _print_layers(layers, routing):
 
 
 def _golden(args):
+    from .artifact import Artifact, ArtifactError
+    from .numerics import compare
+
     cfg, weights, image = _inputs(args)
     _check_task(cfg, args.task)
     artifact = None
@@ -85,6 +87,8 @@ def _golden(args):
 
 
 def _numerics(args):
+    from .numerics import numerics_report
+
     cfg, weights, image = _inputs(args)
     report = numerics_report(cfg, weights.tensors, image, weights.source)
     _print_layers(report["layers"], report["routing_agreement"])
@@ -98,6 +102,8 @@ def _numerics(args):
 
 
 def _quantize(args):
+    from .quantize import calibration_images, quantize_model
+
     cfg, weights, image = _inputs(args)
     artifact = quantize_model(cfg, weights.tensors, calibration_images(image))
     try:

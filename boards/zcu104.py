@@ -8,12 +8,19 @@ Pin sources, checked against public material (UG1267 itself was not reachable fr
 - Push buttons B4 C4 B3 C3, LVCMOS33: litex-boards; B3 and C3 also in GevKeepCoding/BeginnerVivadoProjects
   ``full_led_blink/top.xdc`` (a ZCU104 design).
 - clk125 F23/E23, LVDS: litex-boards and the same ZCU104 XDC agree.
-- clk300 AH18/AH17, DIFF_SSTL12_DCI: litex-boards only (and DESIGN.md §5); not independently confirmed.
-- PMOD headers: two sources agree on the pin sets (G8 H8 G7 H7 G6 H6 J6 J7 and J9 K9 K8 L8 L10 M10 M8 M9)
-  but neither gives which header pin number each one is, so they are left out.
+- clk300 AH18/AH17, DIFF_SSTL12_DCI (bank 64, 1.2 V): litex-boards and the ZCU104 master XDC named
+  below (its commented-out DDR4 clock lines) agree.
+- PMOD headers J55 (``pmod`` 0) and J87 (``pmod`` 1), LVCMOS33: litex-boards and KutuSystems'
+  ``zcu104_base`` XDC agree on the signal order PMOD0_0..7 = G8 H8 G7 H7 G6 H6 J6 J7 and
+  PMOD1_0..7 = J9 K9 K8 L8 L10 M10 M8 M9; soct-org/SoCeteer ``syn/boards/zcu104/sdc.xdc`` places them
+  in bank 87 at VCC3V3. A public "ZCU104 Rev1.0 master XDC" (repository not recorded) puts PMOD0_0..2
+  on J55 pins 1, 3, 5: the Xilinx numbering of the 2x6 header runs odd pins along one
+  row (signals 0-3) and even pins along the other (signals 4-7), as on the ZCU102. Amaranth's ``pmod``
+  connector numbers rows Digilent-style (1-4, 7-10), so signals 0-3 are its pins 1-4 and 4-7 its 7-10.
+  Which row is on top is unconfirmed; check one pin with a meter before wiring a module that cares.
 """
 
-from amaranth.build import Attrs, Clock, DiffPairs, Resource
+from amaranth.build import Attrs, Clock, Connector, DiffPairs, Resource
 from amaranth.hdl import Cat, ClockDomain, Elaboratable, Module, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import FFSynchronizer
@@ -27,7 +34,8 @@ class ZCU104Platform(XilinxPlatform):
     """The ZCU104 evaluation board's programmable-logic I/O.
 
     Resources: ``clk125`` (LVDS, 125 MHz), ``clk300`` (DIFF_SSTL12_DCI, 300 MHz), ``led`` 0-3,
-    ``button`` 0-3 and ``switch`` 0-3 (all LVCMOS33 on the 3.3 V HD bank). The accelerator's AXI ports
+    ``button`` 0-3 and ``switch`` 0-3 (all LVCMOS33 on the 3.3 V HD bank); connectors ``pmod`` 0 (J55)
+    and 1 (J87), whose pins are 3.3 V as well (request them with ``IOSTANDARD="LVCMOS33"``). The accelerator's AXI ports
     reach the PS8 in the Vivado build, not through resources here.
     """
 
@@ -45,7 +53,10 @@ class ZCU104Platform(XilinxPlatform):
         *ButtonResources(pins="B4 C4 B3 C3", attrs=Attrs(IOSTANDARD="LVCMOS33")),
         *SwitchResources(pins="E4 D4 F5 F4", attrs=Attrs(IOSTANDARD="LVCMOS33")),
     ]
-    connectors = []
+    connectors = [
+        Connector("pmod", 0, "G8 H8 G7 H7 - - G6 H6 J6 J7 - -"),      # J55
+        Connector("pmod", 1, "J9 K9 K8 L8 - - L10 M10 M8 M9 - -"),    # J87
+    ]
 
 
 class Bringup(Elaboratable):

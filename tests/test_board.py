@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from boards.build import build_bringup
+from tests.cli_helpers import run_m3vit
 
 PINS = {  # port name in the XDC: (package pin, IOSTANDARD)
     "clk125_0__p": ("F23", "LVDS"), "clk125_0__n": ("E23", "LVDS"),
@@ -96,8 +97,8 @@ def test_cli_bad_out(tmp_path, capsys, under):
 
 def test_cli_bad_out_no_traceback(tmp_path):
     (tmp_path / "file").write_text("")
-    r = subprocess.run([sys.executable, "-m", "cli", "build", "--board", "zcu104", "--design", "bringup",
-                        "--out", str(tmp_path / "file" / "x")], capture_output=True, text=True, timeout=120)
+    r = run_m3vit("build", "--board", "zcu104", "--design", "bringup", "--out", str(tmp_path / "file" / "x"),
+                  timeout=120)
     assert r.returncode == 2 and "error: cannot" in r.stderr and "Traceback" not in r.stdout + r.stderr
 
 

@@ -1,19 +1,15 @@
 """The m3vit command on good and bad input: clear one-line errors, no tracebacks."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-
-def m3vit(*args):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=600)
+from tests.cli_helpers import run_m3vit
 
 
 def test_help_lists_subcommands():
-    r = m3vit("--help")
+    r = run_m3vit("--help")
     assert r.returncode == 0
     for sub in ("golden", "numerics", "quantize"):
         assert sub in r.stdout
@@ -26,7 +22,7 @@ def test_help_lists_subcommands():
     (["golden", "--config", "tiny", "--artifact", "/no/such.npz"], "does not exist"),
 ])
 def test_bad_input_gives_clear_error(args, message):
-    r = m3vit(*args)
+    r = run_m3vit(*args)
     assert r.returncode != 0
     assert message in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
@@ -35,20 +31,20 @@ def test_bad_input_gives_clear_error(args, message):
 def test_wrong_image_shape(tmp_path):
     path = tmp_path / "img.npy"
     np.save(path, np.zeros((3, 16, 16), np.float32))
-    r = m3vit("golden", "--config", "tiny", "--image", str(path))
+    r = run_m3vit("golden", "--config", "tiny", "--image", str(path))
     assert r.returncode == 2 and "expects [3, 32, 64]" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_numerics_json_and_quantize(tmp_path):
     out = tmp_path / "n.json"
-    r = m3vit("numerics", "--config", "tiny", "--json", str(out))
+    r = run_m3vit("numerics", "--config", "tiny", "--json", str(out))
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     assert {"layers", "routing_agreement", "gelu_max_lsb_err", "softmax_max_abs_err"} <= set(report)
     assert {"layer", "task", "cosine", "max_abs_err"} <= set(report["layers"][0])
     assert report["gelu_max_lsb_err"] <= 1.0 and report["softmax_max_abs_err"] <= 2 ** -8
     art = tmp_path / "tiny.npz"
-    r = m3vit("quantize", "--config", "tiny", "--out", str(art))
+    r = run_m3vit("quantize", "--config", "tiny", "--out", str(art))
     assert r.returncode == 0 and art.is_file()
-    r = m3vit("golden", "--config", "tiny", "--task", "1", "--artifact", str(art))
+    r = run_m3vit("golden", "--config", "tiny", "--task", "1", "--artifact", str(art))
     assert r.returncode == 0 and "output features: cosine" in r.stdout

@@ -1,14 +1,13 @@
 """Open-source synthesis report: cell counting, logic depth, one real Yosys run, CLI errors."""
 
 import json
-import subprocess
-import sys
 
 from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from boards.synth import count_cells, logic_depth, synthesize
+from tests.cli_helpers import run_m3vit
 
 
 def _cell(kind, inputs, outputs):
@@ -59,20 +58,16 @@ def test_multiply_accumulate_maps_to_one_dsp():
     assert 0 < r["percent"]["dsp"] < 0.1
 
 
-def _m3vit(*args):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=600)
-
-
 def test_cli_unknown_unit_and_unwritable_json(tmp_path):
-    r = _m3vit("synth", "--unit", "fpu")
+    r = run_m3vit("synth", "--unit", "fpu")
     assert r.returncode == 2 and "unknown unit 'fpu'" in r.stderr and "Traceback" not in r.stderr
-    r = _m3vit("synth", "--unit", "topk", "--json", str(tmp_path / "no" / "dir" / "t.json"))
+    r = run_m3vit("synth", "--unit", "topk", "--json", str(tmp_path / "no" / "dir" / "t.json"))
     assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_synth_unit_json(tmp_path):
     out = tmp_path / "topk.json"
-    r = _m3vit("synth", "--unit", "topk", "--json", str(out))
+    r = run_m3vit("synth", "--unit", "topk", "--json", str(out))
     assert r.returncode == 0, r.stderr
     figures = json.loads(out.read_text())
     assert {"unit", "dsp", "lut", "ff", "bram", "uram", "lut_levels"} <= set(figures)

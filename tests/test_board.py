@@ -1,13 +1,28 @@
-"""ZCU104 board: the generated Vivado tree (part, pins, I/O standards, clock) and ``m3vit build``; no Vivado."""
+"""ZCU104 board: the generated Vivado trees (part, pins, I/O standards, clocks, PS8 block design, AXI
+wiring, module ports), the PL shell in pysim, and ``m3vit build``; no Vivado."""
 
+import gc
 import re
 import shutil
 import subprocess
 import sys
 
 import pytest
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
-from boards.build import build_bringup
+from boards.build import build, build_bringup
+from boards.synth import _yosys
+from boards.zynq import CTRL_BASE, ControlOnly, PLShell
+from gateware.axi import AXI4LiteSignature, Resp
+from gateware.control import ID_VALUE, Reg
+from tests.sim_helpers import axil_read, axil_write, run_simulation
+
+try:
+    import gateware.top  # noqa: F401
+    HAVE_TOP = True
+except ModuleNotFoundError:
+    HAVE_TOP = False
 from tests.cli_helpers import run_m3vit
 
 PINS = {  # port name in the XDC: (package pin, IOSTANDARD)
@@ -113,3 +128,154 @@ def test_cli_unknown_board(tmp_path, capsys):
     status, _, err = m3vit(capsys, "build", "--board", "zcu102", "--design", "bringup", "--out", str(tmp_path))
     assert status != 0
     assert "invalid choice: 'zcu102'" in err
+
+
+# The accelerator tree: Amaranth's top + the PS8 block design (Tcl) + the module-reference wrapper.
+
+@pytest.fixture(scope="module")
+def acc_tree(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zcu104_acc")
+    assert build("accelerator", out, run_vivado=False) == 0
+    return out
+
+
+def _verilog_ports(text, module):
+    """Port names of ``module`` in Verilog ``text`` (ANSI or non-ANSI header)."""
+    header = re.search(rf"^module {module}\s*\((.*?)\);", text, re.M | re.S).group(1)
+    header = re.sub(r"\(\*.*?\*\)", "", header)
+    return {p.split()[-1].lstrip("\\") for p in header.split(",") if p.strip()}
+
+
+def test_acc_project_reads_sources_then_block_design(acc_tree):
+    tcl = (acc_tree / "top.tcl").read_text()
+    assert "-part xczu7ev-ffvc1156-2-e" in tcl
+    order = [tcl.index(s) for s in ('add_files "m3vit_shell.v"', 'add_files "m3vit_pl.v"',
+                                      "source m3vit_bd.tcl", "synth_design -top top", "write_bitstream",
+                                      "write_hw_platform")]
+    assert order == sorted(order)
+
+
+def test_acc_block_design_ps8_and_clock(acc_tree):
+    bd = (acc_tree / "m3vit_bd.tcl").read_text()
+    assert re.search(r"create_bd_cell -type ip -vlnv \[m3vit_ipdef zynq_ultra_ps_e\] ps", bd)
+    assert "apply_board_preset" in bd and "board_part" in bd
+    assert "CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ {300}" in bd       # 3.333 ns PL clock
+    assert "CONFIG.PSU__USE__S_AXI_GP2 {1}" in bd and "CONFIG.PSU__USE__M_AXI_GP0 {1}" in bd
+    assert "CONFIG.PSU__SAXIGP2__DATA_WIDTH {128}" in bd
+    assert "create_bd_cell -type module -reference m3vit_pl pl" in bd
+    assert f"-offset {CTRL_BASE:#010x} -range 0x1000" in bd
+    assert "make_wrapper -files $bd_file -top" in bd and "synth_checkpoint_mode None" in bd
+
+
+def _nets(bd, command, getter):
+    """Each ``command`` line's endpoints (``cell/pin``), continuation lines joined."""
+    text = bd.replace("\\\n", " ")
+    return [set(re.findall(rf"\[{getter} ([\w/]+)\]", line))
+            for line in text.splitlines() if line.startswith(command + " ")]
+
+
+def test_acc_block_design_axi_and_clock_wiring(acc_tree):
+    bd = (acc_tree / "m3vit_bd.tcl").read_text()
+    intf = _nets(bd, "connect_bd_intf_net", "get_bd_intf_pins")
+    assert {"ps/M_AXI_HPM0_FPD", "ctrl_interconnect/S00_AXI"} in intf
+    assert {"ctrl_interconnect/M00_AXI", "pl/s_axi_ctrl"} in intf
+    assert {"pl/m_axi", "mem_interconnect/S00_AXI"} in intf
+    assert {"mem_interconnect/M00_AXI", "ps/S_AXI_HP0_FPD"} in intf
+    nets = _nets(bd, "connect_bd_net", "get_bd_pins")
+    clock = next(n for n in nets if "ps/pl_clk0" in n)
+    assert {"pl/clk", "ps/maxihpm0_fpd_aclk", "ps/saxihp0_fpd_aclk",
+            "ctrl_interconnect/aclk", "mem_interconnect/aclk"} <= clock
+    assert {"ps/pl_resetn0", "pl_reset/ext_reset_in"} in nets
+    assert {"pl_reset/peripheral_aresetn", "pl/rst_n"} <= next(n for n in nets if "pl/rst_n" in n)
+
+
+def test_acc_module_ports_match_references(acc_tree):
+    """Every ``pl/...`` pin the Tcl names is a port or an interface of m3vit_pl; m3vit_pl's instance
+    of m3vit_shell uses exactly the shell's ports; top's instance uses the design's only port."""
+    bd = (acc_tree / "m3vit_bd.tcl").read_text()
+    pl_v = (acc_tree / "m3vit_pl.v").read_text()
+    shell_v = (acc_tree / "m3vit_shell.v").read_text()
+    pl_ports = _verilog_ports(pl_v, "m3vit_pl")
+    interfaces = set(re.findall(r'aximm:1\.0 (\w+) \w+"', pl_v))
+    assert interfaces == {"m_axi", "s_axi_ctrl"}
+    for ref in set(re.findall(r"pl/(\w+)", bd)):
+        assert ref in pl_ports or ref in interfaces, ref
+    # Each interface port is named <interface>_<signal> and declared as that signal.
+    declared = re.findall(r'aximm:1\.0 (\w+) (\w+)" \*\)\s*(?:\(\*.*?\*\)\s*)?\w+ wire '
+                          r'(?:\[\d+:0\] )?(\w+)', pl_v)
+    assert len(declared) == len(pl_ports - {"clk", "rst_n", "status"})
+    for bus, signal, port in declared:
+        assert port == f"{bus}_{signal.lower()}"
+    shell_ports = _verilog_ports(shell_v, "m3vit_shell")
+    connected = set(re.findall(r"^\s*\.(\w+)\(", pl_v, re.M))
+    assert connected == shell_ports
+    top_v = (acc_tree / "top.v").read_text()
+    assert re.search(r"m3vit_bd_wrapper bd \(\s*\.status\(status\)\s*\);", top_v)
+    assert "create_bd_port -dir O -from 3 -to 0 status" in bd
+
+
+def test_acc_wrapper_elaborates_in_yosys(acc_tree):
+    """Yosys reads the wrapper and the shell and finds every instance port (Vivado's check, early)."""
+    r = subprocess.run([_yosys(), "-q", "-p", "read_verilog m3vit_shell.v m3vit_pl.v; "
+                        "hierarchy -check -top m3vit_pl"], cwd=acc_tree, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_acc_leds_and_scripts(acc_tree):
+    _, loc, std = _xdc(acc_tree)
+    leds = {p: v for p, v in PINS.items() if p.startswith("led")}
+    assert {p: (loc[p], std[p]) for p in loc} == leds
+    assert set(_verilog_ports((acc_tree / "top.v").read_text(), "top")) == set(leds)
+    r = subprocess.run(["bash", "-n", str(acc_tree / "build_top.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_shell_rejects_core_without_axi_members():
+    class Bare(wiring.Component):
+        ctrl: In(AXI4LiteSignature(addr_width=12))
+        axi: Out(1)
+
+        def elaborate(self, platform):
+            raise AssertionError
+
+    with pytest.raises(TypeError, match="axi: Out\\(AXI4Signature"):
+        PLShell(Bare())
+    gc.collect()
+
+
+def test_shell_with_control_block_in_pysim():
+    """Through the shell: registers answer, a start completes, the status LEDs record the access."""
+    dut = PLShell(ControlOnly())
+
+    async def tb(ctx):
+        assert ctx.get(dut.status[1:]) == 0
+        assert await axil_read(ctx, dut.s_axi_ctrl, Reg.ID) == (ID_VALUE, Resp.OKAY)
+        await axil_write(ctx, dut.s_axi_ctrl, Reg.CONTROL, 1)
+        await ctx.tick().repeat(3)
+        assert (await axil_read(ctx, dut.s_axi_ctrl, Reg.STATUS))[0] == 0b10
+        cycles, _ = await axil_read(ctx, dut.s_axi_ctrl, Reg.CYCLES_LO)
+        assert 5 < cycles < 40
+        assert ctx.get(dut.status[1:]) == 0b001                          # control seen; no DRAM traffic
+        assert not ctx.get(dut.m_axi.arvalid) and not ctx.get(dut.m_axi.awvalid)
+
+    run_simulation(dut, tb)
+
+
+@pytest.mark.skipif(HAVE_TOP, reason="gateware/top.py exists; the stand-in is not built")
+def test_cli_accelerator_says_control_block_alone(tmp_path, capsys):
+    status, out, err = m3vit(capsys, "build", "--board", "zcu104", "--design", "accelerator",
+                             "--out", str(tmp_path / "t"), "--no-vivado")
+    assert status == 0, err
+    assert "CONTROL BLOCK ALONE" in out and "not the accelerator" in out
+    assert (tmp_path / "t" / "m3vit_bd.tcl").is_file()
+
+
+def test_cli_unknown_design_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "cli", "build", "--board", "zcu104", "--design", "blinky",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "invalid choice: 'blinky'" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "boards.zcu104", "--design", "blinky", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "invalid choice: 'blinky'" in r.stderr and "Traceback" not in r.stderr

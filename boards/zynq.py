@@ -198,6 +198,8 @@ def block_design_tcl(shell, *, pl_mhz=300):
     ``address_map.txt``.
     """
     master = shell.signature.members["m_axi"].signature
+    # The HP port takes 32 to 128 bits; the SmartConnect in front converts any other width.
+    hp_width = min(max(master.data_width, 32), 128)
     if master.addr_width >= HP_ADDR_WIDTH:
         map_master = "assign_bd_address"
     else:
@@ -231,7 +233,7 @@ set_property -dict [list \\
     CONFIG.PSU__USE__M_AXI_GP1 {{0}} \\
     CONFIG.PSU__USE__M_AXI_GP2 {{0}} \\
     CONFIG.PSU__USE__S_AXI_GP2 {{1}} \\
-    CONFIG.PSU__SAXIGP2__DATA_WIDTH {{{master.data_width}}} \\
+    CONFIG.PSU__SAXIGP2__DATA_WIDTH {{{hp_width}}} \\
     CONFIG.PSU__FPGA_PL0_ENABLE {{1}} \\
     CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ {{{pl_mhz}}} \\
 ] $ps

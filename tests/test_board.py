@@ -273,8 +273,7 @@ def test_cli_accelerator_says_control_block_alone(tmp_path, capsys):
 
 
 def test_cli_unknown_design_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "cli", "build", "--board", "zcu104", "--design", "blinky",
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    r = run_m3vit("build", "--board", "zcu104", "--design", "blinky", "--out", str(tmp_path), timeout=120)
     assert r.returncode == 2 and "invalid choice: 'blinky'" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "boards.zcu104", "--design", "blinky", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)

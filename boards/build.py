@@ -46,8 +46,9 @@ def find_core():
         return ControlOnly(), ("gateware/top.py does not exist yet: this is the CONTROL BLOCK ALONE "
                                "(AXI4-Lite registers; AXI4 master tied idle; start completes at once), "
                                "not the accelerator")
-    core = Accelerator()
     try:
+        # The board build takes the accelerator at its default size, so it must construct bare.
+        core = Accelerator()
         check_core(core)
     except TypeError as err:
         raise BoardError(f"gateware.top.Accelerator cannot go on the board: {err}") from None

@@ -39,7 +39,7 @@ HP_ADDR_WIDTH = 49
 def check_core(core):
     """Raise ``TypeError`` unless ``core`` has the ``axi`` and ``ctrl`` members a shell needs."""
     members = getattr(getattr(core, "signature", None), "members", {})
-    axi, ctrl = members.get("axi"), members.get("ctrl")
+    axi, ctrl = (members[name] if name in members else None for name in ("axi", "ctrl"))
     if axi is None or not axi.is_signature or axi.flow != Out or not isinstance(axi.signature, AXI4Signature):
         raise TypeError(f"{type(core).__name__} has no `axi: Out(AXI4Signature(...))` member")
     if (ctrl is None or not ctrl.is_signature or ctrl.flow != In or

@@ -6,12 +6,13 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from boards.build import build, build_bringup
+from boards.build import BoardError, build, build_bringup
 from boards.synth import _yosys
 from boards.zynq import CTRL_BASE, ControlOnly, PLShell
 from gateware.axi import AXI4LiteSignature, Resp
@@ -297,6 +298,36 @@ def test_cli_accelerator_says_control_block_alone(tmp_path, capsys):
     assert status == 0, err
     assert "CONTROL BLOCK ALONE" in out and "not the accelerator" in out
     assert (tmp_path / "t" / "m3vit_bd.tcl").is_file()
+
+
+def _fake_top(monkeypatch, accelerator):
+    module = types.ModuleType("gateware.top")
+    module.Accelerator = accelerator
+    monkeypatch.setitem(sys.modules, "gateware.top", module)
+
+
+def test_build_takes_accelerator_from_gateware_top(tmp_path, monkeypatch, capsys):
+    class Accelerator(ControlOnly):
+        """Any component with the two members will do."""
+
+    _fake_top(monkeypatch, Accelerator)
+    assert build("accelerator", tmp_path, run_vivado=False) == 0
+    out = capsys.readouterr().out
+    assert "gateware.top.Accelerator" in out and "CONTROL BLOCK" not in out
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_build_rejects_unfit_accelerator(tmp_path, monkeypatch):
+    class Accelerator(wiring.Component):
+        ctrl: In(AXI4LiteSignature(addr_width=12))
+
+        def elaborate(self, platform):
+            raise AssertionError
+
+    _fake_top(monkeypatch, Accelerator)
+    with pytest.raises(BoardError, match="cannot go on the board: Accelerator has no `axi"):
+        build("accelerator", tmp_path, run_vivado=False)
+    gc.collect()
 
 
 def test_cli_unknown_design_no_traceback(tmp_path):

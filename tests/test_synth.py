@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -65,10 +66,24 @@ def test_cli_unknown_unit_and_unwritable_json(tmp_path):
     assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_cli_synth_unit_json(tmp_path):
-    out = tmp_path / "topk.json"
-    r = run_m3vit("synth", "--unit", "topk", "--json", str(out))
+def test_cli_synth_top_json(tmp_path):
+    """The board's PL top through ``m3vit synth --top accelerator``: registers in fabric, no DSP."""
+    out = tmp_path / "top.json"
+    r = run_m3vit("synth", "--top", "accelerator", "--json", str(out))
     assert r.returncode == 0, r.stderr
     figures = json.loads(out.read_text())
-    assert {"unit", "dsp", "lut", "ff", "bram", "uram", "lut_levels"} <= set(figures)
-    assert figures["unit"] == "topk" and figures["lut"] > 0 and figures["lut_levels"] > 0
+    assert {"unit", "dsp", "lut", "ff", "bram", "uram", "lut_levels", "percent"} <= set(figures)
+    assert figures["unit"] == "accelerator" and figures["lut"] > 0 and figures["lut_levels"] > 0
+    if "CONTROL BLOCK ALONE" in r.stdout:
+        # Three 49-bit bases, the task, two 32-bit latches, the 64-bit cycle counter, bus state.
+        assert 250 < figures["ff"] < 600 and figures["dsp"] == 0 and figures["bram"] == 0
+
+
+@pytest.mark.slow
+def test_full_size_mac_array_maps_to_dsps():
+    """The 16 x 16 MAC array at its default size (about a minute): one DSP48E2 per PE."""
+    from gateware.catalog import build_unit
+
+    r = synthesize(build_unit("mac_array"), "mac_array")
+    assert r["dsp"] == 16 * 16 and r["bram"] == 0
+    assert r["lut_levels"] <= 12

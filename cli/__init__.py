@@ -21,6 +21,8 @@ def _parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     import model.cli
     model.cli.register(sub)
+    import sim.cli
+    sim.cli.register(sub)
     try:
         import boards.cli
     except ImportError:

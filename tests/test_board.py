@@ -17,7 +17,8 @@ from boards.synth import _yosys
 from boards.zynq import CTRL_BASE, ControlOnly, PLShell
 from gateware.axi import AXI4LiteSignature, Resp
 from gateware.control import ID_VALUE, Reg
-from tests.sim_helpers import axil_read, axil_write, run_simulation
+from sim.axil import axil_read, axil_write
+from tests.sim_helpers import run_simulation
 
 try:
     import gateware.top  # noqa: F401

@@ -7,7 +7,8 @@ import pytest
 
 from gateware.axi import Resp
 from gateware.control import ID_VALUE, VERSION, ControlRegisters, Reg
-from tests.sim_helpers import axil_read, axil_write, run_simulation
+from sim.axil import axil_read, axil_write
+from tests.sim_helpers import run_simulation
 
 
 def _run(dut, *testbenches, processes=()):

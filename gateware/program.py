@@ -1,0 +1,377 @@
+"""The accelerator's program and DRAM image, compiled in Python from a config and an artifact.
+
+``golden/schedule.py`` lists the frame's steps; :func:`compile_frame` turns them into
+instructions for the sequencer of ``gateware/top.py`` and lays out everything the hardware reads
+from DRAM. The hardware walks the same steps with two fusions that change no value: GELU runs on
+the fc1 outputs as they leave the post-processor, and the three heads of an ``attention`` step
+are three ATTENTION instructions writing one ``attn`` buffer.
+
+DRAM (byte addresses relative to the ``weights_base`` register):
+
+- offset 0: a 16-byte header: ``PROGRAM_MAGIC`` (u32), instruction count (u32), program offset
+  (u64); the program is ``count`` instructions of ``INSTR_BYTES`` little-endian bytes each (the
+  :data:`Instr` layout), after all the data.
+- parameters and weight *tiles*. A tile is one block of ``lanes`` output channels of a linear
+  layer: ``lanes`` 8-byte records (bias int32 | mult u16 << 32 | shift << 48), then for each input
+  element ``k`` the ``lanes`` int8 weights of the block's channels. The MAC array reads a tile in
+  exactly this order, so a tile streams in one burst and is reused for every token block.
+- LayerNorm parameters: per channel one 8-byte record (gamma int16 | beta int32 << 32).
+- the position embedding, int16 ``[tokens, dim]`` row-major.
+
+The image (int8 ``[C, H, W]``, at ``image_base``) is read in place; the features (int16
+``[tokens, dim]``) are written at ``output_base``.
+
+On chip, every tensor lives in one activation memory of ``lanes``-wide int16 words: token ``t``'s
+channels ``[c * lanes, (c + 1) * lanes)`` are word ``base + t * stride + c`` of its region.
+"""
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+from amaranth.lib import data
+
+from golden.schedule import compile_schedule
+
+__all__ = ["Op", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "Capacity", "CapacityError", "Frame",
+           "compile_frame", "tile_bytes"]
+
+ADDR_BITS = 40
+PROGRAM_MAGIC = 0x4D33_5649   # "M3VI"
+#: DRAM beat (AXI data width) in bytes; every DRAM object is aligned to it.
+BEAT_BYTES = 16
+
+
+class Op(enum.IntEnum):
+    """Instruction opcodes."""
+    END = 0
+    LOAD_PATCHES = 1    # image -> pixels region (patch vectors), int8 sign-extended
+    LOAD16 = 2          # DRAM int16 [rows, chunks*lanes] -> region
+    STORE16 = 3         # region -> DRAM int16
+    LAYERNORM = 4
+    GEMM = 5            # region x DRAM tiles -> region (write, residual add, or fused GELU)
+    ATTENTION = 6       # one head: QK^T, softmax, A.V
+    MOE = 7             # gate, top-k, queues, the active experts, weighted combine
+
+
+class OutMode(enum.IntEnum):
+    """What a GEMM does with its post-processed outputs."""
+    WRITE = 0
+    RESIDUAL = 1        # add the destination's value before saturating
+    GELU = 2            # GELU (mult2/shift2) then write
+
+
+#: One instruction. Fields unused by an opcode are zero.
+Instr = data.StructLayout({
+    "op": 4,
+    "out_mode": 2,
+    "narrow": 1,                    # saturate to ACT_BITS, else 16 bits
+    "dram0": ADDR_BITS,             # tiles / parameters / source, relative to its base
+    "dram1": ADDR_BITS,
+    "dram2": ADDR_BITS,
+    "stride0": 32,                  # DRAM bytes between tasks' gates
+    "stride1": 32,                  # DRAM bytes between experts
+    "src_base": 24, "src_stride": 8, "src_chunk": 8,
+    "dst_base": 24, "dst_stride": 8, "dst_chunk": 8,
+    "aux_base": 24, "aux_stride": 8, "aux_chunk": 8,
+    "v_chunk": 8,                   # ATTENTION: V's first word in the source row
+    "rows": 16,                     # tokens processed
+    "row_offset": 8,                # destination token = source token + row_offset
+    "k_chunks": 8,                  # inner dimension in words
+    "n_out": 16,                    # output channels
+    "mult": 16, "shift": 6,
+    "mult2": 16, "shift2": 6,
+    "eps": 48,
+    "count": 16,                    # experts (MOE), patches per row (LOAD_PATCHES)
+    "top_k": 4,
+})
+INSTR_BYTES = -(-Instr.size // (8 * BEAT_BYTES)) * BEAT_BYTES
+
+
+class CapacityError(ValueError):
+    """A config or program that the accelerator's on-chip memories cannot hold."""
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What one build of the accelerator holds; fixed at elaboration.
+
+    Parameters
+    ----------
+    lanes : int
+        MAC array rows and columns, and the width of an activation word (a multiple of 8).
+    act_words : int
+        Depth of the activation memory.
+    max_tokens : int
+        Tokens per frame (queue and softmax row capacity).
+    max_k_chunks : int
+        Longest inner dimension of a linear layer, in words (weight-buffer depth).
+    max_dim_chunks : int
+        Model width in words (MoE accumulator and LayerNorm row).
+    num_experts, top_k : int
+        The router's experts and selections per token; a config must match them.
+    max_program : int
+        Instructions the program memory holds.
+    """
+
+    lanes: int = 16
+    act_words: int = 32768
+    max_tokens: int = 256
+    max_k_chunks: int = 48
+    max_dim_chunks: int = 16
+    num_experts: int = 16
+    top_k: int = 2
+    max_program: int = 512
+
+    def __post_init__(self):
+        # A DRAM beat must split into whole int8 words and build whole int16 words.
+        if self.lanes not in (8, 16):
+            raise CapacityError(f"lanes must be 8 or 16, not {self.lanes}")
+
+    @classmethod
+    def for_config(cls, cfg, lanes, **overrides):
+        """The smallest capacity that holds ``cfg`` at ``lanes``."""
+        need = _requirements(cfg, lanes)
+        kw = dict(lanes=lanes, act_words=need["act_words"], max_tokens=cfg.tokens,
+                  max_k_chunks=need["k_chunks"], max_dim_chunks=cfg.dim // lanes,
+                  num_experts=cfg.num_experts, top_k=cfg.top_k,
+                  max_program=need["program"])
+        kw.update(overrides)
+        return cls(**kw)
+
+
+def tile_bytes(k, lanes):
+    """DRAM bytes of one tile with inner dimension ``k``."""
+    return 8 * lanes + k * lanes
+
+
+def _regions(cfg, lanes):
+    """Word address and stride of each on-chip region; the pixels share the qkv/hidden space."""
+    d = cfg.dim // lanes
+    hidden = max(cfg.mlp_hidden, cfg.expert_hidden if cfg.moe_layers else 0) // lanes
+    regions, top = {}, 0
+    for name, stride in (("residual", d), ("ln", d), ("attn", d), ("qkv", 3 * d), ("hidden", hidden)):
+        regions[name] = (top, stride)
+        top += cfg.tokens * stride
+    pixels_words = cfg.num_patches * cfg.patch_dim // lanes
+    regions["pixels"] = (regions["qkv"][0], cfg.patch_dim // lanes)
+    top = max(top, regions["qkv"][0] + pixels_words)
+    return regions, top
+
+
+def _requirements(cfg, lanes):
+    _, words = _regions(cfg, lanes)
+    k = max(cfg.patch_dim, cfg.dim, cfg.mlp_hidden, cfg.expert_hidden) // lanes
+    program = 5 + cfg.depth * (6 + cfg.heads)
+    return {"act_words": words, "k_chunks": k, "program": program}
+
+
+def check_capacity(cfg, cap: Capacity):
+    """Raise :class:`CapacityError` naming the first limit ``cfg`` exceeds on ``cap``."""
+    n = cap.lanes
+    if cfg.patch != 16:
+        raise CapacityError(f"the image reader takes 16-pixel patches (one DRAM beat), not {cfg.patch}")
+    if cfg.image_width % 16:
+        raise CapacityError(f"image width {cfg.image_width} is not a multiple of 16 bytes")
+    for what, v in (("dim", cfg.dim), ("head_dim", cfg.head_dim), ("mlp_hidden", cfg.mlp_hidden),
+                    ("expert_hidden", cfg.expert_hidden), ("patch_dim", cfg.patch_dim)):
+        if v % n:
+            raise CapacityError(f"{what} = {v} is not a multiple of the {n} lanes")
+    need = _requirements(cfg, n)
+    limits = (("activation words", need["act_words"], cap.act_words),
+              ("tokens", cfg.tokens, cap.max_tokens),
+              ("inner dimension (words)", need["k_chunks"], cap.max_k_chunks),
+              ("model width (words)", cfg.dim // n, cap.max_dim_chunks),
+              ("instructions", need["program"], cap.max_program))
+    for what, want, have in (("experts", cfg.num_experts, cap.num_experts), ("top-k", cfg.top_k, cap.top_k)):
+        if cfg.moe_layers and want != have:
+            raise CapacityError(f"config {cfg.name!r} routes to {cfg.top_k} of {cfg.num_experts} experts; this "
+                                f"accelerator's router takes {cap.top_k} of {cap.num_experts}")
+    for what, want, have in limits:
+        if want > have:
+            raise CapacityError(f"config {cfg.name!r} needs {want} {what}; this accelerator holds {have}")
+
+
+@dataclass
+class Frame:
+    """A compiled frame: the DRAM image of the weights and program, and where things are.
+
+    Attributes
+    ----------
+    weights : bytes
+        Everything at ``weights_base``: header, program, tiles, parameters.
+    instructions : list of dict
+        The program, field by field (for reading and tests).
+    output_bytes : int
+        Bytes the accelerator writes at ``output_base``.
+    regions : dict
+        Name -> (word address, words per token) of each on-chip region.
+    act_words : int
+        Activation-memory words the frame uses.
+    dense_bytes : int
+        DRAM bytes every frame reads (position embedding, dense tiles, LayerNorm parameters).
+    gate_bytes, expert_bytes : dict
+        Per MoE layer: DRAM bytes of one task's gate and of one expert (both linear layers).
+    program_offset : int
+        Where the instructions start.
+    """
+
+    weights: bytes
+    instructions: list
+    output_bytes: int
+    regions: dict
+    act_words: int
+    dense_bytes: int = 0
+    gate_bytes: dict = field(default_factory=dict)
+    expert_bytes: dict = field(default_factory=dict)
+    program_offset: int = 0
+
+
+class _Image:
+    def __init__(self):
+        self.chunks, self.size = [], 0
+
+    def add(self, blob):
+        blob = bytes(blob)
+        blob += bytes(-len(blob) % BEAT_BYTES)
+        addr = self.size
+        self.chunks.append(blob)
+        self.size += len(blob)
+        return addr
+
+
+def _tiles(w, b, mult, shift, lanes):
+    """The tiles of ``w [n_out, k]`` as bytes (see module docstring)."""
+    n_out, k = w.shape
+    blocks = -(-n_out // lanes)
+    out = bytearray()
+    for cb in range(blocks):
+        rec = np.zeros(lanes, dtype=np.uint64)
+        wt = np.zeros((k, lanes), dtype=np.int8)
+        for j in range(lanes):
+            ch = cb * lanes + j
+            if ch < n_out:
+                rec[j] = (np.uint64(int(b[ch]) & 0xFFFFFFFF) | np.uint64(int(mult[ch]) << 32)
+                          | np.uint64(int(shift[ch]) << 48))
+                wt[:, j] = w[ch]
+        out += rec.astype("<u8").tobytes() + wt.tobytes()
+    return bytes(out)
+
+
+def _ln_params(gamma, beta):
+    rec = (gamma.astype(np.int64) & 0xFFFF) | ((beta.astype(np.int64) & 0xFFFFFFFF) << 32)
+    return rec.astype("<u8").tobytes()
+
+
+def compile_frame(artifact, cap: Capacity):
+    """Compile ``artifact``'s frame for an accelerator of capacity ``cap``.
+
+    Raises
+    ------
+    CapacityError
+        When the config does not fit ``cap``.
+    """
+    cfg, t = artifact.config, artifact.tensors
+    check_capacity(cfg, cap)
+    n = cap.lanes
+    regions, act_words = _regions(cfg, n)
+    d = cfg.dim // n
+    img = _Image()
+    img.add(bytes(BEAT_BYTES))                       # header, filled in below
+    instrs = []
+    dense = 0
+    gate_bytes, expert_bytes = {}, {}
+
+    def emit(**fields):
+        instrs.append(fields)
+
+    def tiles(prefix, lead=()):
+        return _tiles(t[prefix + "w"][lead], t[prefix + "b"][lead], t[prefix + "mult"][lead],
+                      t[prefix + "shift"][lead], n)
+
+    def dense_object(blob):
+        nonlocal dense
+        dense += len(blob) + (-len(blob) % BEAT_BYTES)
+        return img.add(blob)
+
+    def region(name, key):
+        base, stride = regions[name]
+        return {f"{key}_base": base, f"{key}_stride": stride}
+
+    pos = dense_object(t["embed.pos"].astype("<i2").tobytes())
+    emit(op=Op.LOAD16, dram0=pos, rows=cfg.tokens, k_chunks=d, **region("residual", "dst"))
+    emit(op=Op.LOAD_PATCHES, rows=cfg.num_patches, count=cfg.image_width // cfg.patch,
+         k_chunks=cfg.patch_dim // n, n_out=cfg.in_chans, **region("pixels", "dst"))
+    eps = int(t["ln.eps_term"])
+    for step in compile_schedule(cfg):
+        p = step.params
+        if step.op == "embed":
+            emit(op=Op.GEMM, out_mode=OutMode.RESIDUAL, narrow=0, dram0=dense_object(tiles("embed.")),
+                 rows=cfg.num_patches, row_offset=1, k_chunks=cfg.patch_dim // n, n_out=cfg.dim,
+                 **region("pixels", "src"), **region("residual", "dst"))
+        elif step.op == "layernorm":
+            emit(op=Op.LAYERNORM, dram0=dense_object(_ln_params(t[p + "gamma"], t[p + "beta"])),
+                 rows=cfg.tokens, k_chunks=d, shift=int(t[p + "shift"]), eps=eps,
+                 **region("residual", "src"), **region("ln", "dst"))
+        elif step.op == "linear":
+            fields = dict(op=Op.GEMM, dram0=dense_object(tiles(p)), rows=cfg.tokens,
+                          k_chunks=t[p + "w"].shape[1] // n, n_out=t[p + "w"].shape[0],
+                          **region(step.src, "src"))
+            if step.dst == "hidden16":
+                # fc1: golden's separate ``gelu`` step runs on the outputs on their way out
+                g = f"l{step.layer}.gelu."
+                emit(**fields, out_mode=OutMode.GELU, narrow=0, mult2=int(t[g + "mult"]),
+                     shift2=int(t[g + "shift"]), **region("hidden", "dst"))
+            elif step.add_residual:
+                emit(**fields, out_mode=OutMode.RESIDUAL, narrow=0, **region("residual", "dst"))
+            else:
+                emit(**fields, out_mode=OutMode.WRITE, narrow=1, **region(step.dst, "dst"))
+        elif step.op == "attention":
+            hc, h = cfg.head_dim // n, step.head
+            emit(op=Op.ATTENTION, rows=cfg.tokens, k_chunks=hc, src_chunk=h * hc, aux_chunk=d + h * hc,
+                 v_chunk=2 * d + h * hc, dst_chunk=h * hc,
+                 mult=int(t[p + "score.mult"]), shift=int(t[p + "score.shift"]),
+                 mult2=int(t[p + "av.mult"]), shift2=int(t[p + "av.shift"]),
+                 **region("qkv", "src"), **region("attn", "dst"))
+        elif step.op == "gelu":
+            continue
+        elif step.op == "moe":
+            zeros = np.zeros(cfg.num_experts, np.int64)
+            gates = [_tiles(t[p + "gate.w"][task], zeros, zeros + t[p + "gate.mult"][task],
+                            zeros + t[p + "gate.shift"][task], n) for task in range(cfg.num_tasks)]
+            experts = [(tiles(p + "expert_fc1.", (e,)), tiles(p + "expert_fc2.", (e,)))
+                       for e in range(cfg.num_experts)]
+            gate_bytes[step.layer] = len(gates[0])
+            expert_bytes[step.layer] = len(experts[0][0]) + len(experts[0][1])
+            g = f"l{step.layer}.gelu."
+            emit(op=Op.MOE, dram0=img.add(b"".join(gates)), stride0=len(gates[0]),
+                 dram1=img.add(b"".join(a + b for a, b in experts)), dram2=len(experts[0][0]),
+                 stride1=expert_bytes[step.layer], rows=cfg.tokens, k_chunks=d, n_out=cfg.num_experts,
+                 count=cfg.expert_hidden // n, top_k=cfg.top_k, mult2=int(t[g + "mult"]),
+                 shift2=int(t[g + "shift"]), **region("ln", "src"), **region("residual", "dst"),
+                 **region("hidden", "aux"))
+        else:
+            raise ValueError(f"unknown schedule op {step.op!r}")
+    emit(op=Op.STORE16, rows=cfg.tokens, k_chunks=d, **region("residual", "src"))
+    emit(op=Op.END)
+    if len(instrs) > cap.max_program:
+        raise CapacityError(f"the program has {len(instrs)} instructions; this accelerator holds "
+                            f"{cap.max_program}")
+    prog = img.add(b"".join(encode(i) for i in instrs))
+    blob = bytearray(b"".join(img.chunks))
+    blob[:16] = np.array([PROGRAM_MAGIC, len(instrs)], "<u4").tobytes() + np.array([prog], "<u8").tobytes()
+    return Frame(weights=bytes(blob), instructions=instrs, output_bytes=cfg.tokens * cfg.dim * 2,
+                 regions=regions, act_words=act_words, dense_bytes=dense, gate_bytes=gate_bytes,
+                 expert_bytes=expert_bytes, program_offset=prog)
+
+
+def encode(fields):
+    """The little-endian bytes of one instruction given as a dict of field values."""
+    value = 0
+    for name, v in fields.items():
+        offset, width = Instr[name].offset, Instr[name].width
+        v = int(v)
+        if not 0 <= v < (1 << width):
+            raise CapacityError(f"instruction field {name} = {v} does not fit {width} bits")
+        value |= v << offset
+    return value.to_bytes(INSTR_BYTES, "little")

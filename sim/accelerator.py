@@ -1,0 +1,238 @@
+"""Run one frame through the simulated accelerator: DRAM model, register writes, result.
+
+The same sequence runs on either engine: Amaranth's simulator (``pysim``) or the Verilog
+compiled by Verilator (``verilator``). The host side is what a driver on the board does: put the
+compiled weights/program and the image into DRAM, write the base addresses and the task, start,
+wait for done, read the features and the counters.
+"""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from gateware.control import Reg
+from gateware.program import BEAT_BYTES, Capacity, compile_frame
+from gateware.top import Accelerator
+
+__all__ = ["FrameResult", "SimulationError", "dram_layout", "simulate_frame", "useful_macs", "frame_report"]
+
+ENGINES = ("pysim", "verilator")
+_ALIGN = 4096
+#: Cycles between status polls; a poll is two register reads.
+_POLL = 512
+
+
+class SimulationError(RuntimeError):
+    """The accelerator did not finish, or broke the bus protocol."""
+
+
+@dataclass
+class FrameResult:
+    """What one simulated frame produced and cost.
+
+    Attributes
+    ----------
+    output : ndarray
+        int16 features ``[tokens, dim]`` read back from DRAM.
+    cycles, stalls : int
+        The accelerator's own counters: cycles from start to done, and cycles the MAC array
+        waited for weights from DRAM.
+    dram_read, dram_written : int
+        Bytes moved on the AXI port.
+    engine : str
+    wall_seconds : float
+    """
+
+    output: np.ndarray
+    cycles: int
+    stalls: int
+    dram_read: int
+    dram_written: int
+    engine: str
+    wall_seconds: float
+
+
+def _align(n):
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def dram_layout(frame, image_bytes):
+    """Byte addresses of the weights, image and output, and the DRAM size."""
+    weights = 0
+    image = _align(len(frame.weights))
+    output = image + _align(image_bytes)
+    return weights, image, output, output + _align(frame.output_bytes)
+
+
+def _register_writes(task, weights, image, output):
+    return [(Reg.TASK, task), (Reg.WEIGHTS_LO, weights & 0xFFFFFFFF), (Reg.WEIGHTS_HI, weights >> 32),
+            (Reg.IMAGE_LO, image & 0xFFFFFFFF), (Reg.IMAGE_HI, image >> 32),
+            (Reg.OUTPUT_LO, output & 0xFFFFFFFF), (Reg.OUTPUT_HI, output >> 32), (Reg.CONTROL, 1)]
+
+
+def simulate_frame(artifact, pixels, task, *, lanes=8, cap=None, engine="pysim", dram_latency=40,
+                   dram_beats_per_cycle=1.0, max_cycles=50_000_000, progress=None):
+    """Run one frame of ``artifact`` on int8 ``pixels`` ``[C, H, W]`` for ``task``.
+
+    Parameters
+    ----------
+    cap : Capacity, optional
+        The accelerator to build; by default the smallest that holds the config at ``lanes``.
+    engine : str
+        ``"pysim"`` or ``"verilator"``.
+    dram_latency, dram_beats_per_cycle : int, float
+        The DRAM model: cycles from a read address to its first beat, and sustained beats
+        (16 bytes) per cycle.
+    max_cycles : int
+        Give up (``SimulationError``) after this many cycles.
+    progress : callable, optional
+        Called with the cycle count now and then.
+
+    Raises
+    ------
+    gateware.program.CapacityError
+        When the config does not fit ``cap`` (before anything is simulated).
+    ValueError
+        For an unknown engine or task, or pixels of the wrong shape.
+    """
+    cfg = artifact.config
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if not 0 <= task < cfg.num_tasks:
+        raise ValueError(f"unknown task {task}: config {cfg.name!r} has tasks 0..{cfg.num_tasks - 1}")
+    pixels = np.asarray(pixels)
+    want = (cfg.in_chans, cfg.image_height, cfg.image_width)
+    if pixels.shape != want:
+        raise ValueError(f"pixels have shape {list(pixels.shape)}, expected {list(want)}")
+    cap = cap or Capacity.for_config(cfg, lanes)
+    frame = compile_frame(artifact, cap)
+    image = pixels.astype(np.int8).tobytes()
+    w_addr, i_addr, o_addr, size = dram_layout(frame, len(image))
+    contents = [(w_addr, frame.weights), (i_addr, image)]
+    regs = _register_writes(task, w_addr, i_addr, o_addr)
+    run = _run_pysim if engine == "pysim" else _run_verilator
+    start = time.perf_counter()
+    out, cycles, stalls, read, written = run(Accelerator(cap), size, contents, regs, o_addr, frame.output_bytes,
+                                             dram_latency, dram_beats_per_cycle, max_cycles, progress)
+    output = np.frombuffer(out, dtype="<i2").reshape(cfg.tokens, cfg.dim).astype(np.int64)
+    return FrameResult(output, cycles, stalls, read, written, engine, time.perf_counter() - start)
+
+
+def _run_pysim(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max_cycles, progress):
+    from amaranth.sim import Simulator
+
+    from .axil import axil_read, axil_write
+    from .dram import DRAMModel
+
+    dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc)
+    for addr, blob in contents:
+        dram.write(addr, blob)
+    result = {}
+
+    async def host(ctx):
+        for reg, value in regs:
+            await axil_write(ctx, dut.ctrl, reg, value)
+        waited = 0
+        while True:
+            await ctx.tick().repeat(_POLL)
+            waited += _POLL
+            status, _ = await axil_read(ctx, dut.ctrl, Reg.STATUS)
+            if status & 2:          # done
+                break
+            if not status & 1:
+                raise SimulationError("the accelerator stopped without finishing (bad program header?)")
+            if waited > max_cycles:
+                raise SimulationError(f"no result after {max_cycles} cycles")
+            if progress:
+                progress(waited)
+        values = []
+        for reg in (Reg.CYCLES_LO, Reg.CYCLES_HI, Reg.STALLS_LO, Reg.STALLS_HI):
+            values.append((await axil_read(ctx, dut.ctrl, reg))[0])
+        result["cycles"] = values[0] | values[1] << 32
+        result["stalls"] = values[2] | values[3] << 32
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    dram.add_to(sim, dut.axi)
+    sim.add_testbench(host)
+    sim.run()
+    return (dram.read(o_addr, o_bytes), result["cycles"], result["stalls"], dram.bytes_read,
+            dram.bytes_written)
+
+
+def _run_verilator(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max_cycles, progress):
+    from gateware.verilator_engine import VerilatorModel
+
+    from .axil import VerilatorAXIL
+    from .dram import VERILATOR_OPTIONS, attach_verilator_dram
+
+    model = VerilatorModel(dut, name="accelerator", **VERILATOR_OPTIONS)
+    dram = attach_verilator_dram(model, "axi", size, latency, bpc)
+    for addr, blob in contents:
+        dram.write(addr, blob)
+    bus = VerilatorAXIL(model, "ctrl")
+    for reg, value in regs:
+        bus.write(reg, value)
+    waited = 0
+    chunk = 100_000
+    while True:
+        model.tick(chunk)
+        waited += chunk
+        dram.check()
+        status = bus.read(Reg.STATUS)
+        if status & 2:
+            break
+        if not status & 1:
+            raise SimulationError("the accelerator stopped without finishing (bad program header?)")
+        if waited > max_cycles:
+            raise SimulationError(f"no result after {max_cycles} cycles")
+        if progress:
+            progress(waited)
+    cycles = bus.read(Reg.CYCLES_LO) | bus.read(Reg.CYCLES_HI) << 32
+    stalls = bus.read(Reg.STALLS_LO) | bus.read(Reg.STALLS_HI) << 32
+    out = dram.read(o_addr, o_bytes)
+    return out, cycles, stalls, dram.bytes_read, dram.bytes_written
+
+
+def useful_macs(cfg, tokens_per_layer_expert):
+    """Multiply-accumulates one frame needs: every matrix product of the model, MoE experts for
+    the tokens routed to them (``tokens_per_layer_expert``: MoE layer -> total queued tokens)."""
+    t, d = cfg.tokens, cfg.dim
+    macs = cfg.num_patches * cfg.patch_dim * d
+    for layer in range(cfg.depth):
+        macs += t * d * 3 * d + 2 * cfg.heads * t * t * cfg.head_dim + t * d * d
+        if cfg.is_moe(layer):
+            macs += t * d * cfg.num_experts + tokens_per_layer_expert[layer] * 2 * d * cfg.expert_hidden
+        else:
+            macs += 2 * t * d * cfg.mlp_hidden
+    return macs
+
+
+def frame_report(artifact, pixels, task, result, golden, cap):
+    """Figures of a simulated frame against golden: the ``m3vit perf`` JSON."""
+    cfg = artifact.config
+    frame = compile_frame(artifact, cap)
+    experts_run, queued = [], {}
+    trace = {}
+    for step, data in golden.trace:
+        trace.setdefault(step.layer, {}).update(data)
+    minimum = frame.dense_bytes + cfg.in_chans * cfg.image_height * cfg.image_width + frame.output_bytes
+    for layer in cfg.moe_layers:
+        active = [int(e) for e in trace[layer]["experts_run"]]
+        experts_run.append({"layer": layer, "experts": active, "count": len(active)})
+        queued[layer] = int(np.asarray(trace[layer]["experts"]).size)
+        minimum += frame.gate_bytes[layer] + len(active) * frame.expert_bytes[layer]
+    n = cap.lanes
+    macs = useful_macs(cfg, queued)
+    mismatches = int(np.count_nonzero(result.output != golden.output))
+    return {
+        "config": cfg.name, "task": task, "engine": result.engine, "lanes": n,
+        "bit_exact": mismatches == 0, "mismatches": mismatches,
+        "cycles": result.cycles, "stall_cycles": result.stalls,
+        "latency_ms_at_300mhz": result.cycles / 300e6 * 1e3,
+        "useful_macs": macs, "mac_utilization": macs / (n * n * result.cycles),
+        "dram_bytes": result.dram_read + result.dram_written, "dram_bytes_read": result.dram_read,
+        "dram_bytes_written": result.dram_written, "dram_bytes_min": minimum,
+        "experts_run": experts_run, "wall_seconds": result.wall_seconds,
+    }

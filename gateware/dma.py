@@ -1,6 +1,6 @@
 """The accelerator's AXI4 manager: burst reads into a stream, a stream into burst writes."""
 
-from amaranth import *
+from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -8,76 +8,130 @@ from .axi import AXI4Signature, Burst
 
 __all__ = ["DMA"]
 
-_PAGE = 4096
+_PAGE = 4096        # AXI bursts must not cross a 4 KiB boundary
+_CACHE = 0b0011     # AxCACHE: normal non-cacheable bufferable (what Xilinx's HP ports expect)
+
+
+def command_layout(addr_width):
+    """Layout of a read or write command: byte address and number of beats."""
+    return data.StructLayout({"addr": unsigned(addr_width), "beats": unsigned(24)})
 
 
 class DMA(wiring.Component):
-    """Moves whole beats between DRAM and the accelerator's streams.
+    """Moves whole beats between DRAM and the accelerator's streams over one AXI4 manager port.
 
-    A command names a beat-aligned byte address and a number of beats. It is cut into INCR
-    bursts of at most ``max_burst`` beats that never cross a 4 KiB boundary (AXI forbids it). Up
-    to ``max_outstanding`` read bursts are in flight, so the read stream sustains one beat per
-    cycle behind a DRAM latency of up to ``max_outstanding * burst length`` cycles; the next
-    command's bursts go out while the previous command's data still flows. Reads and writes are
-    independent. All transfers use ID 0, so data returns in address order.
+    Bursts. A command (beat-aligned byte address, number of beats) is cut into INCR bursts of
+    at most ``max_burst`` beats that never cross a 4 KiB boundary: each burst runs to the end of
+    the command, the end of the 4 KiB page or ``max_burst`` beats, whichever comes first. AxSIZE
+    is the full bus width, AxCACHE ``0b0011``, AxPROT/AxLOCK/AxQOS 0, ID 0 (no ID signals), so
+    the subordinate answers in order. A burst is issued per cycle at most, and a command is taken
+    in the cycle its last burst is cut, so 1-beat commands go out one per cycle (as far as
+    ``max_outstanding`` allows).
+
+    Ordering. Read beats come out in address order and commands in acceptance order; ``last``
+    marks each command's final beat. Up to ``max_outstanding`` read bursts are issued ahead of
+    their data, also across command boundaries. Write data follows the commands in order; the
+    W channel does not wait for AWREADY (a burst's length is queued when it is cut, not when its
+    address is taken). At most ``max_outstanding`` write bursts await their B response. Reads
+    and writes share nothing: neither waits for the other, and nothing orders a read after an
+    earlier write to the same address (the sequencer waits for ``wr_busy`` to fall instead).
+    Error responses (SLVERR/DECERR) are not reported.
+
+    Throughput. One beat per cycle in each direction when DRAM keeps up. Reads sustain that
+    behind a DRAM read latency of ``L`` cycles when ``max_outstanding * burst length`` exceeds
+    about ``L + 3`` beats (with the defaults, any latency below ~1000 cycles on long commands).
+
+    Latency. A read command accepted in cycle ``t`` presents ARVALID in cycle ``t + 2`` (when
+    the previous AR was taken and fewer than ``max_outstanding`` bursts are in flight); its
+    first beat is on ``rd_data`` in the cycle RVALID rises (``rready`` is ``rd_data.ready``,
+    no register in between). A write command accepted in cycle ``t`` presents AWVALID and
+    takes its first ``wr_data`` beat from cycle ``t + 2``; ``wr_busy`` is high from cycle
+    ``t + 1`` until the cycle after its last B response.
 
     Parameters
     ----------
-    addr_width, data_width : int
-        Byte address and data widths of the AXI4 port.
+    addr_width : int
+        Byte address width of the AXI4 port (at least 12).
+    data_width : int
+        Data width in bits (a power of two from 8 to 1024); a beat is ``data_width // 8`` bytes.
     max_burst : int
-        Longest burst, 1..256 beats.
+        Longest burst in beats, 1..256.
     max_outstanding : int
-        Read bursts in flight at once.
+        Read bursts issued and not yet fully received, and write bursts cut and not yet
+        answered, at most (each direction separately); at least 1.
 
     Attributes
     ----------
     axi : Out(AXI4Signature(addr_width=addr_width, data_width=data_width))
+        The manager port (no ID signals).
     rd_cmd : In(stream.Signature(StructLayout({"addr": unsigned(addr_width), "beats": unsigned(24)})))
-        Read ``beats`` (at least 1) beats from ``addr``.
+        Read ``beats`` beats from byte address ``addr`` (aligned to a beat, ``beats >= 1``; a
+        0-beat command is accepted and produces nothing).
     rd_data : Out(stream.Signature(StructLayout({"data": unsigned(data_width), "last": 1})))
-        The beats in order; ``last`` on each command's final beat. ``rready`` is ``rd_data.ready``.
+        The beats read, in order; ``last`` on each command's final beat. ``valid`` is RVALID and
+        ``ready`` drives RREADY.
     wr_cmd : In(stream.Signature(StructLayout({"addr": unsigned(addr_width), "beats": unsigned(24)})))
-        Write ``beats`` whole beats (all byte strobes) from ``wr_data`` at ``addr``.
+        Write ``beats`` whole beats (all byte strobes set) at byte address ``addr`` (aligned,
+        ``beats >= 1``; a 0-beat command is accepted and writes nothing).
     wr_data : In(stream.Signature(unsigned(data_width)))
+        The beats to write, for the accepted write commands in order.
     wr_busy : Out(1)
-        A write command is being split, has beats to send or responses to wait for.
+        High while an accepted write command has beats not yet sent or B responses not yet
+        received.
     """
 
     def __init__(self, *, addr_width=40, data_width=128, max_burst=256, max_outstanding=4):
         if not 1 <= max_burst <= 256:
-            raise ValueError("max_burst must lie in 1..256")
+            raise ValueError(f"max_burst must lie in 1..256, not {max_burst!r}")
+        if max_outstanding < 1:
+            raise ValueError(f"max_outstanding must be positive, not {max_outstanding!r}")
+        if addr_width < 12:
+            raise ValueError(f"addr_width must be at least 12 (one 4 KiB page), not {addr_width!r}")
+        axi = AXI4Signature(addr_width=addr_width, data_width=data_width)
         self.addr_width, self.data_width = addr_width, data_width
         self.max_burst, self.max_outstanding = max_burst, max_outstanding
         self.beat_bytes = data_width // 8
-        cmd = data.StructLayout({"addr": unsigned(addr_width), "beats": unsigned(24)})
         super().__init__({
-            "axi": Out(AXI4Signature(addr_width=addr_width, data_width=data_width)),
-            "rd_cmd": In(stream.Signature(cmd)),
+            "axi": Out(axi),
+            "rd_cmd": In(stream.Signature(command_layout(addr_width))),
             "rd_data": Out(stream.Signature(data.StructLayout({"data": unsigned(data_width), "last": 1}))),
-            "wr_cmd": In(stream.Signature(cmd)),
+            "wr_cmd": In(stream.Signature(command_layout(addr_width))),
             "wr_data": In(stream.Signature(unsigned(data_width))),
             "wr_busy": Out(1),
         })
 
     def _splitter(self, m, cmd, name):
-        """Cut commands from ``cmd`` into bursts; returns (valid, addr, len-1, last-of-command, take)."""
-        active, addr, left = Signal(name=f"{name}_active"), Signal(self.addr_width, name=f"{name}_addr"), \
-            Signal(24, name=f"{name}_left")
-        page_beats = Signal(range(_PAGE // self.beat_bytes + 1), name=f"{name}_page")
-        length = Signal(range(self.max_burst + 1), name=f"{name}_len")
-        take = Signal(name=f"{name}_take")
-        m.d.comb += page_beats.eq((_PAGE - addr[:12]) // self.beat_bytes)
-        m.d.comb += length.eq(Mux((left < self.max_burst) & (left < page_beats), left,
-                                  Mux(page_beats < self.max_burst, page_beats, self.max_burst)))
-        m.d.comb += cmd.ready.eq(~active)
-        with m.If(cmd.valid & cmd.ready):
-            m.d.sync += [active.eq(cmd.payload.beats != 0), addr.eq(cmd.payload.addr), left.eq(cmd.payload.beats)]
-        with m.If(take):
-            m.d.sync += [addr.eq(addr + length * self.beat_bytes), left.eq(left - length)]
-            with m.If(left == length):
+        """Holds one command and cuts bursts off its front whenever ``cut`` is driven high.
+
+        Returns ``(active, addr, length, last, cut)``: a burst of ``length`` beats at ``addr``
+        is available while ``active``; ``last`` says it ends the command.
+        """
+        shift = (self.beat_bytes - 1).bit_length()
+        active = Signal(name=f"{name}_active")
+        addr = Signal(self.addr_width, name=f"{name}_addr")
+        left = Signal(24, name=f"{name}_left")
+        page_room = Signal(range(1, (_PAGE >> shift) + 1), name=f"{name}_page_room")
+        cap = Signal(range(1, self.max_burst + 1), name=f"{name}_cap")
+        length = Signal(range(1, self.max_burst + 1), name=f"{name}_length")
+        last = Signal(name=f"{name}_last")
+        cut = Signal(name=f"{name}_cut")
+        m.d.comb += [
+            page_room.eq((_PAGE >> shift) - addr[shift:12]),
+            cap.eq(Mux(page_room < self.max_burst, page_room, self.max_burst)),
+            last.eq(left <= cap),
+            length.eq(Mux(last, left, cap)),
+            # Taking the next command as the current one's last burst goes keeps 1-beat
+            # commands at one per cycle.
+            cmd.ready.eq(~active | (cut & last)),
+        ]
+        with m.If(cut):
+            m.d.sync += [addr.eq(addr + (length << shift)), left.eq(left - length)]
+            with m.If(last):
                 m.d.sync += active.eq(0)
-        return active, addr, length, left == length, take
+        with m.If(cmd.valid & cmd.ready):
+            m.d.sync += [active.eq(cmd.payload.beats != 0), addr.eq(cmd.payload.addr),
+                         left.eq(cmd.payload.beats)]
+        return active, addr, length, last, cut
 
     def elaborate(self, platform):
         m = Module()
@@ -85,40 +139,59 @@ class DMA(wiring.Component):
         size = (self.beat_bytes - 1).bit_length()
         for ch in ("ar", "aw"):
             m.d.comb += [getattr(axi, f"{ch}size").eq(size), getattr(axi, f"{ch}burst").eq(Burst.INCR),
-                         getattr(axi, f"{ch}cache").eq(0b0011)]
+                         getattr(axi, f"{ch}cache").eq(_CACHE)]
 
-        # Reads: bursts go out while fewer than max_outstanding are unanswered; each burst's
-        # "ends its command" bit waits in a FIFO for the burst's data.
-        ar_active, ar_addr, ar_len, ar_end, ar_take = self._splitter(m, self.rd_cmd, "rd")
-        m.submodules.rd_ends = rd_ends = fifo.SyncFIFOBuffered(width=1, depth=self.max_outstanding)
-        inflight = Signal(range(self.max_outstanding + 1))
+        # Reads. Bursts are counted from their cut until their last beat arrives, which bounds
+        # the bursts in flight; whether each one ends its command waits in `rd_ends` for it.
+        rd_active, rd_addr, rd_len, rd_last, rd_cut = self._splitter(m, self.rd_cmd, "rd")
+        m.submodules.rd_ends = rd_ends = fifo.SyncFIFO(width=1, depth=self.max_outstanding)
+        rd_flight = Signal(range(self.max_outstanding + 1))
         r_done = Signal()
-        can = ar_active & rd_ends.w_rdy & (inflight < self.max_outstanding)
-        m.d.comb += [axi.arvalid.eq(can), axi.araddr.eq(ar_addr), axi.arlen.eq(ar_len - 1),
-                     ar_take.eq(axi.arvalid & axi.arready),
-                     rd_ends.w_en.eq(ar_take), rd_ends.w_data.eq(ar_end)]
-        m.d.comb += [self.rd_data.valid.eq(axi.rvalid), self.rd_data.payload.data.eq(axi.rdata),
-                     self.rd_data.payload.last.eq(axi.rlast & rd_ends.r_data[0]),
-                     axi.rready.eq(self.rd_data.ready),
-                     r_done.eq(axi.rvalid & axi.rready & axi.rlast), rd_ends.r_en.eq(r_done)]
-        m.d.sync += inflight.eq(inflight + ar_take - r_done)
+        m.d.comb += rd_cut.eq(rd_active & (~axi.arvalid | axi.arready) &
+                              (rd_flight < self.max_outstanding))
+        with m.If(rd_cut):
+            m.d.sync += [axi.arvalid.eq(1), axi.araddr.eq(rd_addr), axi.arlen.eq(rd_len - 1)]
+        with m.Elif(axi.arready):
+            m.d.sync += axi.arvalid.eq(0)
+        m.d.comb += [
+            rd_ends.w_en.eq(rd_cut), rd_ends.w_data.eq(rd_last),
+            self.rd_data.valid.eq(axi.rvalid),
+            self.rd_data.payload.data.eq(axi.rdata),
+            # SyncFIFO reads without latency and R follows its AR by at least a cycle, so the
+            # burst's entry is there when its data is.
+            self.rd_data.payload.last.eq(axi.rlast & rd_ends.r_data[0]),
+            axi.rready.eq(self.rd_data.ready),
+            r_done.eq(axi.rvalid & axi.rready & axi.rlast),
+            rd_ends.r_en.eq(r_done),
+        ]
+        m.d.sync += rd_flight.eq(rd_flight + rd_cut - r_done)
 
-        # Writes: each burst's length waits in a FIFO for the data channel; responses are counted.
-        aw_active, aw_addr, aw_len, _, aw_take = self._splitter(m, self.wr_cmd, "wr")
-        m.submodules.wr_lens = wr_lens = fifo.SyncFIFOBuffered(width=9, depth=4)
-        m.d.comb += [axi.awvalid.eq(aw_active & wr_lens.w_rdy), axi.awaddr.eq(aw_addr), axi.awlen.eq(aw_len - 1),
-                     aw_take.eq(axi.awvalid & axi.awready), wr_lens.w_en.eq(aw_take), wr_lens.w_data.eq(aw_len)]
-        beat = Signal(9)
-        w_last = beat == wr_lens.r_data - 1
-        m.d.comb += [axi.wvalid.eq(self.wr_data.valid & wr_lens.r_rdy), axi.wdata.eq(self.wr_data.payload),
-                     axi.wstrb.eq((1 << self.beat_bytes) - 1), axi.wlast.eq(w_last),
-                     self.wr_data.ready.eq(axi.wready & wr_lens.r_rdy)]
+        # Writes. A burst's length is queued for the W channel when it is cut, so write data
+        # never waits for AWREADY; `wr_pending` counts bursts from their cut to their B.
+        wr_active, wr_addr, wr_len, _, wr_cut = self._splitter(m, self.wr_cmd, "wr")
+        m.submodules.wr_lens = wr_lens = fifo.SyncFIFO(width=8, depth=self.max_outstanding)
+        wr_pending = Signal(range(self.max_outstanding + 1))
+        m.d.comb += wr_cut.eq(wr_active & (~axi.awvalid | axi.awready) &
+                              (wr_pending < self.max_outstanding))
+        with m.If(wr_cut):
+            m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(wr_addr), axi.awlen.eq(wr_len - 1)]
+        with m.Elif(axi.awready):
+            m.d.sync += axi.awvalid.eq(0)
+        beat = Signal(8)
+        w_last = Signal()
+        m.d.comb += [
+            wr_lens.w_en.eq(wr_cut), wr_lens.w_data.eq(wr_len - 1),
+            w_last.eq(beat == wr_lens.r_data),
+            axi.wvalid.eq(self.wr_data.valid & wr_lens.r_rdy),
+            axi.wdata.eq(self.wr_data.payload),
+            axi.wstrb.eq((1 << self.beat_bytes) - 1),
+            axi.wlast.eq(w_last),
+            self.wr_data.ready.eq(axi.wready & wr_lens.r_rdy),
+            axi.bready.eq(1),
+        ]
         with m.If(axi.wvalid & axi.wready):
             m.d.sync += beat.eq(Mux(w_last, 0, beat + 1))
             m.d.comb += wr_lens.r_en.eq(w_last)
-        pending = Signal(16)
-        b_done = axi.bvalid & axi.bready
-        m.d.comb += axi.bready.eq(1)
-        m.d.sync += pending.eq(pending + aw_take - b_done)
-        m.d.comb += self.wr_busy.eq(aw_active | wr_lens.r_rdy | (pending != 0) | self.wr_cmd.valid)
+        m.d.sync += wr_pending.eq(wr_pending + wr_cut - (axi.bvalid & axi.bready))
+        m.d.comb += self.wr_busy.eq(wr_active | (wr_pending != 0))
         return m

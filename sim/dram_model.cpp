@@ -1,5 +1,11 @@
-// The DRAM of sim/dram.py for the Verilator engine: the same timing, protocol checks and
-// counters, compiled into the model and run around every clock edge.
+// The DRAM of sim/dram.py for the Verilator engine (gateware/verilator_engine.py): the same
+// timing, cycle for cycle, the same protocol checks and counters. The module docstring of
+// sim/dram.py describes the behaviour; this file mirrors DRAMModel.serve() step by step, so a
+// change to one belongs in the other.
+//
+// Per clock edge the harness calls before_edge() with the design settled (the handshakes of
+// this edge are decided: sample them) and after_edge() once the edge has passed (drive what
+// the design sees during the next cycle).
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -12,199 +18,248 @@
 namespace {
 
 const uint64_t kPage = 4096;
+const uint64_t kOne = 1 << 16;  // a read beat's cost in tokens, as in sim/dram.py
 
-struct Burst {
+struct ReadBurst {
     uint64_t ready, addr, beats;
 };
 
+struct WriteBurst {
+    uint64_t addr, beats;
+};
+
+enum Port {
+    ARVALID, ARREADY, ARADDR, ARLEN, ARSIZE, ARBURST, RVALID, RREADY, RDATA, RLAST,
+    AWVALID, AWREADY, AWADDR, AWLEN, AWSIZE, AWBURST, WVALID, WREADY, WDATA, WSTRB, WLAST,
+    BVALID, BREADY, NUM_PORTS
+};
+
+const char *const kPortNames[NUM_PORTS] = {
+    "arvalid", "arready", "araddr", "arlen", "arsize", "arburst", "rvalid", "rready", "rdata",
+    "rlast", "awvalid", "awready", "awaddr", "awlen", "awsize", "awburst", "wvalid", "wready",
+    "wdata", "wstrb", "wlast", "bvalid", "bready"};
+
 struct Dram {
     std::vector<uint8_t> mem;
-    uint32_t beat = 16, latency = 40;
-    double rate = 1.0, credit = 0.0;
-    uint64_t cycle = 0;
-    uint64_t stats[4] = {0, 0, 0, 0};
+    uint32_t beat = 16;
+    uint64_t latency = 40;
+    uint64_t rate = kOne;  // tokens per cycle
+    int port[NUM_PORTS];
+    uint64_t stats[4] = {0, 0, 0, 0};  // bytes read, bytes written, read bursts, write bursts
     std::string error;
-    std::deque<Burst> reads, writes;
-    bool have_read = false, driving = false, have_write = false;
-    Burst cur_read{}, cur_write{};
-    uint64_t responses = 0;
-    // ports
-    int arvalid, arready, araddr, arlen, arsize, arburst, rvalid, rready, rdata, rlast, rresp;
-    int awvalid, awready, awaddr, awlen, awsize, awburst, wvalid, wready, wdata, wstrb, wlast;
-    int bvalid, bready, bresp;
-    // values sampled before the edge
-    bool s_arvalid, s_rready, s_awvalid, s_wvalid, s_wlast, s_bready;
-    uint64_t s_araddr, s_arlen, s_arsize, s_arburst, s_awaddr, s_awlen, s_awsize, s_awburst, s_wstrb;
-    uint32_t s_wdata[16];
+    uint64_t cycle = 0;
 
-    void fail(const std::string &msg) {
+    std::deque<ReadBurst> reads;
+    uint64_t r_addr = 0, r_left = 0;
+    bool r_valid = false;
+    uint64_t credit = 0;
+    std::vector<uint32_t> r_words;
+
+    std::deque<WriteBurst> writes;
+    uint64_t w_addr = 0, w_left = 0, responses = 0;
+
+    // Sampled before the edge.
+    bool arvalid = false, rready = false, awvalid = false, wvalid = false, wlast = false,
+         bready = false;
+    uint64_t araddr = 0, arlen = 0, arsize = 0, arburst = 0;
+    uint64_t awaddr = 0, awlen = 0, awsize = 0, awburst = 0;
+    std::vector<uint32_t> wdata, wstrb;
+
+    void fail(const char *msg) {
         if (error.empty()) error = msg;
     }
 
-    bool check(const char *kind, uint64_t addr, uint64_t beats, uint64_t size, uint64_t burst) {
-        char buf[200];
+    // Returns whether the burst may be served; records the first violation otherwise.
+    bool check_burst(const char *kind, uint64_t addr, uint64_t beats, uint64_t size,
+                     uint64_t burst) {
+        char buf[256];
+        unsigned long long a = addr, n = beats;
+        uint64_t end = addr + beats * beat;
         if (burst != 1) {
-            snprintf(buf, sizeof buf, "%s burst at %#llx: type %llu is not INCR", kind,
-                     (unsigned long long)addr, (unsigned long long)burst);
+            snprintf(buf, sizeof buf, "%s burst at %#llx: burst type %llu is not INCR (1)", kind,
+                     a, (unsigned long long)burst);
         } else if ((1ull << size) != beat) {
-            snprintf(buf, sizeof buf, "%s burst at %#llx: size %llu bytes is not the bus width", kind,
-                     (unsigned long long)addr, (unsigned long long)(1ull << size));
+            snprintf(buf, sizeof buf,
+                     "%s burst at %#llx: AxSIZE %llu (%llu bytes) is not the %u-byte bus width",
+                     kind, a, (unsigned long long)size, 1ull << size, beat);
         } else if (addr % beat) {
-            snprintf(buf, sizeof buf, "%s burst at %#llx is not aligned to %u bytes", kind,
-                     (unsigned long long)addr, beat);
-        } else if (addr / kPage != (addr + beats * beat - 1) / kPage) {
-            snprintf(buf, sizeof buf, "%s burst at %#llx of %llu beats crosses a 4 KiB boundary", kind,
-                     (unsigned long long)addr, (unsigned long long)beats);
-        } else if (addr + beats * beat > mem.size()) {
-            snprintf(buf, sizeof buf, "%s burst at %#llx of %llu beats runs past the DRAM's %zu bytes",
-                     kind, (unsigned long long)addr, (unsigned long long)beats, mem.size());
+            snprintf(buf, sizeof buf, "%s burst at %#llx is not aligned to the %u-byte beat", kind,
+                     a, beat);
+        } else if (addr / kPage != (end - 1) / kPage) {
+            snprintf(buf, sizeof buf,
+                     "%s burst at %#llx of %llu beats crosses the 4 KiB boundary at %#llx", kind, a,
+                     n, (unsigned long long)((addr / kPage + 1) * kPage));
+        } else if (end > mem.size()) {
+            snprintf(buf, sizeof buf,
+                     "%s burst at %#llx of %llu beats runs past the end of the %llu-byte DRAM",
+                     kind, a, n, (unsigned long long)mem.size());
         } else {
             return true;
         }
         fail(buf);
         return false;
     }
+
+    bool strobe(uint32_t i) const { return wstrb[i / 32] >> (i % 32) & 1; }
 };
 
 void before_edge(vm_ctx *ctx, void *arg) {
     Dram *d = static_cast<Dram *>(arg);
-    d->s_arvalid = vm_get64(ctx, d->arvalid);
-    d->s_araddr = vm_get64(ctx, d->araddr);
-    d->s_arlen = vm_get64(ctx, d->arlen);
-    d->s_arsize = vm_get64(ctx, d->arsize);
-    d->s_arburst = vm_get64(ctx, d->arburst);
-    d->s_rready = vm_get64(ctx, d->rready);
-    d->s_awvalid = vm_get64(ctx, d->awvalid);
-    d->s_awaddr = vm_get64(ctx, d->awaddr);
-    d->s_awlen = vm_get64(ctx, d->awlen);
-    d->s_awsize = vm_get64(ctx, d->awsize);
-    d->s_awburst = vm_get64(ctx, d->awburst);
-    d->s_wvalid = vm_get64(ctx, d->wvalid);
-    d->s_wstrb = vm_get64(ctx, d->wstrb);
-    d->s_wlast = vm_get64(ctx, d->wlast);
-    d->s_bready = vm_get64(ctx, d->bready);
-    if (d->s_wvalid) vm_get_words(ctx, d->wdata, d->s_wdata);
+    const int *p = d->port;
+    d->arvalid = vm_get64(ctx, p[ARVALID]);
+    if (d->arvalid) {
+        d->araddr = vm_get64(ctx, p[ARADDR]);
+        d->arlen = vm_get64(ctx, p[ARLEN]);
+        d->arsize = vm_get64(ctx, p[ARSIZE]);
+        d->arburst = vm_get64(ctx, p[ARBURST]);
+    }
+    d->rready = vm_get64(ctx, p[RREADY]);
+    d->awvalid = vm_get64(ctx, p[AWVALID]);
+    if (d->awvalid) {
+        d->awaddr = vm_get64(ctx, p[AWADDR]);
+        d->awlen = vm_get64(ctx, p[AWLEN]);
+        d->awsize = vm_get64(ctx, p[AWSIZE]);
+        d->awburst = vm_get64(ctx, p[AWBURST]);
+    }
+    d->wvalid = vm_get64(ctx, p[WVALID]);
+    if (d->wvalid && d->w_left) {
+        vm_get_words(ctx, p[WDATA], d->wdata.data());
+        vm_get_words(ctx, p[WSTRB], d->wstrb.data());
+        d->wlast = vm_get64(ctx, p[WLAST]);
+    }
+    d->bready = vm_get64(ctx, p[BREADY]);
 }
 
 void after_edge(vm_ctx *ctx, void *arg) {
     Dram *d = static_cast<Dram *>(arg);
+    const int *p = d->port;
     d->cycle++;
-    d->credit = d->credit + d->rate;
-    if (d->credit > 1.0 + d->rate) d->credit = 1.0 + d->rate;
-    // reads
-    if (d->s_arvalid) {
-        uint64_t beats = d->s_arlen + 1;
-        if (d->check("read", d->s_araddr, beats, d->s_arsize, d->s_arburst)) {
-            d->reads.push_back({d->cycle + d->latency, d->s_araddr, beats});
-            d->stats[2]++;
-        }
+    // Read channel.
+    if (d->arvalid && d->check_burst("read", d->araddr, d->arlen + 1, d->arsize, d->arburst)) {
+        d->reads.push_back({d->cycle + d->latency - 1, d->araddr, d->arlen + 1});
+        d->stats[2]++;
     }
-    if (d->driving && d->s_rready) {
-        d->cur_read.addr += d->beat;
+    if (d->r_valid && d->rready) {
+        d->r_valid = false;
+        d->r_addr += d->beat;
+        d->r_left--;
         d->stats[0] += d->beat;
-        if (--d->cur_read.beats == 0) d->have_read = false;
     }
-    if (!d->have_read && !d->reads.empty() && d->reads.front().ready <= d->cycle) {
-        d->cur_read = d->reads.front();
+    if (!d->r_left && !d->reads.empty() && d->reads.front().ready <= d->cycle) {
+        d->r_addr = d->reads.front().addr;
+        d->r_left = d->reads.front().beats;
         d->reads.pop_front();
-        d->have_read = true;
     }
-    d->driving = d->have_read && d->credit >= 1.0;
-    if (d->driving) {
-        d->credit -= 1.0;
-        uint32_t words[16];
-        std::memcpy(words, &d->mem[d->cur_read.addr], d->beat);
-        vm_set_words(ctx, d->rdata, words);
-        vm_set64(ctx, d->rlast, d->cur_read.beats == 1);
-    }
-    vm_set64(ctx, d->rvalid, d->driving);
-    // writes
-    if (d->s_awvalid) {
-        uint64_t beats = d->s_awlen + 1;
-        if (d->check("write", d->s_awaddr, beats, d->s_awsize, d->s_awburst)) {
-            d->writes.push_back({0, d->s_awaddr, beats});
-            d->stats[3]++;
+    d->credit += d->rate;
+    if (!d->r_valid && d->r_left) {
+        if (d->credit >= kOne) {
+            d->credit -= kOne;
+            d->r_valid = true;
+            std::memcpy(d->r_words.data(), &d->mem[d->r_addr], d->beat);
+            vm_set_words(ctx, p[RDATA], d->r_words.data());
+            vm_set64(ctx, p[RLAST], d->r_left == 1);
         }
+    } else if (d->credit > kOne - d->rate) {
+        // Idle or held by RREADY: bank one beat, no more.
+        d->credit = kOne - d->rate;
     }
-    if (d->s_bready && d->responses > 0 && vm_get64(ctx, d->bvalid)) d->responses--;
-    if (d->s_wvalid && d->have_write) {
-        const uint8_t *bytes = reinterpret_cast<const uint8_t *>(d->s_wdata);
+    vm_set64(ctx, p[RVALID], d->r_valid);
+
+    // Write channels; WREADY is high exactly while w_left is nonzero.
+    if (d->awvalid && d->check_burst("write", d->awaddr, d->awlen + 1, d->awsize, d->awburst)) {
+        d->writes.push_back({d->awaddr, d->awlen + 1});
+        d->stats[3]++;
+    }
+    if (d->responses && d->bready) d->responses--;
+    if (d->wvalid && d->w_left) {
+        const uint8_t *bytes = reinterpret_cast<const uint8_t *>(d->wdata.data());
         for (uint32_t i = 0; i < d->beat; i++)
-            if (d->s_wstrb >> i & 1) d->mem[d->cur_write.addr + i] = bytes[i];
-        d->stats[1] += d->beat;
-        d->cur_write.addr += d->beat;
-        d->cur_write.beats--;
-        if (d->s_wlast != (d->cur_write.beats == 0)) d->fail("write burst: wlast on the wrong beat");
-        if (d->cur_write.beats == 0) {
-            d->have_write = false;
-            d->responses++;
+            if (d->strobe(i)) d->mem[d->w_addr + i] = bytes[i];
+        d->w_left--;
+        if (d->wlast != (d->w_left == 0)) {
+            char buf[160];
+            snprintf(buf, sizeof buf,
+                     "write burst: WLAST %s on the beat at %#llx with %llu beats of the burst to go",
+                     d->wlast ? "set" : "missing", (unsigned long long)d->w_addr,
+                     (unsigned long long)d->w_left);
+            d->fail(buf);
         }
+        d->w_addr += d->beat;
+        d->stats[1] += d->beat;
+        if (!d->w_left) d->responses++;
     }
-    if (!d->have_write && !d->writes.empty()) {
-        d->cur_write = d->writes.front();
+    if (!d->w_left && !d->writes.empty()) {
+        d->w_addr = d->writes.front().addr;
+        d->w_left = d->writes.front().beats;
         d->writes.pop_front();
-        d->have_write = true;
     }
-    vm_set64(ctx, d->wready, d->have_write);
-    vm_set64(ctx, d->bvalid, d->responses > 0);
+    vm_set64(ctx, p[WREADY], d->w_left != 0);
+    vm_set64(ctx, p[BVALID], d->responses != 0);
 }
 
 void release(void *arg) { delete static_cast<Dram *>(arg); }
 
-int port(const std::string &prefix, const char *name) {
-    return vm_port_index((prefix + "__" + name).c_str());
+Dram *attached(vm_ctx *ctx) { return static_cast<Dram *>(vm_attached(ctx, "dram")); }
+
+bool in_range(const Dram *d, uint64_t addr, uint64_t n) {
+    return d && addr <= d->mem.size() && n <= d->mem.size() - addr;
 }
 
 }  // namespace
 
+// Returns 0, -1 when a signal of the port is missing, -2 when a DRAM is already attached,
+// -3 for bad parameters (zero size or latency, rate outside (0, 1], data width not 8..1024).
 extern "C" int dram_attach(vm_ctx *ctx, const char *prefix, uint64_t size, uint32_t latency,
                            double beats_per_cycle) {
+    if (vm_attached(ctx, "dram")) return -2;
+    if (size == 0 || latency == 0 || !(beats_per_cycle > 0.0 && beats_per_cycle <= 1.0))
+        return -3;
     Dram *d = new Dram();
-    std::string p(prefix);
-    d->mem.assign(size, 0);
-    d->latency = latency;
-    d->rate = beats_per_cycle;
-    int *ports[] = {&d->arvalid, &d->arready, &d->araddr, &d->arlen, &d->arsize, &d->arburst,
-                    &d->rvalid, &d->rready, &d->rdata, &d->rlast, &d->rresp, &d->awvalid,
-                    &d->awready, &d->awaddr, &d->awlen, &d->awsize, &d->awburst, &d->wvalid,
-                    &d->wready, &d->wdata, &d->wstrb, &d->wlast, &d->bvalid, &d->bready, &d->bresp};
-    const char *names[] = {"arvalid", "arready", "araddr", "arlen", "arsize", "arburst", "rvalid",
-                           "rready", "rdata", "rlast", "rresp", "awvalid", "awready", "awaddr",
-                           "awlen", "awsize", "awburst", "wvalid", "wready", "wdata", "wstrb",
-                           "wlast", "bvalid", "bready", "bresp"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        *ports[i] = port(p, names[i]);
-        if (*ports[i] < 0) {
+    std::string head = *prefix ? std::string(prefix) + "__" : std::string();
+    for (int i = 0; i < NUM_PORTS; i++) {
+        d->port[i] = vm_port_index((head + kPortNames[i]).c_str());
+        if (d->port[i] < 0) {
             delete d;
             return -1;
         }
     }
-    d->beat = (vm_port_width(d->rdata) + 7) / 8;
-    if (d->beat > 64 || vm_attach(ctx, "dram", d, before_edge, after_edge, release) != 0) {
+    int width = vm_port_width(d->port[RDATA]);
+    if (width < 8 || width > 1024 || (width & (width - 1))) {
         delete d;
-        return -1;
+        return -3;
     }
-    vm_set64(ctx, d->arready, 1);
-    vm_set64(ctx, d->awready, 1);
+    d->beat = width / 8;
+    d->mem.assign(size, 0);
+    d->latency = latency;
+    d->rate = static_cast<uint64_t>(beats_per_cycle * kOne + 0.5);
+    if (d->rate == 0) d->rate = 1;
+    // At least two words: the word accessors touch words[1] of ports 33..64 bits wide.
+    size_t words = (width + 31) / 32 < 2 ? 2 : (width + 31) / 32;
+    d->r_words.assign(words, 0);
+    d->wdata.assign(words, 0);
+    d->wstrb.assign(words, 0);
+    vm_attach(ctx, "dram", d, before_edge, after_edge, release);
+    vm_set64(ctx, d->port[ARREADY], 1);
+    vm_set64(ctx, d->port[AWREADY], 1);
     return 0;
 }
 
 extern "C" void dram_write(vm_ctx *ctx, uint64_t addr, const uint8_t *src, uint64_t n) {
-    Dram *d = static_cast<Dram *>(vm_attached(ctx, "dram"));
-    std::memcpy(&d->mem[addr], src, n);
+    Dram *d = attached(ctx);
+    if (in_range(d, addr, n) && n) std::memcpy(&d->mem[addr], src, n);
 }
 
 extern "C" void dram_read(vm_ctx *ctx, uint64_t addr, uint8_t *dst, uint64_t n) {
-    Dram *d = static_cast<Dram *>(vm_attached(ctx, "dram"));
-    std::memcpy(dst, &d->mem[addr], n);
+    Dram *d = attached(ctx);
+    if (in_range(d, addr, n) && n) std::memcpy(dst, &d->mem[addr], n);
 }
 
-extern "C" void dram_stats(vm_ctx *ctx, uint64_t *out) {
-    Dram *d = static_cast<Dram *>(vm_attached(ctx, "dram"));
-    for (int i = 0; i < 4; i++) out[i] = d->stats[i];
+extern "C" void dram_stats(vm_ctx *ctx, uint64_t out[4]) {
+    Dram *d = attached(ctx);
+    for (int i = 0; i < 4; i++) out[i] = d ? d->stats[i] : 0;
 }
 
 extern "C" const char *dram_error(vm_ctx *ctx) {
-    Dram *d = static_cast<Dram *>(vm_attached(ctx, "dram"));
-    return d->error.c_str();
+    Dram *d = attached(ctx);
+    return d ? d->error.c_str() : "DRAM model not attached";
 }

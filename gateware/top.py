@@ -115,7 +115,6 @@ class Accelerator(wiring.Component):
         words_per_beat = BEAT_BYTES // N          # int8 words (N lanes) per DRAM beat
         beats_per_word16 = 2 * N // BEAT_BYTES    # DRAM beats per int16 word
         kmax_beats = self.kmax * N // BEAT_BYTES
-        tok_bits = range(cap.max_tokens + 1)
 
         m.submodules.regs = regs = ControlRegisters(addr_width=12, base_width=ADDR_BITS)
         wiring.connect(m, wiring.flipped(self.ctrl), regs.bus)
@@ -208,9 +207,9 @@ class Accelerator(wiring.Component):
             return Mux(rem >= N, N, Mux(rem < 0, 0, rem))
 
         # ------------------------------------------------------------------ A reader
-        a_c, a_r, a_busy = Signal(16), Signal(range(N)), Signal()
+        a_c, a_r = Signal(16), Signal(range(N))
         a_valid_rows = Signal(range(N + 1))
-        s1_valid, s1_zero, s1_last, s1_direct = Signal(), Signal(), Signal(), Signal()
+        s1_valid, s1_zero, s1_last = Signal(), Signal(), Signal()
         a_out = stream.Signature(data.StructLayout({"data": data.ArrayLayout(signed(16), N), "last": 1})).create()
         a_dst_ready = Signal()
         a_en = Signal()
@@ -264,7 +263,7 @@ class Accelerator(wiring.Component):
 
         # ------------------------------------------------------------------ W reader
         w_c, w_r = Signal(16), Signal(range(N))
-        t1_valid, t1_zero, t1_last, t1_sub, t1_tile = Signal(), Signal(), Signal(), Signal(range(max(words_per_beat, 2))), Signal()
+        t1_valid, t1_zero, t1_last, t1_sub = Signal(), Signal(), Signal(), Signal(range(max(words_per_beat, 2)))
         w_out = stream.Signature(data.StructLayout({"data": data.ArrayLayout(signed(16), N), "last": 1})).create()
         w_dst_ready, w_en = Signal(), Signal()
         m.d.comb += [w_en.eq(~t1_valid | w_dst_ready), act_w.en.eq(w_en), wbuf_rd.en.eq(w_en)]
@@ -503,8 +502,10 @@ class Accelerator(wiring.Component):
                     m.d.comb += fill_half.eq(1 << f_half)
 
         # ------------------------------------------------------------------ sequencer
-        self.probe = dict(locals())         # for debugging testbenches
-        self._sequencer(m, locals())
+        # The datapath's signals by name: the sequencer drives them, and debugging testbenches
+        # may watch them.
+        self.probe = dict(locals())
+        self._sequencer(m, self.probe)
         return m
 
     def _sequencer(self, m, u):
@@ -530,14 +531,13 @@ class Accelerator(wiring.Component):
         word, sub = Signal(24), Signal(4)
         py, ch, yy = Signal(12), Signal(8), Signal(5)
         wdata = Signal(2 * N * 16)
-        n_words = Signal(24)
         done = Signal()
         m.d.comb += [regs.done.eq(done)]
         m.d.comb += [g.n_cb.eq((g.n_cols + N - 1) // N)]
 
         tiles_ready = (g.aq.w_rdy & (~use_w | g.wq.w_rdy) & (~use_c | g.cq.w_rdy) & (~use_r | g.rq.w_rdy)
                        & (~use_o | g.oq.w_rdy))
-        first_tb, last_tb = tb == 0, tb == n_tb - 1
+        first_tb = tb == 0
         need_fetch = Signal()
         m.d.comb += need_fetch.eq(use_w & (g.w_mode == WMode.TILE) & (tb_outer | first_tb))
         last_tile = Signal()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateware.control import Reg
-from gateware.program import BEAT_BYTES, Capacity, compile_frame
+from gateware.program import Capacity, compile_frame
 from gateware.top import Accelerator
 
 __all__ = ["FrameResult", "SimulationError", "dram_layout", "simulate_frame", "useful_macs", "frame_report"]
@@ -42,6 +42,8 @@ class FrameResult:
         Bytes moved on the AXI port.
     engine : str
     wall_seconds : float
+    frame : gateware.program.Frame
+        The compiled program and DRAM image that ran.
     """
 
     output: np.ndarray
@@ -51,6 +53,7 @@ class FrameResult:
     dram_written: int
     engine: str
     wall_seconds: float
+    frame: object
 
 
 def _align(n):
@@ -116,7 +119,20 @@ def simulate_frame(artifact, pixels, task, *, lanes=8, cap=None, engine="pysim",
     out, cycles, stalls, read, written = run(Accelerator(cap), size, contents, regs, o_addr, frame.output_bytes,
                                              dram_latency, dram_beats_per_cycle, max_cycles, progress)
     output = np.frombuffer(out, dtype="<i2").reshape(cfg.tokens, cfg.dim).astype(np.int64)
-    return FrameResult(output, cycles, stalls, read, written, engine, time.perf_counter() - start)
+    return FrameResult(output, cycles, stalls, read, written, engine, time.perf_counter() - start, frame)
+
+
+def _finished(status, waited, max_cycles, progress):
+    """Whether a polled STATUS says done; raise if the accelerator stopped or ran out of time."""
+    if status & 2:
+        return True
+    if not status & 1:
+        raise SimulationError("the accelerator stopped without finishing (bad program header?)")
+    if waited > max_cycles:
+        raise SimulationError(f"no result after {max_cycles} cycles")
+    if progress:
+        progress(waited)
+    return False
 
 
 def _run_pysim(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max_cycles, progress):
@@ -138,14 +154,8 @@ def _run_pysim(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max_cyc
             await ctx.tick().repeat(_POLL)
             waited += _POLL
             status, _ = await axil_read(ctx, dut.ctrl, Reg.STATUS)
-            if status & 2:          # done
+            if _finished(status, waited, max_cycles, progress):
                 break
-            if not status & 1:
-                raise SimulationError("the accelerator stopped without finishing (bad program header?)")
-            if waited > max_cycles:
-                raise SimulationError(f"no result after {max_cycles} cycles")
-            if progress:
-                progress(waited)
         values = []
         for reg in (Reg.CYCLES_LO, Reg.CYCLES_HI, Reg.STALLS_LO, Reg.STALLS_HI):
             values.append((await axil_read(ctx, dut.ctrl, reg))[0])
@@ -180,15 +190,8 @@ def _run_verilator(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max
         model.tick(chunk)
         waited += chunk
         dram.check()
-        status = bus.read(Reg.STATUS)
-        if status & 2:
+        if _finished(bus.read(Reg.STATUS), waited, max_cycles, progress):
             break
-        if not status & 1:
-            raise SimulationError("the accelerator stopped without finishing (bad program header?)")
-        if waited > max_cycles:
-            raise SimulationError(f"no result after {max_cycles} cycles")
-        if progress:
-            progress(waited)
     cycles = bus.read(Reg.CYCLES_LO) | bus.read(Reg.CYCLES_HI) << 32
     stalls = bus.read(Reg.STALLS_LO) | bus.read(Reg.STALLS_HI) << 32
     out = dram.read(o_addr, o_bytes)
@@ -209,10 +212,10 @@ def useful_macs(cfg, tokens_per_layer_expert):
     return macs
 
 
-def frame_report(artifact, pixels, task, result, golden, cap):
+def frame_report(artifact, task, result, golden, cap):
     """Figures of a simulated frame against golden: the ``m3vit perf`` JSON."""
     cfg = artifact.config
-    frame = compile_frame(artifact, cap)
+    frame = result.frame
     experts_run, queued = [], {}
     trace = {}
     for step, data in golden.trace:

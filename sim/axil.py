@@ -112,12 +112,10 @@ class VerilatorAXIL:
         m.set(p("araddr"), addr)
         m.set(p("arvalid"), 1)
         m.set(p("rready"), 1)
-        ar = False
         for _ in range(self.timeout):
             ar_ready, r_valid, r_data = m.get(p("arready")), m.get(p("rvalid")), m.get(p("rdata"))
             m.tick()
             if ar_ready:
-                ar = True
                 m.set(p("arvalid"), 0)
             if r_valid:
                 m.set(p("rready"), 0)

@@ -47,7 +47,7 @@ def _run(args):
         raise UserError(str(err)) from None
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    report = frame_report(artifact, pixels, args.task, result, golden, cap)
+    report = frame_report(artifact, args.task, result, golden, cap)
     bad = np.argwhere(result.output != golden.output)
     return report, bad
 

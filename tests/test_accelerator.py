@@ -31,7 +31,7 @@ def test_tiny_frame_bit_exact_pysim(tiny):
     result = simulate_frame(artifact, pixels, 1, cap=cap, engine="pysim")
     mismatch = np.argwhere(result.output != golden.output)
     assert mismatch.size == 0, f"{len(mismatch)} features differ, first at {mismatch[:3].tolist()}"
-    report = frame_report(artifact, pixels, 1, result, golden, cap)
+    report = frame_report(artifact, 1, result, golden, cap)
     assert report["bit_exact"] and report["cycles"] == result.cycles
     # Each weight byte the frame needs streams about once (plus the program and the gate's
     # re-reads); measured 1.0x-1.1x, see the README.

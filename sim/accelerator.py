@@ -44,6 +44,9 @@ class FrameResult:
     wall_seconds : float
     frame : gateware.program.Frame
         The compiled program and DRAM image that ran.
+    read_log : list of (int, int) or None
+        Every read burst as ``(byte address, bytes)`` relative to the weights base (pysim only;
+        ``None`` under Verilator, whose DRAM model counts but does not log).
     """
 
     output: np.ndarray
@@ -54,6 +57,7 @@ class FrameResult:
     engine: str
     wall_seconds: float
     frame: object
+    read_log: list = None
 
 
 def _align(n):
@@ -116,10 +120,10 @@ def simulate_frame(artifact, pixels, task, *, lanes=8, cap=None, engine="pysim",
     regs = _register_writes(task, w_addr, i_addr, o_addr)
     run = _run_pysim if engine == "pysim" else _run_verilator
     start = time.perf_counter()
-    out, cycles, stalls, read, written = run(Accelerator(cap), size, contents, regs, o_addr, frame.output_bytes,
-                                             dram_latency, dram_beats_per_cycle, max_cycles, progress)
+    out, cycles, stalls, read, written, log = run(Accelerator(cap), size, contents, regs, o_addr, frame.output_bytes,
+                                                  dram_latency, dram_beats_per_cycle, max_cycles, progress)
     output = np.frombuffer(out, dtype="<i2").reshape(cfg.tokens, cfg.dim).astype(np.int64)
-    return FrameResult(output, cycles, stalls, read, written, engine, time.perf_counter() - start, frame)
+    return FrameResult(output, cycles, stalls, read, written, engine, time.perf_counter() - start, frame, log)
 
 
 def _finished(status, waited, max_cycles, progress):
@@ -168,7 +172,7 @@ def _run_pysim(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max_cyc
     sim.add_testbench(host)
     sim.run()
     return (dram.read(o_addr, o_bytes), result["cycles"], result["stalls"], dram.bytes_read,
-            dram.bytes_written)
+            dram.bytes_written, dram.read_log)
 
 
 def _run_verilator(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max_cycles, progress):
@@ -195,7 +199,7 @@ def _run_verilator(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max
     cycles = bus.read(Reg.CYCLES_LO) | bus.read(Reg.CYCLES_HI) << 32
     stalls = bus.read(Reg.STALLS_LO) | bus.read(Reg.STALLS_HI) << 32
     out = dram.read(o_addr, o_bytes)
-    return out, cycles, stalls, dram.bytes_read, dram.bytes_written
+    return out, cycles, stalls, dram.bytes_read, dram.bytes_written, None
 
 
 def useful_macs(cfg, tokens_per_layer_expert):

@@ -89,6 +89,9 @@ class DRAMModel:
         Bytes moved by completed R and W beats (whole beats, whatever the strobes).
     read_bursts, write_bursts : int
         AR and AW handshakes accepted.
+    read_log : list of (int, int)
+        Every accepted read burst as ``(byte address, bytes)``, in order: what a test needs to
+        tell which weights were fetched, and how often.
     """
 
     def __init__(self, size, *, data_width=128, latency=40, beats_per_cycle=1.0):
@@ -98,6 +101,7 @@ class DRAMModel:
         self.beat = data_width // 8
         self.mem = bytearray(size)
         self.bytes_read = self.bytes_written = self.read_bursts = self.write_bursts = 0
+        self.read_log = []
 
     def write(self, addr, blob):
         """Store ``blob`` (bytes-like or a uint8 array) at byte ``addr``."""
@@ -165,6 +169,7 @@ class DRAMModel:
             if arvalid:
                 self._check_burst("read", araddr, arlen + 1, arsize, arburst)
                 reads.append((cycle + latency, araddr, arlen + 1))
+                self.read_log.append((araddr, (arlen + 1) * beat))
                 self.read_bursts += 1
             if r_valid and rready:
                 r_valid = False

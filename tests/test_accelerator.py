@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from golden.backbone import run_backbone
-from gateware.program import Capacity, CapacityError, check_capacity, compile_frame
+from gateware.program import Capacity, CapacityError, Op, check_capacity, compile_frame
 from model.config import get_config
 from model.quantize import calibration_images, quantize_model
 from model.weights import default_image, default_weights, image_to_pixels
@@ -53,3 +53,48 @@ def test_capacity_errors(tiny):
     wide = dataclasses.replace(cfg, dim=36, heads=2)
     with pytest.raises(CapacityError, match="multiple"):
         check_capacity(wide, Capacity(lanes=8))
+
+
+
+def _expert_bytes_read(result):
+    """Per MoE instruction: {expert: bytes read inside that expert's weights} (nonzero only)."""
+    fetched = []
+    for ins in result.frame.instructions:
+        if ins["op"] != Op.MOE:
+            continue
+        base, size = ins["dram1"], ins["stride1"]
+        per_expert = {}
+        for e in range(ins["n_out"]):
+            lo, hi = base + e * size, base + (e + 1) * size
+            n = sum(max(0, min(addr + length, hi) - max(addr, lo)) for addr, length in result.read_log)
+            if n:
+                per_expert[e] = n
+        fetched.append(per_expert)
+    return fetched
+
+
+@pytest.mark.parametrize("experts", [16, 64])
+def test_dram_cost_follows_experts_used(experts):
+    """Each expert that has tokens streams its weights once; idle experts cost nothing.
+
+    Tiny config with top-2 of 16 and of 64 experts: the bytes per used expert are the same
+    (one expert's fc1 and fc2 tiles), so the MoE's DRAM cost grows with the experts used, not
+    with the experts that exist.
+    """
+    cfg = dataclasses.replace(get_config("tiny"), num_experts=experts, top_k=2)
+    artifact, pixels = _artifact(cfg)
+    golden = run_backbone(artifact, pixels, 0)
+    result = simulate_frame(artifact, pixels, 0, engine="pysim")
+    assert np.array_equal(result.output, golden.output)
+    trace = {}
+    for step, data in golden.trace:
+        trace.setdefault(step.layer, {}).update(data)
+    # Per output channel an 8-byte parameter record plus one int8 weight per input: fc1 + fc2.
+    per_expert = cfg.expert_hidden * (8 + cfg.dim) + cfg.dim * (8 + cfg.expert_hidden)
+    fetched = _expert_bytes_read(result)
+    assert len(fetched) == len(cfg.moe_layers)
+    for layer, read in zip(cfg.moe_layers, fetched):
+        active = sorted(int(e) for e in trace[layer]["experts_run"])
+        assert 0 < len(active) < experts
+        assert sorted(read) == active, "only the experts with tokens are fetched"
+        assert set(read.values()) == {per_expert}, "each used expert's weights stream once"

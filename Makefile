@@ -11,7 +11,7 @@ demo: .venv/.synced
 	.venv/bin/m3vit golden --config edge-moe --task 0
 
 test: .venv/.synced
-	.venv/bin/python -m pytest -n auto
+	.venv/bin/python -m pytest -n auto --dist loadgroup
 
 $(PDM):
 	$(PYTHON) -m venv $(PDM_HOME)

@@ -15,7 +15,8 @@ from gateware.control import Reg
 from gateware.program import Capacity, compile_frame
 from gateware.top import Accelerator
 
-__all__ = ["FrameResult", "SimulationError", "dram_layout", "simulate_frame", "useful_macs", "frame_report"]
+__all__ = ["FrameResult", "SimulationError", "dram_layout", "simulate_frame", "simulate_frames", "useful_macs",
+           "array_cycles", "frame_report"]
 
 ENGINES = ("pysim", "verilator")
 _ALIGN = 4096
@@ -78,12 +79,29 @@ def _register_writes(task, weights, image, output):
             (Reg.OUTPUT_LO, output & 0xFFFFFFFF), (Reg.OUTPUT_HI, output >> 32), (Reg.CONTROL, 1)]
 
 
-def simulate_frame(artifact, pixels, task, *, lanes=8, cap=None, engine="pysim", dram_latency=40,
-                   dram_beats_per_cycle=1.0, max_cycles=50_000_000, progress=None):
+def simulate_frame(artifact, pixels, task, **kwargs):
     """Run one frame of ``artifact`` on int8 ``pixels`` ``[C, H, W]`` for ``task``.
+
+    Takes the keyword arguments of :func:`simulate_frames`; returns one :class:`FrameResult`.
+    """
+    return simulate_frames(artifact, pixels, [task], **kwargs)[0]
+
+
+def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim", dram_latency=40,
+                    dram_beats_per_cycle=1.0, max_cycles=50_000_000, progress=None):
+    """Run frames back to back on one accelerator, one per entry of ``tasks``.
+
+    The first frame writes every register; each later one writes only TASK and CONTROL, as a
+    driver switching tasks would: the weights, program and image stay where they are in DRAM.
 
     Parameters
     ----------
+    artifact : model.artifact.Artifact
+    pixels : ndarray
+        int8 image ``[C, H, W]``.
+    tasks : sequence of int
+    lanes : int
+        MAC array size when ``cap`` is not given.
     cap : Capacity, optional
         The accelerator to build; by default the smallest that holds the config at ``lanes``.
     engine : str
@@ -92,9 +110,14 @@ def simulate_frame(artifact, pixels, task, *, lanes=8, cap=None, engine="pysim",
         The DRAM model: cycles from a read address to its first beat, and sustained beats
         (16 bytes) per cycle.
     max_cycles : int
-        Give up (``SimulationError``) after this many cycles.
+        Give up (``SimulationError``) after this many cycles of one frame.
     progress : callable, optional
-        Called with the cycle count now and then.
+        Called with the frame's cycle count now and then.
+
+    Returns
+    -------
+    list of FrameResult
+        One per task; DRAM bytes and the read log are each frame's own.
 
     Raises
     ------
@@ -106,8 +129,12 @@ def simulate_frame(artifact, pixels, task, *, lanes=8, cap=None, engine="pysim",
     cfg = artifact.config
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
-    if not 0 <= task < cfg.num_tasks:
-        raise ValueError(f"unknown task {task}: config {cfg.name!r} has tasks 0..{cfg.num_tasks - 1}")
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("no task to run")
+    for task in tasks:
+        if not 0 <= task < cfg.num_tasks:
+            raise ValueError(f"unknown task {task}: config {cfg.name!r} has tasks 0..{cfg.num_tasks - 1}")
     pixels = np.asarray(pixels)
     want = (cfg.in_chans, cfg.image_height, cfg.image_width)
     if pixels.shape != want:
@@ -117,13 +144,20 @@ def simulate_frame(artifact, pixels, task, *, lanes=8, cap=None, engine="pysim",
     image = pixels.astype(np.int8).tobytes()
     w_addr, i_addr, o_addr, size = dram_layout(frame, len(image))
     contents = [(w_addr, frame.weights), (i_addr, image)]
-    regs = _register_writes(task, w_addr, i_addr, o_addr)
+    setup = _register_writes(tasks[0], w_addr, i_addr, o_addr)[:-2]
+    writes = [[(Reg.TASK, task), (Reg.CONTROL, 1)] for task in tasks]
+    writes[0] = setup + writes[0]
     run = _run_pysim if engine == "pysim" else _run_verilator
-    start = time.perf_counter()
-    out, cycles, stalls, read, written, log = run(Accelerator(cap), size, contents, regs, o_addr, frame.output_bytes,
-                                                  dram_latency, dram_beats_per_cycle, max_cycles, progress)
-    output = np.frombuffer(out, dtype="<i2").reshape(cfg.tokens, cfg.dim).astype(np.int64)
-    return FrameResult(output, cycles, stalls, read, written, engine, time.perf_counter() - start, frame, log)
+    results = []
+
+    def finished(out, cycles, stalls, read, written, log, start):
+        output = np.frombuffer(out, dtype="<i2").reshape(cfg.tokens, cfg.dim).astype(np.int64)
+        results.append(FrameResult(output, cycles, stalls, read, written, engine,
+                                   time.perf_counter() - start, frame, log))
+
+    run(Accelerator(cap), size, contents, writes, o_addr, frame.output_bytes, dram_latency,
+        dram_beats_per_cycle, max_cycles, progress, finished)
+    return results
 
 
 def _finished(status, waited, max_cycles, progress):
@@ -139,7 +173,7 @@ def _finished(status, waited, max_cycles, progress):
     return False
 
 
-def _run_pysim(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max_cycles, progress):
+def _run_pysim(dut, size, contents, frames, o_addr, o_bytes, latency, bpc, max_cycles, progress, finished):
     from amaranth.sim import Simulator
 
     from .axil import axil_read, axil_write
@@ -148,58 +182,62 @@ def _run_pysim(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max_cyc
     dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc)
     for addr, blob in contents:
         dram.write(addr, blob)
-    result = {}
 
     async def host(ctx):
-        for reg, value in regs:
-            await axil_write(ctx, dut.ctrl, reg, value)
-        waited = 0
-        while True:
-            await ctx.tick().repeat(_POLL)
-            waited += _POLL
-            status, _ = await axil_read(ctx, dut.ctrl, Reg.STATUS)
-            if _finished(status, waited, max_cycles, progress):
-                break
-        values = []
-        for reg in (Reg.CYCLES_LO, Reg.CYCLES_HI, Reg.STALLS_LO, Reg.STALLS_HI):
-            values.append((await axil_read(ctx, dut.ctrl, reg))[0])
-        result["cycles"] = values[0] | values[1] << 32
-        result["stalls"] = values[2] | values[3] << 32
+        for writes in frames:
+            start = time.perf_counter()
+            read, written, logged = dram.bytes_read, dram.bytes_written, len(dram.read_log)
+            for reg, value in writes:
+                await axil_write(ctx, dut.ctrl, reg, value)
+            waited = 0
+            while True:
+                await ctx.tick().repeat(_POLL)
+                waited += _POLL
+                status, _ = await axil_read(ctx, dut.ctrl, Reg.STATUS)
+                if _finished(status, waited, max_cycles, progress):
+                    break
+            counters = []
+            for reg in (Reg.CYCLES_LO, Reg.CYCLES_HI, Reg.STALLS_LO, Reg.STALLS_HI):
+                counters.append((await axil_read(ctx, dut.ctrl, reg))[0])
+            finished(dram.read(o_addr, o_bytes), counters[0] | counters[1] << 32, counters[2] | counters[3] << 32,
+                     dram.bytes_read - read, dram.bytes_written - written, dram.read_log[logged:], start)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     dram.add_to(sim, dut.axi)
     sim.add_testbench(host)
     sim.run()
-    return (dram.read(o_addr, o_bytes), result["cycles"], result["stalls"], dram.bytes_read,
-            dram.bytes_written, dram.read_log)
 
 
-def _run_verilator(dut, size, contents, regs, o_addr, o_bytes, latency, bpc, max_cycles, progress):
+def _run_verilator(dut, size, contents, frames, o_addr, o_bytes, latency, bpc, max_cycles, progress, finished):
     from gateware.verilator_engine import VerilatorModel
 
     from .axil import VerilatorAXIL
     from .dram import VERILATOR_OPTIONS, attach_verilator_dram
 
+    start = time.perf_counter()
     model = VerilatorModel(dut, name="accelerator", **VERILATOR_OPTIONS)
     dram = attach_verilator_dram(model, "axi", size, latency, bpc)
     for addr, blob in contents:
         dram.write(addr, blob)
     bus = VerilatorAXIL(model, "ctrl")
-    for reg, value in regs:
-        bus.write(reg, value)
-    waited = 0
-    chunk = 100_000
-    while True:
-        model.tick(chunk)
-        waited += chunk
-        dram.check()
-        if _finished(bus.read(Reg.STATUS), waited, max_cycles, progress):
-            break
-    cycles = bus.read(Reg.CYCLES_LO) | bus.read(Reg.CYCLES_HI) << 32
-    stalls = bus.read(Reg.STALLS_LO) | bus.read(Reg.STALLS_HI) << 32
-    out = dram.read(o_addr, o_bytes)
-    return out, cycles, stalls, dram.bytes_read, dram.bytes_written, None
+    for writes in frames:
+        read, written = dram.bytes_read, dram.bytes_written
+        for reg, value in writes:
+            bus.write(reg, value)
+        waited = 0
+        chunk = 100_000
+        while True:
+            model.tick(chunk)
+            waited += chunk
+            dram.check()
+            if _finished(bus.read(Reg.STATUS), waited, max_cycles, progress):
+                break
+        cycles = bus.read(Reg.CYCLES_LO) | bus.read(Reg.CYCLES_HI) << 32
+        stalls = bus.read(Reg.STALLS_LO) | bus.read(Reg.STALLS_HI) << 32
+        finished(dram.read(o_addr, o_bytes), cycles, stalls, dram.bytes_read - read, dram.bytes_written - written,
+                 None, start)
+        start = time.perf_counter()
 
 
 def useful_macs(cfg, tokens_per_layer_expert):
@@ -216,11 +254,38 @@ def useful_macs(cfg, tokens_per_layer_expert):
     return macs
 
 
+def array_cycles(cfg, lanes, expert_tokens):
+    """Cycles the MAC array itself needs for one frame: each tile (``lanes`` tokens by ``lanes``
+    output channels) takes one cycle per inner element, partly empty tiles included.
+
+    ``expert_tokens``: MoE layer -> token counts of the experts that ran. The frame's cycles above
+    this are the rest of the machine (fetch stalls, LayerNorm, phase changes); useful MACs below
+    ``lanes**2`` times this are tile padding.
+    """
+    t, d, n = cfg.tokens, cfg.dim, lanes
+
+    def gemm(rows, out, k):
+        return -(-rows // n) * -(-out // n) * k
+
+    blocks = -(-t // n)
+    cycles = gemm(cfg.num_patches, d, cfg.patch_dim)
+    for layer in range(cfg.depth):
+        cycles += gemm(t, 3 * d, d) + gemm(t, d, d)
+        cycles += cfg.heads * blocks * (gemm(n, t, cfg.head_dim) + gemm(n, cfg.head_dim, t))
+        if cfg.is_moe(layer):
+            cycles += gemm(t, cfg.num_experts, d)
+            for count in expert_tokens[layer]:
+                cycles += gemm(count, cfg.expert_hidden, d) + gemm(count, d, cfg.expert_hidden)
+        else:
+            cycles += gemm(t, cfg.mlp_hidden, d) + gemm(t, d, cfg.mlp_hidden)
+    return cycles
+
+
 def frame_report(artifact, task, result, golden, cap):
     """Figures of a simulated frame against golden: the ``m3vit perf`` JSON."""
     cfg = artifact.config
     frame = result.frame
-    experts_run, queued = [], {}
+    experts_run, queued, counts = [], {}, {}
     trace = {}
     for step, data in golden.trace:
         trace.setdefault(step.layer, {}).update(data)
@@ -229,9 +294,12 @@ def frame_report(artifact, task, result, golden, cap):
         active = [int(e) for e in trace[layer]["experts_run"]]
         experts_run.append({"layer": layer, "experts": active, "count": len(active)})
         queued[layer] = int(np.asarray(trace[layer]["experts"]).size)
+        per_expert = np.bincount(np.asarray(trace[layer]["experts"]).ravel(), minlength=cfg.num_experts)
+        counts[layer] = [int(per_expert[e]) for e in active]
         minimum += frame.gate_bytes[layer] + len(active) * frame.expert_bytes[layer]
     n = cap.lanes
     macs = useful_macs(cfg, queued)
+    tile_cycles = array_cycles(cfg, n, counts)
     mismatches = int(np.count_nonzero(result.output != golden.output))
     return {
         "config": cfg.name, "task": task, "engine": result.engine, "lanes": n,
@@ -239,6 +307,8 @@ def frame_report(artifact, task, result, golden, cap):
         "cycles": result.cycles, "stall_cycles": result.stalls,
         "latency_ms_at_300mhz": result.cycles / 300e6 * 1e3,
         "useful_macs": macs, "mac_utilization": macs / (n * n * result.cycles),
+        "array_cycles": tile_cycles, "array_busy_fraction": tile_cycles / result.cycles,
+        "tile_fill": macs / (n * n * tile_cycles),
         "dram_bytes": result.dram_read + result.dram_written, "dram_bytes_read": result.dram_read,
         "dram_bytes_written": result.dram_written, "dram_bytes_min": minimum,
         "experts_run": experts_run, "wall_seconds": result.wall_seconds,

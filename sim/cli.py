@@ -10,8 +10,11 @@ __all__ = ["register"]
 ENGINES = ("pysim", "verilator")
 
 
-def _run(args):
-    """Quantise, compile, simulate and compare with golden; returns ``(report, result)``."""
+def _run(args, tasks):
+    """Quantise, compile, simulate ``tasks`` back to back and compare each frame with golden.
+
+    Returns a list of ``(report, mismatching indices)``, one per task.
+    """
     import numpy as np
 
     from golden.backbone import run_backbone
@@ -20,10 +23,11 @@ def _run(args):
     from model.quantize import calibration_images, quantize_model
     from model.weights import image_to_pixels
 
-    from .accelerator import SimulationError, frame_report, simulate_frame
+    from .accelerator import SimulationError, frame_report, simulate_frames
 
     cfg, weights, image = _inputs(args)
-    _check_task(cfg, args.task)
+    for task in tasks:
+        _check_task(cfg, task)
     lanes = args.lanes or (8 if cfg.dim <= 64 else 16)
     try:
         cap = Capacity.for_config(cfg, lanes)
@@ -31,9 +35,9 @@ def _run(args):
         raise UserError(str(err)) from None
     artifact = quantize_model(cfg, weights.tensors, calibration_images(image))
     pixels = image_to_pixels(image)
-    golden = run_backbone(artifact, pixels, args.task)
-    print(f"simulating config {cfg.name}, task {args.task}, {lanes}x{lanes} MAC array, engine {args.engine} "
-          f"(weights {weights.source})", flush=True)
+    goldens = [run_backbone(artifact, pixels, task) for task in tasks]
+    print(f"simulating config {cfg.name}, task{'s' * (len(tasks) > 1)} {', '.join(map(str, tasks))}, "
+          f"{lanes}x{lanes} MAC array, engine {args.engine} (weights {weights.source})", flush=True)
     start = time.perf_counter()
 
     def progress(cycles):
@@ -41,19 +45,19 @@ def _run(args):
             print(f"\r  {cycles} cycles, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr, flush=True)
 
     try:
-        result = simulate_frame(artifact, pixels, args.task, cap=cap, engine=args.engine,
-                                dram_latency=args.dram_latency, progress=progress)
+        results = simulate_frames(artifact, pixels, tasks, cap=cap, engine=args.engine,
+                                  dram_latency=args.dram_latency, progress=progress)
     except (CapacityError, SimulationError) as err:
         raise UserError(str(err)) from None
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    report = frame_report(artifact, args.task, result, golden, cap)
-    bad = np.argwhere(result.output != golden.output)
-    return report, bad
+    return [(frame_report(artifact, task, result, golden, cap), np.argwhere(result.output != golden.output))
+            for task, result, golden in zip(tasks, results, goldens)]
 
 
 def _print(report, bad):
     r = report
+    print(f"task {r['task']}:")
     if r["bit_exact"]:
         print(f"output: {r['mismatches']} of the features differ from golden: BIT-EXACT")
     else:
@@ -61,6 +65,8 @@ def _print(report, bad):
         print(f"output: {r['mismatches']} features differ from golden (first at {first}): MISMATCH")
     print(f"cycles {r['cycles']} (stalled on DRAM {r['stall_cycles']}), latency at 300 MHz "
           f"{r['latency_ms_at_300mhz']:.3f} ms, MAC utilisation {r['mac_utilization']:.3f}")
+    print(f"  = tiles {r['tile_fill']:.3f} full (token/channel padding) x array busy {r['array_busy_fraction']:.3f} "
+          f"of the cycles ({r['array_cycles']} tile cycles)")
     print(f"DRAM bytes {r['dram_bytes']} (read {r['dram_bytes_read']}, written {r['dram_bytes_written']}); "
           f"minimum {r['dram_bytes_min']} ({r['dram_bytes'] / r['dram_bytes_min']:.3f} x)")
     print("experts run per MoE layer: " + ", ".join(f"layer {e['layer']}: {e['count']}" for e in r["experts_run"]))
@@ -68,15 +74,18 @@ def _print(report, bad):
 
 
 def _simulate(args):
-    report, bad = _run(args)
-    _print(report, bad)
-    return 0 if report["bit_exact"] else 1
+    frames = _run(args, args.task)
+    for report, bad in frames:
+        _print(report, bad)
+    if len(frames) > 1:
+        print("tasks switched by writing the TASK register only; weights, program and image stayed in DRAM")
+    return 0 if all(report["bit_exact"] for report, _ in frames) else 1
 
 
 def _perf(args):
     from model.cli import _write_json
 
-    report, bad = _run(args)
+    [(report, bad)] = _run(args, [args.task])
     _print(report, bad)
     if args.json:
         _write_json(args.json, report)
@@ -89,11 +98,16 @@ def register(sub):
     from model.cli import _common
 
     for name, handler, engine, text in (
-            ("simulate", _simulate, "pysim", "run one frame through the simulated accelerator and compare with golden"),
+            ("simulate", _simulate, "verilator", "run one frame through the simulated accelerator and compare with golden"),
             ("perf", _perf, "verilator", "simulate one frame cycle-accurately and report cycles, MAC use, DRAM traffic")):
         p = sub.add_parser(name, help=text)
         _common(p)
-        p.add_argument("--task", type=int, default=0, help="task (selects the MoE gates; default 0)")
+        if name == "simulate":
+            p.add_argument("--task", type=int, nargs="+", default=[0], metavar="N",
+                           help="task (selects the MoE gates; default 0); several run back to back on one "
+                                "accelerator, switched by a register write")
+        else:
+            p.add_argument("--task", type=int, default=0, help="task (selects the MoE gates; default 0)")
         p.add_argument("--engine", choices=ENGINES, default=engine, help=f"simulator (default {engine})")
         p.add_argument("--lanes", type=int, choices=(8, 16), help="MAC array rows and columns (default: 8 for "
                                                                   "small models, else 16)")

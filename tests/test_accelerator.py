@@ -1,4 +1,8 @@
-"""The whole accelerator on whole frames, bit-exact with golden (tiny config in pysim)."""
+"""The whole accelerator on whole frames, bit-exact with golden.
+
+Tiny config in pysim; the full-size edge-moe config under Verilator (slow), both tasks back to
+back on one accelerator, on the built-in weights and on the real Edge-MoE weights and image.
+"""
 
 import dataclasses
 
@@ -9,8 +13,8 @@ from golden.backbone import run_backbone
 from gateware.program import Capacity, CapacityError, Op, check_capacity, compile_frame
 from model.config import get_config
 from model.quantize import calibration_images, quantize_model
-from model.weights import default_image, default_weights, image_to_pixels
-from sim.accelerator import frame_report, simulate_frame
+from model.weights import default_image, default_weights, image_to_pixels, load_image, load_weight_folder
+from sim.accelerator import frame_report, simulate_frame, simulate_frames
 
 
 def _artifact(cfg):
@@ -98,3 +102,38 @@ def test_dram_cost_follows_experts_used(experts):
         assert 0 < len(active) < experts
         assert sorted(read) == active, "only the experts with tokens are fetched"
         assert set(read.values()) == {per_expert}, "each used expert's weights stream once"
+
+
+def _check_frames(artifact, pixels, tasks, engine, **kwargs):
+    """Run ``tasks`` back to back; every frame bit-exact, DRAM within 1.1x of its minimum."""
+    cap = Capacity.for_config(artifact.config, 16)
+    results = simulate_frames(artifact, pixels, tasks, cap=cap, engine=engine, **kwargs)
+    for task, result in zip(tasks, results):
+        golden = run_backbone(artifact, pixels, task)
+        mismatch = np.argwhere(result.output != golden.output)
+        assert mismatch.size == 0, f"task {task}: {len(mismatch)} features differ, first at {mismatch[:3].tolist()}"
+        report = frame_report(artifact, task, result, golden, cap)
+        assert report["dram_bytes_min"] <= report["dram_bytes"] <= 1.1 * report["dram_bytes_min"]
+        assert 0 < report["mac_utilization"] < 1
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("verilator-accelerator")
+def test_edge_moe_frames_verilator():
+    """Full-size model, built-in weights: task 0 then task 1, switched by the TASK register."""
+    cfg = get_config("edge-moe")
+    artifact, pixels = _artifact(cfg)
+    _check_frames(artifact, pixels, [0, 1], "verilator")
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.xdist_group("verilator-accelerator")
+def test_edge_moe_frames_verilator_real_data(real_data):
+    """The real Edge-MoE weights and image, both tasks back to back."""
+    cfg = get_config("edge-moe")
+    weights = load_weight_folder(real_data, cfg)
+    image = load_image(real_data / "image.float32.bin", cfg)
+    artifact = quantize_model(cfg, weights.tensors, calibration_images(image))
+    _check_frames(artifact, image_to_pixels(image), [0, 1], "verilator")

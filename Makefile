@@ -8,7 +8,7 @@ export PDM_CHECK_UPDATE := false
 .PHONY: demo test
 
 demo: .venv/.synced
-	.venv/bin/m3vit golden --config edge-moe --task 0
+	.venv/bin/m3vit simulate --config edge-moe --task 0 1
 
 test: .venv/.synced
 	.venv/bin/python -m pytest -n auto --dist loadgroup

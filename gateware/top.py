@@ -469,7 +469,16 @@ class Accelerator(wiring.Component):
                          act_wr.en.eq(word_taken & (o_r < o_valid_rows))]
 
         # ------------------------------------------------------------------ fetcher
-        f_beat, f_busy, f_half = Signal(16), Signal(), Signal()
+        # A tile's read command goes out as soon as its half is free, while the other half's data
+        # may still be arriving: the DRAM latency then overlaps the previous transfer instead of
+        # adding to every tile. Fetches alternate halves (the sequencer flips ``half`` on each),
+        # and DRAM answers in order, so the half being received flips after each tile.
+        f_beat, f_half = Signal(16), Signal()
+        f_pending = Signal(2)     # per half: a read command issued, its last beat not yet received
+        f_busy = Signal()
+        f_issued, f_received = Signal(2), Signal(2)
+        m.d.comb += f_busy.eq(f_pending.any())
+        m.d.sync += f_pending.eq((f_pending | f_issued) & ~f_received)
         param_beats = 8 * N // BEAT_BYTES
         seq_dma = Signal()        # the sequencer owns the DMA read channel (no tiles in flight)
         seq_rd_cmd_valid, seq_rd_addr, seq_rd_beats = Signal(), Signal(ADDR_BITS), Signal(24)
@@ -478,12 +487,12 @@ class Accelerator(wiring.Component):
             m.d.comb += [dma.rd_cmd.valid.eq(seq_rd_cmd_valid), dma.rd_cmd.payload.addr.eq(seq_rd_addr),
                          dma.rd_cmd.payload.beats.eq(seq_rd_beats), dma.rd_data.ready.eq(seq_rd_ready)]
         with m.Else():
-            with m.If(~f_busy & fq.r_rdy & ~tile_full.bit_select(f_t.half, 1)):
+            free = ~(tile_full | f_pending).bit_select(f_t.half, 1)
+            with m.If(fq.r_rdy & free):
                 m.d.comb += [dma.rd_cmd.valid.eq(1), dma.rd_cmd.payload.addr.eq(regs.weights_base + f_t.addr),
                              dma.rd_cmd.payload.beats.eq(f_t.beats)]
                 with m.If(dma.rd_cmd.ready):
-                    m.d.comb += fq.r_en.eq(1)
-                    m.d.sync += [f_busy.eq(1), f_half.eq(f_t.half), f_beat.eq(0)]
+                    m.d.comb += [fq.r_en.eq(1), f_issued.eq(1 << f_t.half)]
             m.d.comb += dma.rd_data.ready.eq(f_busy)
             with m.If(f_busy & dma.rd_data.valid):
                 m.d.sync += f_beat.eq(f_beat + 1)
@@ -498,8 +507,8 @@ class Accelerator(wiring.Component):
                     m.d.comb += [wbuf_wr.en.eq(1), wbuf_wr.addr.eq(f_half * kmax_beats + f_beat - param_beats),
                                  wbuf_wr.data.eq(dma.rd_data.payload.data)]
                 with m.If(dma.rd_data.payload.last):
-                    m.d.sync += f_busy.eq(0)
-                    m.d.comb += fill_half.eq(1 << f_half)
+                    m.d.sync += [f_beat.eq(0), f_half.eq(~f_half)]
+                    m.d.comb += [fill_half.eq(1 << f_half), f_received.eq(1 << f_half)]
 
         # ------------------------------------------------------------------ sequencer
         # The datapath's signals by name: the sequencer drives them, and debugging testbenches

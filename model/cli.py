@@ -62,20 +62,27 @@ def _print_layers(layers, routing):
             print(f"{row['layer']:>9} {row['task']:>4} {row['agreement']:18.3f} {row['experts_run']:>12}")
 
 
-def _golden(args):
+def _load_artifact(path, cfg):
+    """The quantised artifact in ``path`` (None: none given), checked against ``cfg``."""
     from .artifact import Artifact, ArtifactError
+
+    if not path:
+        return None
+    try:
+        artifact = Artifact.load(path)
+    except ArtifactError as err:
+        raise UserError(str(err)) from None
+    if artifact.config != cfg:
+        raise UserError(f"artifact {path} is for config {artifact.config.name!r}, not {cfg.name!r}")
+    return artifact
+
+
+def _golden(args):
     from .numerics import compare
 
     cfg, weights, image = _inputs(args)
     _check_task(cfg, args.task)
-    artifact = None
-    if args.artifact:
-        try:
-            artifact = Artifact.load(args.artifact)
-        except ArtifactError as err:
-            raise UserError(str(err)) from None
-        if artifact.config != cfg:
-            raise UserError(f"artifact {args.artifact} is for config {artifact.config.name!r}, not {cfg.name!r}")
+    artifact = _load_artifact(args.artifact, cfg)
     start = time.perf_counter()
     layers, routing, _ = compare(cfg, weights.tensors, image, artifact, tasks=[args.task])
     print(f"golden (integer) vs float M3ViT, config {cfg.name}, task {args.task}, weights {weights.source}")

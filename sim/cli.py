@@ -19,7 +19,7 @@ def _run(args, tasks):
 
     from golden.backbone import run_backbone
     from gateware.program import Capacity, CapacityError
-    from model.cli import _check_task, _inputs
+    from model.cli import _check_task, _inputs, _load_artifact
     from model.quantize import calibration_images, quantize_model
     from model.weights import image_to_pixels
 
@@ -33,7 +33,7 @@ def _run(args, tasks):
         cap = Capacity.for_config(cfg, lanes)
     except CapacityError as err:
         raise UserError(str(err)) from None
-    artifact = quantize_model(cfg, weights.tensors, calibration_images(image))
+    artifact = _load_artifact(args.artifact, cfg) or quantize_model(cfg, weights.tensors, calibration_images(image))
     pixels = image_to_pixels(image)
     goldens = [run_backbone(artifact, pixels, task) for task in tasks]
     print(f"simulating config {cfg.name}, task{'s' * (len(tasks) > 1)} {', '.join(map(str, tasks))}, "
@@ -108,6 +108,8 @@ def register(sub):
                                 "accelerator, switched by a register write")
         else:
             p.add_argument("--task", type=int, default=0, help="task (selects the MoE gates; default 0)")
+        p.add_argument("--artifact", metavar="FILE", help="quantised artifact from m3vit quantize "
+                                                          "(default: quantise now)")
         p.add_argument("--engine", choices=ENGINES, default=engine, help=f"simulator (default {engine})")
         p.add_argument("--lanes", type=int, choices=(8, 16), help="MAC array rows and columns (default: 8 for "
                                                                   "small models, else 16)")

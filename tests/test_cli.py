@@ -48,3 +48,43 @@ def test_numerics_json_and_quantize(tmp_path):
     assert r.returncode == 0 and art.is_file()
     r = run_m3vit("golden", "--config", "tiny", "--task", "1", "--artifact", str(art))
     assert r.returncode == 0 and "output features: cosine" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["simulate", "--config", "tiny", "--task", "0", "5"], "unknown task 5"),
+    (["perf", "--config", "tiny", "--task", "-1"], "unknown task -1"),
+    (["simulate", "--config", "tiny", "--artifact", "/no/such.npz"], "does not exist"),
+])
+def test_simulate_bad_input(args, message):
+    r = run_m3vit(*args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr + r.stdout
+
+
+def test_simulate_rejects_malformed_or_foreign_artifact(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not an npz archive")
+    r = run_m3vit("simulate", "--config", "tiny", "--artifact", str(junk))
+    assert r.returncode == 2 and "not a readable" in r.stderr and "Traceback" not in r.stderr
+    tiny = tmp_path / "tiny.npz"
+    assert run_m3vit("quantize", "--config", "tiny", "--out", str(tiny)).returncode == 0
+    r = run_m3vit("simulate", "--config", "edge-moe", "--artifact", str(tiny))
+    assert r.returncode == 2 and "is for config 'tiny'" in r.stderr
+
+
+def test_perf_json_tiny_pysim(tmp_path):
+    """The perf report's keys, from a real (small) simulation of a saved artifact."""
+    artifact, out = tmp_path / "tiny.npz", tmp_path / "perf.json"
+    assert run_m3vit("quantize", "--config", "tiny", "--out", str(artifact)).returncode == 0
+    r = run_m3vit("perf", "--config", "tiny", "--task", "1", "--engine", "pysim", "--artifact", str(artifact),
+                  "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "BIT-EXACT" in r.stdout
+    report = json.loads(out.read_text())
+    for key in ("cycles", "latency_ms_at_300mhz", "mac_utilization", "dram_bytes", "dram_bytes_min",
+                "experts_run", "engine"):
+        assert key in report
+    assert report["engine"] == "pysim" and report["bit_exact"]
+    assert report["latency_ms_at_300mhz"] == pytest.approx(report["cycles"] / 300e3)
+    assert report["dram_bytes_min"] <= report["dram_bytes"]
+    assert report["mac_utilization"] == pytest.approx(report["tile_fill"] * report["array_busy_fraction"])

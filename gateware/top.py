@@ -231,20 +231,8 @@ class Accelerator(wiring.Component):
                 m.d.comb += [a_gen.eq(aq.r_rdy), a_addr.eq(a_base + a_c),
                              a_gen_last.eq(a_c == a_rows * a_chunks - 1)]
         m.d.comb += [act_a.addr.eq(a_addr), probs_rd.addr.eq(a_addr)]
-        with m.If(a_gen & a_en):
-            m.d.sync += [s1_valid.eq(1), s1_zero.eq(a_gen_zero), s1_last.eq(a_gen_last)]
-            with m.If(a_mode.matches(AMode.ROWS, AMode.LIST)):
-                with m.If(a_r == N - 1):
-                    m.d.sync += [a_r.eq(0), a_c.eq(a_c + 1)]
-                with m.Else():
-                    m.d.sync += a_r.eq(a_r + 1)
-            with m.Else():
-                m.d.sync += a_c.eq(a_c + 1)
-            with m.If(a_gen_last):
-                m.d.sync += [a_c.eq(0), a_r.eq(0)]
-                m.d.comb += aq.r_en.eq(1)
-        with m.Elif(a_en):
-            m.d.sync += s1_valid.eq(0)
+        _advance_read(m, N, (a_c, a_r), (s1_valid, s1_zero, s1_last), a_gen & a_en, a_en,
+                      a_gen_zero, a_gen_last, a_mode.matches(AMode.ROWS, AMode.LIST), aq.r_en)
         a_word = Signal(data.ArrayLayout(signed(16), N))
         with m.If(a_mode == AMode.PROBS):
             m.d.comb += [a_word[i].eq(probs_rd.data[i]) for i in range(N)]
@@ -287,23 +275,12 @@ class Accelerator(wiring.Component):
                 m.d.comb += [w_gen.eq(wq.r_rdy), w_addr.eq(w_base + w_c * w_stride + w_chunk0 + w_t.cb),
                              w_gen_last.eq(w_c == w_len - 1)]
         m.d.comb += act_w.addr.eq(w_addr)
+        _advance_read(m, N, (w_c, w_r), (t1_valid, t1_zero, t1_last), w_gen & w_en, w_en,
+                      w_gen_zero, w_gen_last, w_mode == WMode.TRANS, wq.r_en)
         with m.If(w_gen & w_en):
-            m.d.sync += [t1_valid.eq(1), t1_zero.eq(w_gen_zero), t1_last.eq(w_gen_last),
-                         t1_sub.eq(w_c % words_per_beat if words_per_beat > 1 else 0)]
-            with m.If(w_mode == WMode.TRANS):
-                with m.If(w_r == N - 1):
-                    m.d.sync += [w_r.eq(0), w_c.eq(w_c + 1)]
-                with m.Else():
-                    m.d.sync += w_r.eq(w_r + 1)
-            with m.Else():
-                m.d.sync += w_c.eq(w_c + 1)
-            with m.If(w_gen_last):
-                m.d.sync += [w_c.eq(0), w_r.eq(0)]
-                m.d.comb += wq.r_en.eq(1)
-                with m.If((w_mode == WMode.TILE) & w_t.release):
-                    m.d.comb += spend_half.eq(1 << w_t.half)
-        with m.Elif(w_en):
-            m.d.sync += t1_valid.eq(0)
+            m.d.sync += t1_sub.eq(w_c % words_per_beat if words_per_beat > 1 else 0)
+            with m.If(w_gen_last & (w_mode == WMode.TILE) & w_t.release):
+                m.d.comb += spend_half.eq(1 << w_t.half)
         w_word = Signal(data.ArrayLayout(signed(16), N))
         with m.If(w_mode == WMode.TILE):
             for i in range(N):
@@ -908,3 +885,30 @@ class Accelerator(wiring.Component):
             with m.State("FAULT"):
                 # A program this hardware cannot run: stop, never report done.
                 m.d.sync += g.busy.eq(0)
+
+
+def _advance_read(m, n, walk, stage, read, enable, zero, last, transposed, pop):
+    """Step a reader's walk over a tile by one memory read and register that read's flags.
+
+    ``walk`` is ``(chunk, row)``: a transposed walk reads the ``n`` tokens of a chunk before the
+    next chunk (the transposer turns them into one element per cycle); a plain walk steps the
+    chunk only. ``stage`` is the ``(valid, zero, last)`` registers beside the memory's read data;
+    they hold while ``enable`` is low (the consumer is not ready). ``pop`` pulses with the tile's
+    last read, taking its descriptor off the queue.
+    """
+    chunk, row = walk
+    valid, zero_q, last_q = stage
+    with m.If(read):
+        m.d.sync += [valid.eq(1), zero_q.eq(zero), last_q.eq(last)]
+        with m.If(transposed):
+            with m.If(row == n - 1):
+                m.d.sync += [row.eq(0), chunk.eq(chunk + 1)]
+            with m.Else():
+                m.d.sync += row.eq(row + 1)
+        with m.Else():
+            m.d.sync += chunk.eq(chunk + 1)
+        with m.If(last):
+            m.d.sync += [chunk.eq(0), row.eq(0)]
+            m.d.comb += pop.eq(1)
+    with m.Elif(enable):
+        m.d.sync += valid.eq(0)

@@ -511,6 +511,9 @@ class Accelerator(wiring.Component):
         use_w, use_c, use_r, use_o = Signal(), Signal(), Signal(), Signal()
         half = Signal()              # the half the next fetch fills
         cur_half = Signal()
+        # MoE: the next phase's first tile (this expert's fc2, or the next expert's fc1) is fetched
+        # while the current phase drains, so experts follow each other without waiting for DRAM.
+        prefetched, pre_half = Signal(), Signal()
         att_tb = Signal(12)
         expert, ecount, elast = Signal(range(cap.num_experts)), Signal(range(cap.max_tokens + 1)), Signal()
         qpos = Signal(range(cap.max_tokens + 1))
@@ -531,13 +534,25 @@ class Accelerator(wiring.Component):
                                      (cb == g.n_cb - 1) & (tb == tb_end - 1)))
         tile_payload = Signal(Tile)
         m.d.comb += [tile_payload.tb.eq(tb), tile_payload.cb.eq(cb),
-                     tile_payload.half.eq(Mux(need_fetch, half, cur_half)),
+                     tile_payload.half.eq(Mux(need_fetch, Mux(prefetched, pre_half, half), cur_half)),
                      tile_payload.release.eq(tb_outer | (tb == tb_end - 1)), tile_payload.last.eq(last_tile)]
         for q in (g.aq, g.wq, g.cq, g.rq, g.oq):
             m.d.comb += q.w_data.eq(tile_payload)
         fetch_payload = Signal(Fetch)
         m.d.comb += [fetch_payload.addr.eq(fetch_base + cb * tile_bytes), fetch_payload.beats.eq(fetch_beats),
                      fetch_payload.half.eq(half), g.fq.w_data.eq(fetch_payload)]
+        prefetch, prefetch_payload = Signal(), Signal(Fetch)
+        next_expert = g.queues.experts.payload.expert
+        with m.If(g.sink == Sink.GELU):
+            m.d.comb += [prefetch_payload.addr.eq(ins.dram1 + expert * ins.stride1 + ins.dram2),
+                         prefetch_payload.beats.eq((8 * N + ins.count * N * N) // BEAT_BYTES)]
+        with m.Else():
+            m.d.comb += [prefetch_payload.addr.eq(ins.dram1 + next_expert * ins.stride1),
+                         prefetch_payload.beats.eq((8 * N + ins.k_chunks * N * N) // BEAT_BYTES)]
+        m.d.comb += prefetch_payload.half.eq(half)
+        with m.If(prefetch):
+            m.d.comb += [g.fq.w_data.eq(prefetch_payload), g.fq.w_en.eq(1)]
+            m.d.sync += [half.eq(~half), pre_half.eq(half), prefetched.eq(1)]
 
         def start_tiles(tb0, tb1, outer=0):
             m.d.sync += [tb.eq(tb0), tb_end.eq(tb1), n_tb.eq(tb1), cb.eq(0), tb_outer.eq(outer)]
@@ -649,11 +664,13 @@ class Accelerator(wiring.Component):
 
             # --- tile issue loop shared by every MAC and LayerNorm phase
             with m.State("ISSUE"):
-                can = tiles_ready & (~need_fetch | g.fq.w_rdy)
+                can = tiles_ready & (~need_fetch | prefetched | g.fq.w_rdy)
                 with m.If(can):
                     m.d.comb += [g.aq.w_en.eq(1), g.wq.w_en.eq(use_w), g.cq.w_en.eq(use_c), g.rq.w_en.eq(use_r),
-                                 g.oq.w_en.eq(use_o), g.issue.eq(use_o | use_c), g.fq.w_en.eq(need_fetch)]
-                    with m.If(need_fetch):
+                                 g.oq.w_en.eq(use_o), g.issue.eq(use_o | use_c), g.fq.w_en.eq(need_fetch & ~prefetched)]
+                    with m.If(need_fetch & prefetched):
+                        m.d.sync += [cur_half.eq(pre_half), prefetched.eq(0)]
+                    with m.Elif(need_fetch):
                         m.d.sync += [half.eq(~half), cur_half.eq(half)]
                     with m.If(last_tile):
                         m.next = "BARRIER"
@@ -668,7 +685,12 @@ class Accelerator(wiring.Component):
                         with m.Else():
                             m.d.sync += tb.eq(tb + 1)
             with m.State("BARRIER"):
-                quiet = ((g.outstanding == 0) & ~g.probs_pending & ~g.aq.r_rdy & ~g.fq.r_rdy & ~g.f_busy
+                # A prefetch may still be in flight; every other fetch has been used by a retired tile.
+                fetched = prefetched | ~g.fq.r_rdy & ~g.f_busy
+                m.d.comb += prefetch.eq((ins.op == Op.MOE) & ~prefetched & g.fq.w_rdy
+                                        & ((g.sink == Sink.GELU) | (g.sink == Sink.COMBINE) & ~elast
+                                           & g.queues.experts.valid))
+                quiet = ((g.outstanding == 0) & ~g.probs_pending & ~g.aq.r_rdy & fetched
                          & (g.sink != Sink.ROUTER) | (g.outstanding == 0) & (g.sink == Sink.ROUTER)
                          & g.queues.experts.valid)
                 with m.If(quiet):

@@ -30,35 +30,31 @@ def _prepare(out_dir):
     return out
 
 
-def find_core():
+def find_core(cap=None):
     """The accelerator core to build, and a line saying what it is.
 
-    ``gateware.top.Accelerator`` when that module exists; until then ``ControlOnly``, the control
-    registers with the DRAM master tied idle, which the line says plainly.
+    Parameters
+    ----------
+    cap : gateware.program.Capacity, optional
+        The build's sizes; by default the board build's (``Capacity()``: edge-moe on 16 x 16).
     """
-    from .zynq import ControlOnly, check_core
+    from gateware.top import Accelerator
+
+    from .zynq import check_core
 
     try:
-        from gateware.top import Accelerator
-    except ModuleNotFoundError as err:
-        if err.name != "gateware.top":
-            raise
-        return ControlOnly(), ("gateware/top.py does not exist yet: this is the CONTROL BLOCK ALONE "
-                               "(AXI4-Lite registers; AXI4 master tied idle; start completes at once), "
-                               "not the accelerator")
-    try:
         # The board build takes the accelerator at its default size, so it must construct bare.
-        core = Accelerator()
+        core = Accelerator() if cap is None else Accelerator(cap)
         check_core(core)
     except TypeError as err:
         raise BoardError(f"gateware.top.Accelerator cannot go on the board: {err}") from None
-    return core, "gateware.top.Accelerator"
+    return core, "gateware.top.Accelerator" + ("" if cap is None else f" ({cap.lanes}x{cap.lanes}, {cap})")
 
 
 #: The designs ``build`` knows, with a line of help each.
 DESIGNS = {
-    "accelerator": "the accelerator (or, while gateware/top.py is absent, its control block) beside "
-                   "the Zynq PS: registers on M_AXI_HPM0_FPD, DRAM master on S_AXI_HP0_FPD",
+    "accelerator": "the accelerator beside the Zynq PS: registers on M_AXI_HPM0_FPD, DRAM master on "
+                   "S_AXI_HP0_FPD",
     "bringup": "LEDs count on clk125, flipped by the buttons and DIP switches; no PS",
 }
 

@@ -11,14 +11,18 @@ __all__ = ["register"]
 def _synth_targets(args):
     """``[(name, zero-argument factory)]`` for the units or top the arguments ask for."""
     if args.top is not None:
+        cap = _top_capacity(args.config)
+
         def accelerator():
             from .build import find_core
             from .zynq import PLShell
 
-            core, what = find_core()
+            core, what = find_core(cap)
             print(f"top accelerator: {what}")
             return PLShell(core)
         return [("accelerator", accelerator)]
+    if args.config is not None:
+        raise UserError("--config sizes the accelerator top; units are synthesised at their default size")
 
     from gateware.catalog import UNITS, build_unit
 
@@ -27,6 +31,21 @@ def _synth_targets(args):
         if name not in UNITS:
             raise UserError(f"unknown unit {name!r}; choose one of {', '.join(UNITS)} or all")
     return [(name, lambda name=name: build_unit(name)) for name in names]
+
+
+def _top_capacity(config):
+    """The accelerator build ``--config`` names: None (the board's build) for edge-moe."""
+    from model.config import get_config
+
+    if config in (None, "edge-moe"):
+        return None
+    from gateware.program import Capacity
+
+    try:
+        cfg = get_config(config)
+    except KeyError as err:
+        raise UserError(err.args[0]) from None
+    return Capacity.for_config(cfg, 8 if cfg.dim <= 64 else 16)
 
 
 def _synth(args):
@@ -75,6 +94,8 @@ def register(sub):
     which.add_argument("--unit", metavar="NAME", help="unit name from gateware/catalog.py, or all")
     which.add_argument("--top", choices=["accelerator"],
                        help="the PL side of the board build (core, registers, status LEDs)")
+    p.add_argument("--config", metavar="NAME", help="with --top: the smallest accelerator that holds this "
+                                                    "model config (default edge-moe: the board's build)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(handler=_synth)
 

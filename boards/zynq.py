@@ -23,9 +23,8 @@ from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from gateware.axi import AXI4LiteSignature, AXI4Signature
-from gateware.control import ControlRegisters
 
-__all__ = ["CTRL_BASE", "ControlOnly", "PLShell", "AcceleratorTop", "check_core",
+__all__ = ["CTRL_BASE", "PLShell", "AcceleratorTop", "check_core",
            "pl_wrapper_verilog", "block_design_tcl"]
 
 #: Where the PS sees the control registers (the start of the M_AXI_HPM0_FPD window).
@@ -45,34 +44,6 @@ def check_core(core):
     if (ctrl is None or not ctrl.is_signature or ctrl.flow != In or
             not isinstance(ctrl.signature, AXI4LiteSignature)):
         raise TypeError(f"{type(core).__name__} has no `ctrl: In(AXI4LiteSignature(...))` member")
-
-
-class ControlOnly(wiring.Component):
-    """Stand-in core while no accelerator exists: the control registers, the DRAM master idle.
-
-    A start completes at once (``done`` follows ``start`` a cycle later) and the cycle counter counts
-    clock cycles since reset, so host software can exercise its register path and measure the PL
-    clock; nothing is computed and the master never issues a request.
-
-    Members
-    -------
-    axi : Out(AXI4Signature(addr_width=49, data_width=128))
-        Never valid, never ready.
-    ctrl : In(AXI4LiteSignature(addr_width=12))
-    """
-
-    def __init__(self):
-        super().__init__({
-            "axi": Out(AXI4Signature(addr_width=HP_ADDR_WIDTH, data_width=128)),
-            "ctrl": In(AXI4LiteSignature(addr_width=CTRL_ADDR_WIDTH)),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.regs = regs = ControlRegisters(addr_width=CTRL_ADDR_WIDTH, base_width=HP_ADDR_WIDTH)
-        wiring.connect(m, wiring.flipped(self.ctrl), regs.bus)
-        m.d.sync += [regs.done.eq(regs.start), regs.cycles.eq(regs.cycles + 1)]
-        return m
 
 
 class PLShell(wiring.Component):

@@ -26,7 +26,7 @@ the residual stream. Experts without tokens are never fetched.
 
 import enum
 
-from amaranth import *
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out

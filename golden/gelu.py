@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .fixedpoint import ACT_BITS, RES_BITS, as_int, check_range, requantize, rshift_round
+from .fixedpoint import ACT_BITS, RES_BITS, check_range, requantize, rshift_round
 
 __all__ = [
     "GELU_IN_BITS", "GELU_IN_FRAC", "DELTA_STEP_BITS", "DELTA_FRAC", "DELTA_LUT",

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .fixedpoint import ACT_BITS, RES_BITS, as_int, check_range, rshift_round, saturate
+from .fixedpoint import ACT_BITS, RES_BITS, check_range, rshift_round, saturate
 
 __all__ = ["RSQRT_BITS", "Z_FRAC", "GAMMA_BITS", "BETA_BITS", "layernorm_rsqrt", "layernorm"]
 

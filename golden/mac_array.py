@@ -2,11 +2,9 @@
 
 Every matrix product of the model runs on the one MAC array: activation operands are signed
 ``PROB_OPERAND_BITS`` = 10 bits (int10 activations, or attention probabilities 0..256), weight
-operands signed ``ACT_BITS`` = 10 bits (int8 weights, or K and V for attention)
-(weights, or K and V for attention), accumulation is exact.
+operands signed ``ACT_BITS`` = 10 bits (int8 weights, or K and V for attention); accumulation is
+exact.
 """
-
-import numpy as np
 
 from .fixedpoint import ACT_BITS, PROB_OPERAND_BITS, check_range
 

@@ -3,7 +3,7 @@
 from amaranth.sim import Simulator
 
 __all__ = ["run_simulation", "stream_put", "stream_get", "stream_get_timed", "stream_send",
-           "stream_receive", "axil_write", "axil_read"]
+           "stream_receive"]
 
 
 def run_simulation(dut, *testbenches, processes=(), vcd=None):

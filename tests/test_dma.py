@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 from gateware.axi import AXI4Signature, Burst
 from gateware.dma import DMA
 from sim.dram import AXIProtocolError, DRAMModel
-from tests.sim_helpers import stream_get, stream_receive, stream_send
+from tests.sim_helpers import stream_receive, stream_send
 
 BEAT = 16
 PAGE = 4096

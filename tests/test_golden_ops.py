@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from golden.expert_queue import build_expert_queues
-from golden.fixedpoint import ACT_BITS, int_range, requantize, rshift_round, saturate
+from golden.fixedpoint import ACT_BITS, int_range, requantize, rshift_round
 from golden.gelu import GELU_IN_FRAC, gelu, gelu_exact, gelu_fixed
 from golden.layernorm import RSQRT_BITS, layernorm, layernorm_rsqrt
 from golden.mac_array import matmul

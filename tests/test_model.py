@@ -7,7 +7,7 @@ import torch
 from golden.backbone import run_backbone
 from model.artifact import Artifact, ArtifactError
 from model.config import M3ViTConfig, get_config
-from model.m3vit import M3ViT, expected_shapes
+from model.m3vit import M3ViT
 from model.numerics import compare
 from model.quantize import calibration_images, quantize_model
 from model.weights import (WeightError, default_image, default_weights, image_to_pixels, load_image,

@@ -102,8 +102,8 @@ def register(sub):
     p = sub.add_parser("build", help="write a board design's Vivado tree and, where Vivado is on PATH, "
                                      "build its bitstream (status 3: tree written, Vivado not found)")
     p.add_argument("--board", required=True, choices=["zcu104"], help="target board")
-    p.add_argument("--design", required=True, choices=list(DESIGNS),
-                   help="; ".join(f"{k}: {v}" for k, v in DESIGNS.items()))
+    p.add_argument("--design", default="accelerator", choices=list(DESIGNS),
+                   help="; ".join(f"{k}: {v}" for k, v in DESIGNS.items()) + " (default accelerator)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the Vivado tree")
     p.add_argument("--no-vivado", action="store_true", help="only write the tree; do not run Vivado")
     p.set_defaults(handler=_build)

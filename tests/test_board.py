@@ -159,8 +159,12 @@ def test_cli_unknown_board(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def acc_tree(tmp_path_factory):
+    """``m3vit build --board zcu104 --out DIR --no-vivado``: the accelerator is the default design."""
+    import cli
+
     out = tmp_path_factory.mktemp("zcu104_acc")
-    assert build("accelerator", out, run_vivado=False) == 0
+    assert cli.main(["build", "--board", "zcu104", "--out", str(out), "--no-vivado"]) == 0
+    assert (out / "m3vit_bd.tcl").is_file()
     return out
 
 

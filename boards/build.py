@@ -37,6 +37,13 @@ def find_core(cap=None):
     ----------
     cap : gateware.program.Capacity, optional
         The build's sizes; by default the board build's (``Capacity()``: edge-moe on 16 x 16).
+
+    Returns
+    -------
+    core : gateware.top.Accelerator
+        The constructed core.
+    what : str
+        ``gateware.top.Accelerator (LxL, Capacity(...))``: the sizes the core was built with.
     """
     from gateware.top import Accelerator
 
@@ -48,7 +55,11 @@ def find_core(cap=None):
         check_core(core)
     except TypeError as err:
         raise BoardError(f"gateware.top.Accelerator cannot go on the board: {err}") from None
-    return core, "gateware.top.Accelerator" + ("" if cap is None else f" ({cap.lanes}x{cap.lanes}, {cap})")
+    # Name the sizes the core was elaborated with (its own ``cap``, so the default build says
+    # what it is too); stand-in cores, as in the board tests, carry none.
+    sizes = getattr(core, "cap", cap)
+    what = "gateware.top.Accelerator"
+    return core, what if sizes is None else f"{what} ({sizes.lanes}x{sizes.lanes}, {sizes})"
 
 
 #: The designs ``build`` knows, with a line of help each.

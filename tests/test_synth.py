@@ -70,8 +70,8 @@ def test_cli_unknown_unit_and_unwritable_json(tmp_path):
 def test_cli_synth_top_json(tmp_path):
     """The board's PL top, sized for the tiny model (8 x 8 array), through ``m3vit synth --top``.
 
-    About 5 minutes of yosys on one core; the edge-moe (board) build takes far longer and is run by
-    hand (README).
+    About 5 minutes of single-threaded yosys (309 s measured, README), slow even at the smallest
+    build; the board build takes about 18 minutes and is run by hand (README).
     """
     out = tmp_path / "top.json"
     r = run_m3vit("synth", "--top", "accelerator", "--config", "tiny", "--json", str(out), timeout=1800)
@@ -82,6 +82,24 @@ def test_cli_synth_top_json(tmp_path):
     assert figures["unit"] == "accelerator" and figures["lut"] > 0 and figures["lut_levels"] > 0
     # The 8 x 8 MAC array alone maps to 64 DSP48E2; the vector units add theirs.
     assert figures["dsp"] > 64 and figures["bram"] > 0
+
+
+def test_synth_top_config_picks_the_build(capsys):
+    """``--config`` maps to the build the board uses (edge-moe, the default) or the smallest one that
+    holds the model, and the build synthesised is printed; checked without running yosys."""
+    from argparse import Namespace
+
+    from boards.cli import _synth_targets
+    from gateware.program import Capacity
+    from model.config import get_config
+
+    tiny = Capacity.for_config(get_config("tiny"), 8)
+    for config, cap in [(None, Capacity()), ("edge-moe", Capacity()), ("tiny", tiny)]:
+        [(name, factory)] = _synth_targets(Namespace(top="accelerator", config=config, unit=None))
+        shell = factory()
+        assert name == "accelerator" and shell.core.cap == cap
+        out = capsys.readouterr().out
+        assert f"top accelerator: gateware.top.Accelerator ({cap.lanes}x{cap.lanes}, {cap})" in out
 
 
 def test_cli_synth_config_errors():

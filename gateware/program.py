@@ -69,8 +69,8 @@ Instr = data.StructLayout({
     "dram0": ADDR_BITS,             # tiles / parameters / source, relative to its base
     "dram1": ADDR_BITS,
     "dram2": ADDR_BITS,
-    "stride0": 32,                  # DRAM bytes between tasks' gates
-    "stride1": 32,                  # DRAM bytes between experts
+    "stride0": 32,                  # DRAM bytes between tasks' gates; image row (LOAD_PATCHES)
+    "stride1": 32,                  # DRAM bytes between experts; image plane (LOAD_PATCHES)
     "src_base": 24, "src_stride": 8, "src_chunk": 8,
     "dst_base": 24, "dst_stride": 8, "dst_chunk": 8,
     "aux_base": 24, "aux_stride": 8, "aux_chunk": 8,
@@ -115,7 +115,7 @@ class Capacity:
     """
 
     lanes: int = 16
-    act_words: int = 32768
+    act_words: int = 16384
     max_tokens: int = 256
     max_k_chunks: int = 48
     max_dim_chunks: int = 16
@@ -301,6 +301,7 @@ def compile_frame(artifact, cap: Capacity):
     pos = dense_object(t["embed.pos"].astype("<i2").tobytes())
     emit(op=Op.LOAD16, dram0=pos, rows=cfg.tokens, k_chunks=d, **region("residual", "dst"))
     emit(op=Op.LOAD_PATCHES, rows=cfg.num_patches, count=cfg.image_width // cfg.patch,
+         stride0=cfg.image_width, stride1=cfg.image_height * cfg.image_width,
          k_chunks=cfg.patch_dim // n, n_out=cfg.in_chans, **region("pixels", "dst"))
     eps = int(t["ln.eps_term"])
     for step in compile_schedule(cfg):

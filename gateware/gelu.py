@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from golden.fixedpoint import ACT_BITS, REQUANT_MULT_BITS
 from golden.gelu import DELTA_FRAC, DELTA_LUT, DELTA_STEP_BITS, GELU_IN_BITS, GELU_IN_FRAC
 
-from .fixedpoint import rshift_round, saturate
+from .fixedpoint import halve_round_saturate, rshift_round
 
 __all__ = ["GELU"]
 
@@ -36,16 +36,16 @@ class GELU(wiring.Component):
         Requantisation multiplier.
     shift : In(unsigned(6))
         Requantisation shift, 0..62. ``mult`` and ``shift`` are settings, not data: hold them
-        constant while any element is in flight (they act on the last two stages).
+        constant while any element is in flight (they act on the multiply and shift stages).
     latency : int
-        4: when ``i`` transfers on clock edge ``t``, the result is on ``o`` from edge
+        6: when ``i`` transfers on clock edge ``t``, the result is on ``o`` from edge
         ``t + latency`` on.
 
     Throughput: one transfer (``lanes`` elements) per cycle; every stage advances together and
     stalls only while ``o`` holds a result that is not taken (``i.ready = ~o.valid | o.ready``).
     """
 
-    latency = 4
+    latency = 6
 
     def __init__(self, lanes):
         if lanes < 1:
@@ -72,21 +72,37 @@ class GELU(wiring.Component):
             self.i.ready.eq(advance),
         ]
 
-        # Stages: table read, interpolate and subtract, multiply, round and saturate.
-        v1, v2, v3 = Signal(), Signal(), Signal()
+        # Stages: table index, table read, interpolate and subtract, multiply, shift, round and
+        # saturate. The index has its own stage: |x|, its clamp and the table's LUT tree in one
+        # cycle were the unit's longest path.
+        v0, v1, v2, v3, v4 = Signal(), Signal(), Signal(), Signal(), Signal()
         with m.If(advance):
-            m.d.sync += [v1.eq(self.i.valid), v2.eq(v1), v3.eq(v2), self.o.valid.eq(v3)]
+            m.d.sync += [v0.eq(self.i.valid), v1.eq(v0), v2.eq(v1), v3.eq(v2), v4.eq(v3),
+                         self.o.valid.eq(v4)]
 
         for k in range(lanes):
             x = self.i.payload[k]
             mag = Signal(GELU_IN_BITS, name=f"mag{k}")
             idx = Signal(range(_LAST + 1), name=f"idx{k}")
-            lo_rd, hi_rd = lut.read_port(), lut.read_port()
             m.d.comb += [
                 mag.eq(Mux(x < 0, -x, x)),
                 idx.eq(Mux(mag[_INTERP_BITS:] > _LAST, _LAST, mag[_INTERP_BITS:])),
-                lo_rd.addr.eq(idx),
-                hi_rd.addr.eq(Mux(idx == _LAST, _LAST, idx + 1)),
+            ]
+            x0 = Signal(signed(GELU_IN_BITS), name=f"x0_{k}")
+            idx0 = Signal(range(_LAST + 1), name=f"idx0_{k}")
+            next0 = Signal(range(_LAST + 1), name=f"next0_{k}")
+            frac0 = Signal(_INTERP_BITS, name=f"frac0_{k}")
+            with m.If(advance):
+                m.d.sync += [
+                    x0.eq(x),
+                    idx0.eq(idx),
+                    next0.eq(Mux(idx == _LAST, _LAST, idx + 1)),
+                    frac0.eq(mag[:_INTERP_BITS]),
+                ]
+            lo_rd, hi_rd = lut.read_port(), lut.read_port()
+            m.d.comb += [
+                lo_rd.addr.eq(idx0),
+                hi_rd.addr.eq(next0),
                 lo_rd.en.eq(advance),
                 hi_rd.en.eq(advance),
             ]
@@ -97,17 +113,19 @@ class GELU(wiring.Component):
             # GELU = ReLU - delta: one bit more than the input holds both ends.
             g2 = Signal(signed(GELU_IN_BITS + 1), name=f"g2_{k}")
             prod3 = Signal(signed(GELU_IN_BITS + 1 + REQUANT_MULT_BITS + 1), name=f"prod3_{k}")
+            half4 = Signal(signed(len(prod3) + 1), name=f"half4_{k}")
 
             lo = lo_rd.data
             fine = (lo << _INTERP_BITS) + (hi_rd.data - lo) * frac1
             delta = Mux(beyond1, 0, rshift_round(fine, DELTA_FRAC + _INTERP_BITS - GELU_IN_FRAC))
             with m.If(advance):
                 m.d.sync += [
-                    x1.eq(x),
-                    frac1.eq(mag[:_INTERP_BITS]),
-                    beyond1.eq(idx == _LAST),
+                    x1.eq(x0),
+                    frac1.eq(frac0),
+                    beyond1.eq(idx0 == _LAST),
                     g2.eq(Mux(x1 < 0, 0, x1) - delta),
                     prod3.eq(g2 * self.mult),
-                    self.o.payload[k].eq(saturate(rshift_round(prod3, self.shift), ACT_BITS)),
+                    half4.eq((prod3 << 1) >> self.shift),
+                    self.o.payload[k].eq(halve_round_saturate(half4, ACT_BITS)),
                 ]
         return m

@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 from golden.fixedpoint import ACT_BITS, RES_BITS
 from golden.layernorm import BETA_BITS, GAMMA_BITS, RSQRT_BITS, Z_FRAC
 
-from .fixedpoint import rshift_round, saturate
+from .fixedpoint import halve_round_saturate, rshift_round
 from .isqrt import SeqIsqrt
 from .seq_divider import SeqDivider
 
@@ -299,7 +299,6 @@ class LayerNorm(wiring.Component):
                 vd.eq(vc), lastd.eq(lastc),
                 self.o.valid.eq(vd), self.o.payload.last.eq(lastd),
             ]
-        out_shift = self.affine_shift + Z_FRAC
         for k in range(lanes):
             s1_a = Signal(signed(self.s1_width), name=f"s1_a{k}")
             r_a = Signal(r_width, name=f"r_a{k}")
@@ -313,6 +312,8 @@ class LayerNorm(wiring.Component):
                     d_b.eq(na * row_rd.data[k] - s1_a), r_b.eq(r_a),
                     z_c.eq(rshift_round(d_b * r_b, RSQRT_BITS - Z_FRAC)),
                     w_d.eq(z_c * gamma_c + beta_c),
-                    self.o.payload.y[k].eq(saturate(rshift_round(w_d, out_shift), ACT_BITS)),
+                    # Shifting by the constant first needs no adder for Z_FRAC + affine_shift.
+                    self.o.payload.y[k].eq(halve_round_saturate(
+                        ((w_d << 1) >> Z_FRAC) >> self.affine_shift, ACT_BITS)),
                 ]
         return m

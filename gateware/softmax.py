@@ -2,7 +2,7 @@
 
 from fractions import Fraction
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -203,9 +203,13 @@ class Softmax(wiring.Component):
         update = v1 & advance1
         for k in range(lanes):
             t = lut1[k].data
-            # Both branches of golden's update, then the same select on a new maximum.
-            rescaled = rshift_round(s_run[k] * t, q1[k] + EXP_FRAC) + (1 << EXP_FRAC)
-            added = s_run[k] + rshift_round(t, q1[k])
+            # Both branches of golden's update, then the same select on a new maximum. Each is
+            # rshift_round written as (twice the value, shifted, + 1) >> 1 with the other term
+            # folded into that one add: one carry chain after the shifter, not two or three.
+            t_half = (t << 1) >> q1[k]
+            added = (Cat(Const(1, 1), s_run[k]) + t_half) >> 1
+            prod_half = (((s_run[k] * t) << 1) >> EXP_FRAC) >> q1[k]
+            rescaled = (prod_half + (1 + (1 << (EXP_FRAC + 1)))) >> 1
             s_new = Signal(self.sum_width, name=f"s_new{k}")
             m.d.comb += s_new.eq(Mux(first1, 1 << EXP_FRAC, Mux(newmax1[k], rescaled, added)))
             with m.If(update):

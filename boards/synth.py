@@ -11,6 +11,9 @@ memories), is flattened and mapped to UltraScale+ primitives, and the mapped cel
   builds this family's adders from CARRY4 (4 bits each) where Vivado uses CARRY8, so a wide add counts
   about twice the levels Vivado would report. Registers, DSPs, block and distributed RAMs and ports
   end a chain.
+- ``lut_levels_chains_as_one``: the same, but a carry cell fed through its carry input by the cell
+  before it in its chain adds nothing, so a whole chain counts one level: closer to delay, since a
+  ripple along the dedicated carry wire is far faster than a LUT and its routing.
 
 Figures are Yosys' estimates, not Vivado's; they track changes and show what maps to DSPs.
 """
@@ -65,10 +68,16 @@ def count_cells(cells):
 #: (buffers, inverters folded by Vivado) count zero; everything else ends a path.
 _LEVEL = re.compile(r"^(LUT[1-6]|CARRY[48]|MUXF[789])$")
 _PASS = re.compile(r"^(INV|BUF|IBUF|OBUF|BUFG)$")
+_CARRY = re.compile(r"^CARRY[48]$")
 
 
-def logic_depth(cells):
-    """Most counted combinational cells on any path of a mapped netlist (``write_json`` cells)."""
+def logic_depth(cells, *, chains_as_one=False):
+    """Most counted combinational cells on any path of a mapped netlist (``write_json`` cells).
+
+    With ``chains_as_one``, a carry cell entered through its carry input (``CI``) from the carry
+    cell before it in the same chain adds no level: a ripple through a chain's dedicated carry wire
+    costs a fraction of a LUT and its routing, so this count tracks delay more closely.
+    """
     driver = {}
     for name, cell in cells.items():
         if _LEVEL.match(cell["type"]) or _PASS.match(cell["type"]):
@@ -86,21 +95,27 @@ def logic_depth(cells):
             if name in depth:
                 continue
             cell = cells[name]
-            inputs = {driver[b] for port, bits in cell["connections"].items()
+            # (driver, entered through the carry input) for each input bit driven by a counted cell.
+            inputs = {(driver[b], port == "CI") for port, bits in cell["connections"].items()
                       if cell["port_directions"].get(port) == "input"
                       for b in bits if b in driver and driver[b] != name}
             if not ready:
                 stack.append((name, True))
-                stack.extend((d, False) for d in inputs if d not in depth)
+                stack.extend((d, False) for d, _ in inputs if d not in depth)
                 continue
             own = 1 if _LEVEL.match(cell["type"]) else 0
-            depth[name] = own + max((depth[d] for d in inputs), default=0)
+            is_carry = _CARRY.match(cell["type"])
+            depth[name] = max(
+                (depth[d] + (0 if chains_as_one and is_carry and through_ci and _CARRY.match(cells[d]["type"])
+                             else own) for d, through_ci in inputs),
+                default=own)
     return max(depth.values(), default=0)
 
 
 def synthesize(component, name, *, ports=None, workdir=None):
     """Synthesise an Amaranth ``component`` for xcup and return its figures as a dict with keys
     ``unit``, ``dsp``, ``lut``, ``lutram``, ``ff``, ``bram``, ``uram``, ``lut_levels``,
+    ``lut_levels_chains_as_one``,
     ``percent`` (of the xczu7ev) and ``seconds``."""
     with tempfile.TemporaryDirectory(prefix="m3vit-synth-") as tmp:
         work = Path(workdir or tmp)
@@ -129,7 +144,9 @@ def synthesize(component, name, *, ports=None, workdir=None):
         netlist = json.loads((work / "netlist.json").read_text())
     top = stat["modules"].get("\\top") or next(iter(stat["modules"].values()))
     figures = count_cells(top.get("num_cells_by_type", {}))
-    figures["lut_levels"] = logic_depth(netlist["modules"]["top"]["cells"])
+    cells = netlist["modules"]["top"]["cells"]
+    figures["lut_levels"] = logic_depth(cells)
+    figures["lut_levels_chains_as_one"] = logic_depth(cells, chains_as_one=True)
     figures = {"unit": name, **figures}
     figures["percent"] = {k: round(100.0 * figures[k] / XCZU7EV[k], 3) for k in XCZU7EV}
     figures["seconds"] = round(seconds, 1)

@@ -33,6 +33,26 @@ def test_logic_depth_counts_luts_between_registers():
     assert logic_depth({}) == 0
 
 
+def test_logic_depth_chains_as_one():
+    """A carry entered through CI from the carry before it adds a level only in the plain count."""
+    def carry(ci, s, co):
+        return {"type": "CARRY4", "port_directions": {"CI": "input", "S": "input", "CO": "output"},
+                "connections": {"CI": [ci], "S": [s], "CO": [co]}}
+    cells = {
+        "ff_a": _cell("FDRE", [1], [2]),
+        "lut_a": _cell("LUT2", [2], [3]),
+        "c0": carry("0", 3, 4),
+        "c1": carry(4, 2, 5),
+        "c2": carry(5, 2, 6),
+        "lut_b": _cell("LUT3", [6], [7]),
+        "c3": carry("0", 7, 8),                              # a second chain, entered through S
+        "c4": carry(8, 2, 9),
+        "ff_b": _cell("FDRE", [9], [10]),
+    }
+    assert logic_depth(cells) == 7
+    assert logic_depth(cells, chains_as_one=True) == 4
+
+
 def test_count_cells():
     figures = count_cells({"LUT6": 3, "LUT2": 2, "FDRE": 5, "FDCE": 1, "DSP48E2": 4, "RAMB36E2": 1,
                            "RAMB18E2": 3, "URAM288": 2, "RAM64M": 1, "SRLC32E": 2, "CARRY4": 9})
@@ -78,7 +98,8 @@ def test_cli_synth_top_json(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "lanes=8" in r.stdout
     figures = json.loads(out.read_text())
-    assert {"unit", "dsp", "lut", "ff", "bram", "uram", "lut_levels", "percent"} <= set(figures)
+    assert {"unit", "dsp", "lut", "ff", "bram", "uram", "lut_levels", "lut_levels_chains_as_one",
+            "percent"} <= set(figures)
     assert figures["unit"] == "accelerator" and figures["lut"] > 0 and figures["lut_levels"] > 0
     # The 8 x 8 MAC array alone maps to 64 DSP48E2; the vector units add theirs.
     assert figures["dsp"] > 64 and figures["bram"] > 0
@@ -116,4 +137,4 @@ def test_full_size_mac_array_maps_to_dsps():
 
     r = synthesize(build_unit("mac_array"), "mac_array")
     assert r["dsp"] == 16 * 16 and r["bram"] == 0
-    assert r["lut_levels"] <= 12
+    assert r["lut_levels"] <= 12 and r["lut_levels_chains_as_one"] <= r["lut_levels"]

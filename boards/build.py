@@ -18,12 +18,18 @@ TIMING_MISSED = 4
 PL_MHZ = 300.0
 
 
-def _timing_check_tcl(advice):
+def _timing_advice(design, pl_mhz):
+    """What to do when ``design`` misses timing, after "see top_timing.rpt"."""
+    return "" if design == "bringup" else f" and rebuild with a lower --pl-mhz (this build: {pl_mhz:g} MHz)"
+
+
+def _timing_check_tcl(design, pl_mhz):
     """Tcl run before ``write_bitstream``: exit ``TIMING_MISSED`` if setup or hold slack is negative.
 
     A bitstream that misses timing fails on the board in ways no simulation shows, so none is
     written; the routed checkpoint and ``top_timing.rpt`` stay for inspection.
     """
+    advice = f"See top_timing.rpt{_timing_advice(design, pl_mhz)}."
     return f"""\
 set m3vit_setup [get_property SLACK [get_timing_paths -delay_type max -max_paths 1]]
 set m3vit_hold [get_property SLACK [get_timing_paths -delay_type min -max_paths 1]]
@@ -99,7 +105,7 @@ def _plan(design, platform, pl_mhz):
 
     if design == "bringup":
         return platform.build(Bringup(), name="top", do_build=False,
-                              script_before_bitstream=_timing_check_tcl("See top_timing.rpt.")), "bring-up design"
+                              script_before_bitstream=_timing_check_tcl(design, pl_mhz)), "bring-up design"
 
     from amaranth.back import verilog
 
@@ -110,10 +116,9 @@ def _plan(design, platform, pl_mhz):
     platform.add_file("m3vit_shell.v", verilog.convert(shell, name="m3vit_shell"))
     platform.add_file("m3vit_pl.v", pl_wrapper_verilog(shell))
     platform.add_file("m3vit_bd.tcl", block_design_tcl(shell, pl_mhz=pl_mhz))
-    advice = f"See top_timing.rpt; rebuild with a lower --pl-mhz (this build: {pl_mhz:g} MHz)."
     plan = platform.build(AcceleratorTop(), name="top", do_build=False,
                           script_after_read="source m3vit_bd.tcl",
-                          script_before_bitstream=_timing_check_tcl(advice),
+                          script_before_bitstream=_timing_check_tcl(design, pl_mhz),
                           script_after_bitstream=AFTER_BITSTREAM_TCL)
     return plan, f"{what}, clocked at {pl_mhz:g} MHz"
 
@@ -178,9 +183,7 @@ def build(design, out_dir, run_vivado=None, pl_mhz=PL_MHZ):
     result = subprocess.run(["sh", "build_top.sh"], cwd=out)
     if result.returncode == TIMING_MISSED:
         print(f"Vivado: the routed design misses timing, so no bitstream was written; see "
-              f"{out / 'top_timing.rpt'}" + ("" if design == "bringup" else
-                                            f" and rebuild with a lower --pl-mhz (this build: {pl_mhz:g} MHz)"),
-              file=sys.stderr)
+              f"{out / 'top_timing.rpt'}{_timing_advice(design, pl_mhz)}", file=sys.stderr)
         return TIMING_MISSED
     if result.returncode != 0:
         print(f"Vivado build failed (status {result.returncode}); see the logs in {out}", file=sys.stderr)

@@ -104,10 +104,10 @@ def logic_depth(cells, *, chains_as_one=False):
                 stack.extend((d, False) for d, _ in inputs if d not in depth)
                 continue
             own = 1 if _LEVEL.match(cell["type"]) else 0
-            is_carry = _CARRY.match(cell["type"])
+            # Only carry cells have a CI port, so through_ci already says this cell is one.
             depth[name] = max(
-                (depth[d] + (0 if chains_as_one and is_carry and through_ci and _CARRY.match(cells[d]["type"])
-                             else own) for d, through_ci in inputs),
+                (depth[d] + (0 if chains_as_one and through_ci and _CARRY.match(cells[d]["type"]) else own)
+                 for d, through_ci in inputs),
                 default=own)
     return max(depth.values(), default=0)
 

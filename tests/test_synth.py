@@ -90,7 +90,7 @@ def test_cli_unknown_unit_and_unwritable_json(tmp_path):
 def test_cli_synth_top_json(tmp_path):
     """The board's PL top, sized for the tiny model (8 x 8 array), through ``m3vit synth --top``.
 
-    About 6 minutes of single-threaded yosys (343 s measured, README), slow even at the smallest
+    About 6 minutes of single-threaded yosys (327 s measured, README), slow even at the smallest
     build; the board build takes about 12 minutes and is run by hand (README).
     """
     out = tmp_path / "top.json"

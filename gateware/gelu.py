@@ -5,7 +5,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.fixedpoint import ACT_BITS, REQUANT_MULT_BITS
-from golden.gelu import DELTA_FRAC, DELTA_LUT, DELTA_STEP_BITS, GELU_IN_BITS, GELU_IN_FRAC
+from golden.gelu import DELTA_FRAC, DELTA_LUT, DELTA_STEP_BITS, GELU_IN_BITS, GELU_IN_FRAC, GELU_OUT_FRAC
 
 from .fixedpoint import halve_round_saturate, rshift_round
 
@@ -31,7 +31,7 @@ class GELU(wiring.Component):
     i : In(stream.Signature(ArrayLayout(signed(16), lanes)))
         Q7.8 inputs (``GELU_IN_FRAC`` fractional bits), as fc1's requantisation produces them.
     o : Out(stream.Signature(ArrayLayout(signed(8), lanes)))
-        ``requantize(gelu_fixed(x), mult, shift, 8)``.
+        ``requantize(gelu_fixed(x), mult, shift, ACT_BITS)``.
     mult : In(unsigned(16))
         Requantisation multiplier.
     shift : In(unsigned(6))
@@ -110,20 +110,22 @@ class GELU(wiring.Component):
             x1 = Signal(signed(GELU_IN_BITS), name=f"x1_{k}")
             frac1 = Signal(_INTERP_BITS, name=f"frac1_{k}")
             beyond1 = Signal(name=f"beyond1_{k}")
-            # GELU = ReLU - delta: one bit more than the input holds both ends.
-            g2 = Signal(signed(GELU_IN_BITS + 1), name=f"g2_{k}")
-            prod3 = Signal(signed(GELU_IN_BITS + 1 + REQUANT_MULT_BITS + 1), name=f"prod3_{k}")
+            # GELU = ReLU - delta with GELU_OUT_FRAC fractional bits: one bit more than the
+            # widened input holds both ends.
+            g_bits = GELU_IN_BITS + (GELU_OUT_FRAC - GELU_IN_FRAC) + 1
+            g2 = Signal(signed(g_bits), name=f"g2_{k}")
+            prod3 = Signal(signed(g_bits + REQUANT_MULT_BITS + 1), name=f"prod3_{k}")
             half4 = Signal(signed(len(prod3) + 1), name=f"half4_{k}")
 
             lo = lo_rd.data
             fine = (lo << _INTERP_BITS) + (hi_rd.data - lo) * frac1
-            delta = Mux(beyond1, 0, rshift_round(fine, DELTA_FRAC + _INTERP_BITS - GELU_IN_FRAC))
+            delta = Mux(beyond1, 0, rshift_round(fine, DELTA_FRAC + _INTERP_BITS - GELU_OUT_FRAC))
             with m.If(advance):
                 m.d.sync += [
                     x1.eq(x0),
                     frac1.eq(frac0),
                     beyond1.eq(idx0 == _LAST),
-                    g2.eq(Mux(x1 < 0, 0, x1) - delta),
+                    g2.eq((Mux(x1 < 0, 0, x1) << (GELU_OUT_FRAC - GELU_IN_FRAC)) - delta),
                     prod3.eq(g2 * self.mult),
                     half4.eq((prod3 << 1) >> self.shift),
                     self.o.payload[k].eq(halve_round_saturate(half4, ACT_BITS)),

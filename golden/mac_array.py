@@ -1,8 +1,8 @@
 """Exact integer matrix product, the spec of ``gateware/mac_array.py``.
 
 Every matrix product of the model runs on the one MAC array: activation operands are signed
-``PROB_OPERAND_BITS`` = 10 bits (int10 activations, or attention probabilities 0..256), weight
-operands signed ``ACT_BITS`` = 10 bits (int8 weights, or K and V for attention); accumulation is
+``PROB_OPERAND_BITS`` = 14 bits (int13 activations, or attention probabilities 0..4096), weight
+operands signed ``ACT_BITS`` = 13 bits (int8 weights, or K and V for attention); accumulation is
 exact.
 """
 

@@ -5,7 +5,7 @@
     g      = softmax(requantize(logits, gate_mult, gate_shift, 16), GATE_FRAC)[selected]
     queues = counting sort of tokens by expert; experts run in increasing index order
     per active expert e, on its queued tokens:
-        h = requantize(x @ W1[e].T + b1[e] -> Q7.8);  a = gelu(h) (int10);
+        h = requantize(x @ W1[e].T + b1[e] -> Q7.8);  a = gelu(h) (int13);
         o = requantize(a @ W2[e].T + b2[e] -> residual scale, int16)
         acc[token] += g * o                         (exact: any order gives the same sum)
     residual = sat16(rshift_round((residual << GATE_FRAC) + acc, GATE_FRAC))
@@ -39,7 +39,7 @@ def route(x, gate_w, gate_mult, gate_shift, k):
 
 
 def expert_forward(x, fc1, fc2, gelu_mult, gelu_shift):
-    """One expert (or dense MLP) on int10 tokens ``x``: int16 output at the residual scale.
+    """One expert (or dense MLP) on int13 tokens ``x``: int16 output at the residual scale.
 
     ``fc1``/``fc2`` are dicts with ``w``, ``b``, ``mult``, ``shift``."""
     h = postprocess(matmul(x, fc1["w"]), fc1["b"], fc1["mult"], fc1["shift"], GELU_IN_BITS)
@@ -48,7 +48,7 @@ def expert_forward(x, fc1, fc2, gelu_mult, gelu_shift):
 
 
 def moe(x, residual, gate, experts, gelu_mult, gelu_shift, k, record=None):
-    """MoE on int10 ``x`` [T, D] added into the int16 ``residual`` [T, D]; returns the new residual.
+    """MoE on int13 ``x`` [T, D] added into the int16 ``residual`` [T, D]; returns the new residual.
 
     ``gate`` is ``(w [E, D], mult, shift)``; ``experts(e)`` returns that expert's ``(fc1, fc2)``."""
     gate_w, gate_mult, gate_shift = gate

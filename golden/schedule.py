@@ -3,8 +3,8 @@
 ``compile_schedule(cfg)`` turns a config into a list of :class:`Step`; golden's backbone executes
 exactly this list, and the hardware sequencer runs the same list, so spec and hardware walk the
 same steps. Buffers are named on-chip tensors: ``pixels`` (patch vectors), ``residual`` (int16),
-``ln`` (int10 LayerNorm output), ``qkv`` (int10), ``attn`` (int10 head outputs), ``hidden16``
-(Q7.8 GELU input), ``hidden`` (int10 GELU output).
+``ln`` (int13 LayerNorm output), ``qkv`` (int13), ``attn`` (int13 head outputs), ``hidden16``
+(Q7.8 GELU input), ``hidden`` (int13 GELU output).
 """
 
 from dataclasses import asdict, dataclass
@@ -29,7 +29,7 @@ class Step:
     params : str
         Prefix of the artifact tensors the step uses (e.g. ``"l3.qkv."``).
     out_bits : int
-        Output width (ACT_BITS = 10 for activations, 16 for the residual and the GELU input).
+        Output width (ACT_BITS = 13 for activations, 16 for the residual and the GELU input).
     add_residual : bool
         Add the result into ``dst`` (the residual stream) instead of overwriting it.
     head : int

@@ -124,9 +124,10 @@ def _tile_from_pairs(pairs):
 
 
 def test_narrow_accumulator_wraps_to_the_exact_result():
-    """Partial sums overflowing a 22-bit accumulator both ways still give the exact tile sum;
+    """Partial sums overflowing an accumulator 2 bits wider than one product (22 bits for int10
+    operands) both ways still give the exact tile sum;
     tile sums at the accumulator's extremes."""
-    bits = 22
+    bits = PROB_OPERAND_BITS + ACT_BITS + 2
     top = 1 << (bits - 1)
     over = ([(A_MIN, W_MIN)] * 16 + [(A_MIN, W_MAX)] * 16,
             [(A_MIN, W_MAX)] * 17 + [(A_MIN, W_MIN)] * 17)

@@ -44,6 +44,13 @@ def _check_task(cfg, task):
         raise UserError(f"unknown task {task}: config {cfg.name!r} has tasks 0..{cfg.num_tasks - 1}")
 
 
+def _check_output_path(path):
+    """Refuse, before the long work, an output file whose folder does not exist."""
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {parent} does not exist")
+
+
 def _write_json(path, data):
     try:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
@@ -93,12 +100,40 @@ def _golden(args):
     return 0
 
 
+def _reference(args, cfg):
+    """The independent reference named by ``--reference``, else the weight folder's
+    ``reference/`` where it has one (for the edge-moe shape), else None."""
+    from .reference import load_reference
+    from .weights import WeightError
+
+    folder = args.reference
+    if folder is None and args.weights and (Path(args.weights) / "reference").is_dir() and cfg.name == "edge-moe":
+        folder = Path(args.weights) / "reference"
+    if folder is None:
+        return None
+    try:
+        return load_reference(folder, cfg)
+    except WeightError as err:
+        raise UserError(str(err)) from None
+
+
 def _numerics(args):
     from .numerics import numerics_report
 
     cfg, weights, image = _inputs(args)
-    report = numerics_report(cfg, weights.tensors, image, weights.source)
+    reference = _reference(args, cfg)
+    if args.json:
+        _check_output_path(args.json)
+    report = numerics_report(cfg, weights.tensors, image, weights.source, reference)
     _print_layers(report["layers"], report["routing_agreement"])
+    if reference is not None:
+        print(f"against the independent reference in {reference.source}:")
+        for row in report["reference_streams"]:
+            print(f"  float {row['stream']:>9}: cosine {row['cosine']:.6f}, max abs error {row['max_abs_err']:.4f}")
+        for row in report["reference_routing_agreement"]:
+            print(f"  layer {row['layer']} task {row['task']}: top-2 sets equal to the reference's: "
+                  f"float {row['float']:.3f}, golden {row['golden']:.3f}; float gate weights within "
+                  f"{row['float_gate_weight_max_err']:.4f}")
     print(f"GELU max error over all int16 inputs: {report['gelu_max_lsb_err']:.3f} LSB of the output grid")
     print(f"softmax max abs error vs exact softmax of the same integers: {report['softmax_max_abs_err']:.6f} "
           f"(2**-8 = {2 ** -8:.6f})")
@@ -141,6 +176,9 @@ def register(sub):
     p = sub.add_parser("numerics", help="golden vs float per layer and task, routing agreement, operator errors")
     _common(p)
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--reference", metavar="DIR",
+                   help="an independent implementation's outputs to compare with (default: the weight "
+                        "folder's reference/ where it has one)")
     p.set_defaults(handler=_numerics)
 
     p = sub.add_parser("quantize", help="calibrate and write the quantised artifact (.npz)")

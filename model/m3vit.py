@@ -3,9 +3,12 @@
 Weights live in a flat dict of float32 arrays named as Edge-MoE's weight files (see
 ``model/weights.py``), so the importer, the float model and the quantiser share one vocabulary.
 
-Routing (DESIGN.md §2): ``logits = x @ W_gate[task]`` (no bias); softmax over all experts; the k
-largest logits are selected (ties to the lower expert index); each selected expert's output is
-weighted by its softmax probability, without renormalising over the k.
+Routing (DESIGN.md §2): ``logits = x @ w_gate[task]`` (no bias), ``w_gate`` being M³ViT's
+``[dim, experts]`` gate; softmax over all experts; the k largest logits are selected (ties to the
+lower expert index); each selected expert's output is weighted by its softmax probability, without
+renormalising over the k. The weights dict holds the gate as Edge-MoE's files do, transposed
+(``l{L}_w_gate_T_task{t}``, ``[experts, dim]``), so the product is ``x @ w_gate_T.T``; see
+``model.weights.GateLayout`` for where each layout comes from.
 """
 
 import math
@@ -37,7 +40,7 @@ def expected_shapes(cfg: M3ViTConfig):
         })
         if cfg.is_moe(layer):
             for task in range(cfg.num_tasks):
-                shapes[p + f"w_gate_T_task{task}"] = (d, e)
+                shapes[p + f"w_gate_T_task{task}"] = (e, d)     # Edge-MoE's layout, [experts, dim]
             shapes.update({
                 p + "htoh4_weight": (e, cfg.expert_hidden, d), p + "htoh4_bias": (e, cfg.expert_hidden),
                 p + "h4toh_weight": (e, d, cfg.expert_hidden), p + "h4toh_bias": (e, d),
@@ -84,7 +87,11 @@ class M3ViT(torch.nn.Module):
         for name, shape in shapes.items():
             t = torch.as_tensor(np.asarray(weights[name], dtype=np.float32))
             if tuple(t.shape) != shape:
-                raise ValueError(f"weight {name} has shape {tuple(t.shape)}, expected {shape}")
+                hint = ""
+                if "w_gate_T" in name and tuple(t.shape) == shape[::-1]:
+                    hint = (" (that is M³ViT's w_gate layout [dim, experts]; this name holds Edge-MoE's "
+                            "transpose [experts, dim]: convert with model.weights.gate_to_edge_moe)")
+                raise ValueError(f"weight {name} has shape {tuple(t.shape)}, expected {shape}{hint}")
             self.w[name] = t
 
     def embed(self, image):
@@ -119,7 +126,7 @@ class M3ViT(torch.nn.Module):
 
     def route(self, layer, h, task):
         """Return ``(indices [..., T, k], weights [..., T, k], logits [..., T, E])``."""
-        logits = h @ self.w[f"l{layer}_w_gate_T_task{task}"]
+        logits = h @ self.w[f"l{layer}_w_gate_T_task{task}"].T
         probs = torch.softmax(logits, dim=-1)
         # Stable sort: among equal logits the lower expert index ranks first.
         idx = torch.argsort(-logits, dim=-1, stable=True)[..., :self.cfg.top_k]
@@ -138,7 +145,9 @@ class M3ViT(torch.nn.Module):
             tok = sel.any(-1)
             if not bool(tok.any()):
                 continue
+            record(layer, f"expert_in.{e}", h[tok])
             a = F.gelu(h[tok] @ w[p + "htoh4_weight"][e].T + w[p + "htoh4_bias"][e])
+            record(layer, f"expert_hidden.{e}", a)
             hidden.append(a)
             y = a @ w[p + "h4toh_weight"][e].T + w[p + "h4toh_bias"][e]
             out[tok] += weight[tok][:, None] * y
@@ -156,7 +165,9 @@ class M3ViT(torch.nn.Module):
         if not 0 <= task < cfg.num_tasks:
             raise ValueError(f"task {task} out of range: config {cfg.name!r} has {cfg.num_tasks} tasks")
         rec = record or (lambda layer, name, t: None)
-        x = self.embed(torch.as_tensor(image, dtype=torch.float32))
+        image = torch.as_tensor(image, dtype=torch.float32)
+        rec(-1, "patches", patchify(image, cfg.patch))
+        x = self.embed(image)
         rec(-1, "residual", x)
         for layer in range(cfg.depth):
             p = f"l{layer}_"

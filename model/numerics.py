@@ -18,9 +18,10 @@ from golden.fixedpoint import ACT_BITS, int_range
 
 from .m3vit import M3ViT
 from .quantize import calibration_images, quantize_model
+from .reference import REFERENCE_LAYER, STREAMS
 from .weights import image_to_pixels
 
-__all__ = ["compare", "gelu_error_lsb", "softmax_error", "numerics_report"]
+__all__ = ["compare", "compare_with_reference", "gelu_error_lsb", "softmax_error", "numerics_report"]
 
 
 def _cosine(a, b):
@@ -64,6 +65,46 @@ def compare(cfg, weights, image, artifact=None, tasks=None):
     return layers, routing, artifact
 
 
+def _expert_sets_equal(a, b):
+    return np.all(np.sort(a, axis=-1) == np.sort(b, axis=-1), axis=-1)
+
+
+def compare_with_reference(cfg, weights, image, reference, artifact):
+    """The float model and golden against an independent implementation (``model.reference``).
+
+    Returns ``(streams, routing)``: per residual stream the float model's cosine and largest
+    absolute error; per task, at the reference's MoE layer, the fraction of tokens whose top-2
+    expert set equals the reference's for the float model and for golden, and the largest
+    difference of the float model's gate probabilities from the reference's on the tokens whose
+    sets agree (matched expert by expert)."""
+    model = M3ViT(cfg, weights)
+    pixels = image_to_pixels(image)
+    image_q = ((pixels + 128) / 256.0).astype(np.float32)
+    streams, routing = [], []
+    for task in range(cfg.num_tasks):
+        rec = {}
+        with torch.no_grad():
+            model(image_q, task, lambda layer, name, t: rec.__setitem__((layer, name), t.detach().numpy()))
+        if task == 0:
+            for stem, key in STREAMS.items():
+                f, r = rec[key], reference.streams[stem]
+                streams.append({"stream": stem, "cosine": _cosine(f, r),
+                                "max_abs_err": float(np.abs(f - r).max())})
+        probs = torch.softmax(torch.as_tensor(rec[(REFERENCE_LAYER, "gate_logits")]), dim=-1).numpy()
+        ref_top = reference.top2[task]
+        float_top = rec[(REFERENCE_LAYER, "experts")]
+        same = _expert_sets_equal(float_top, ref_top)
+        gate_err = float(np.abs(np.take_along_axis(probs, ref_top, axis=-1)[same]
+                                - reference.gate_weights[task][same]).max()) if same.any() else None
+        golden_top = next(data["experts"] for step, data in run_backbone(artifact, pixels, task).trace
+                          if "experts" in data and step.layer == REFERENCE_LAYER)
+        routing.append({"layer": REFERENCE_LAYER, "task": task,
+                        "float": float(np.mean(same)),
+                        "golden": float(np.mean(_expert_sets_equal(golden_top, ref_top))),
+                        "float_gate_weight_max_err": gate_err})
+    return streams, routing
+
+
 def gelu_error_lsb(artifact):
     """Largest |golden GELU - exact GELU| over all int16 inputs, in LSB of each layer's output
     grid, counting only inputs whose exact output lies inside the activation range."""
@@ -104,9 +145,15 @@ def softmax_error(seed=0):
     return worst
 
 
-def numerics_report(cfg, weights, image, source):
-    """Everything ``m3vit numerics`` prints and writes as JSON."""
+def numerics_report(cfg, weights, image, source, reference=None):
+    """Everything ``m3vit numerics`` prints and writes as JSON; with a ``model.reference.Reference``,
+    also the comparison with it (``reference_streams``, ``reference_routing_agreement``)."""
     layers, routing, artifact = compare(cfg, weights, image)
+    extra = {}
+    if reference is not None:
+        streams, ref_routing = compare_with_reference(cfg, weights, image, reference, artifact)
+        extra = {"reference": reference.source, "reference_streams": streams,
+                 "reference_routing_agreement": ref_routing}
     return {
         "config": cfg.name,
         "weights": source,
@@ -115,4 +162,5 @@ def numerics_report(cfg, weights, image, source):
         "gelu_max_lsb_err": gelu_error_lsb(artifact),
         "softmax_max_abs_err": softmax_error(),
         "residual_scale": artifact.scales["residual"],
+        **extra,
     }

@@ -4,7 +4,22 @@ Edge-MoE stores each tensor as raw little-endian float32 (C order, no header) in
 ``<name>.float32.bin``, names and layouts as :func:`model.m3vit.expected_shapes`. Its public
 snapshot lacks the expert weight tensors; the importer generates those deterministically and
 reports that it did.
+
+The gate is the one tensor whose layout differs between the two sources a user may hold, and a
+raw file cannot tell them apart (both hold ``dim * experts`` floats), so the layouts are named
+(:class:`GateLayout`) and every conversion states which one it reads:
+
+- M³ViT keeps ``w_gate`` as ``[dim, experts]`` and computes ``inp @ self.w_gate`` (VITA-Group/M3ViT,
+  ``models/gate_funs/noisy_gate.py``: ``torch.zeros(d_model, self.tot_expert)``).
+- Edge-MoE's ``l{L}_w_gate_T_task{t}`` files hold its transpose, ``[experts, dim]`` (sharc-lab/Edge-MoE:
+  ``include/kernel.hpp`` declares ``moe_w_gate[layer][NUM_EXPERTS][FEATURE_DIM]``, ``src/moe.cpp`` sums
+  ``x[in] * w_gate[out][in]``, ``weights/scripts/prepare_for_onboard.py`` reshapes the file to
+  (16, 192)).
+
+The project's weights dict holds the Edge-MoE layout under the Edge-MoE name.
 """
+
+import enum
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +30,7 @@ from .config import M3ViTConfig
 from .m3vit import expected_shapes
 
 __all__ = [
-    "WeightError", "ImportedWeights", "load_weight_folder", "generated_expert_weights",
+    "GateLayout", "gate_to_edge_moe", "WeightError", "ImportedWeights", "load_weight_folder", "generated_expert_weights",
     "default_weights", "default_image", "load_image", "image_to_pixels",
 ]
 
@@ -28,6 +43,40 @@ DEFAULT_SEED = 7
 
 class WeightError(ValueError):
     """A weight or image file is missing, unreadable or of the wrong size."""
+
+
+class GateLayout(enum.Enum):
+    """Where a gate tensor comes from, and so which axis is which."""
+
+    #: Edge-MoE's ``w_gate_T`` files: ``[experts, dim]``, logits = ``x @ w.T``.
+    EDGE_MOE = "edge-moe"
+    #: M³ViT's ``NoisyGate.w_gate`` parameter: ``[dim, experts]``, logits = ``x @ w``.
+    M3VIT = "m3vit"
+
+    def shape(self, cfg: M3ViTConfig):
+        return ((cfg.num_experts, cfg.dim) if self is GateLayout.EDGE_MOE
+                else (cfg.dim, cfg.num_experts))
+
+
+def gate_to_edge_moe(w, layout: GateLayout, cfg: M3ViTConfig, name="gate"):
+    """One task's gate in ``layout`` -> the ``[experts, dim]`` array the weights dict holds.
+
+    Raises
+    ------
+    WeightError
+        ``w`` does not have ``layout``'s shape for ``cfg`` (the message says which layout the
+        shape would fit, if either).
+    """
+    layout = GateLayout(layout)
+    w = np.asarray(w, dtype=np.float32)
+    want = layout.shape(cfg)
+    if w.shape != want:
+        other = GateLayout.M3VIT if layout is GateLayout.EDGE_MOE else GateLayout.EDGE_MOE
+        hint = (f"; that is the {other.value} layout {list(other.shape(cfg))}, say so"
+                if w.shape == other.shape(cfg) else "")
+        raise WeightError(f"{name} has shape {list(w.shape)}, but the {layout.value} layout for "
+                          f"config {cfg.name!r} is {list(want)}{hint}")
+    return w if layout is GateLayout.EDGE_MOE else np.ascontiguousarray(w.T)
 
 
 @dataclass
@@ -73,8 +122,29 @@ def generated_expert_weights(cfg: M3ViTConfig, tensors, layer):
     return out
 
 
+def _read_gate(folder, name, cfg):
+    """One gate, from Edge-MoE's ``..._w_gate_T_task{t}`` file ([experts, dim]) or, where the
+    folder was exported from an M³ViT checkpoint instead, its ``..._w_gate_task{t}`` file
+    ([dim, experts]); the name says the layout, never the size, which is the same for both."""
+    edge_moe = folder / f"{name}.float32.bin"
+    m3vit = folder / f"{name.replace('_w_gate_T_', '_w_gate_')}.float32.bin"
+    if edge_moe.exists() and m3vit.exists():
+        raise WeightError(f"{folder} holds both {edge_moe.name} (Edge-MoE's [experts, dim]) and "
+                          f"{m3vit.name} (M³ViT's [dim, experts]) for one gate: keep one")
+    if m3vit.exists():
+        layout, path = GateLayout.M3VIT, m3vit
+    else:
+        layout, path = GateLayout.EDGE_MOE, edge_moe
+    w = _read_bin(path, layout.shape(cfg), f"{layout.value} gate")
+    return gate_to_edge_moe(w, layout, cfg, path.name)
+
+
 def load_weight_folder(folder, cfg: M3ViTConfig):
     """Read an Edge-MoE weight folder for ``cfg``; generate missing expert weights.
+
+    Gates are read from Edge-MoE's ``l{L}_w_gate_T_task{t}.float32.bin`` ([experts, dim]) or,
+    for a folder exported from an M³ViT checkpoint, from ``l{L}_w_gate_task{t}.float32.bin``
+    holding M³ViT's own ``w_gate`` ([dim, experts]); see :class:`GateLayout`.
 
     Raises
     ------
@@ -89,6 +159,9 @@ def load_weight_folder(folder, cfg: M3ViTConfig):
     tensors, generated = {}, []
     for name, shape in shapes.items():
         path = folder / f"{name}.float32.bin"
+        if "_w_gate_T_" in name:
+            tensors[name] = _read_gate(folder, name, cfg)
+            continue
         if name.endswith(_GENERATED_SUFFIXES) and not path.exists():
             generated.append(name)
             continue

@@ -10,8 +10,8 @@ from model.config import M3ViTConfig, get_config
 from model.m3vit import M3ViT
 from model.numerics import compare
 from model.quantize import calibration_images, quantize_model
-from model.weights import (WeightError, default_image, default_weights, image_to_pixels, load_image,
-                           load_weight_folder)
+from model.weights import (GateLayout, WeightError, default_image, default_weights, gate_to_edge_moe,
+                           image_to_pixels, load_image, load_weight_folder)
 
 TINY = get_config("tiny")
 
@@ -54,6 +54,41 @@ def test_importer_reads_folder_and_generates_missing_experts(tmp_path):
     fc1 = w["l0_fc1_weight"]
     gen = imported.tensors["l1_htoh4_weight"]
     assert gen.shape == (4, 32, 32) and abs(gen.std() - fc1.std()) < 0.1 * fc1.std()
+
+
+def _write_folder(folder, tensors, skip=()):
+    for name, t in tensors.items():
+        if name not in skip:
+            t.astype("<f4").tofile(folder / f"{name}.float32.bin")
+
+
+def test_gate_layouts_are_named_and_checked(tmp_path):
+    """Edge-MoE's w_gate_T files are [experts, dim]; M³ViT's own w_gate is [dim, experts]. Both read
+    to the same logits; a gate in the wrong layout is refused with a message naming the layouts."""
+    w = default_weights(TINY).tensors
+    gate = w["l1_w_gate_T_task0"]                          # [experts, dim] = [4, 32]
+    assert gate.shape == (TINY.num_experts, TINY.dim)
+    assert np.array_equal(gate_to_edge_moe(gate.T, GateLayout.M3VIT, TINY), gate)
+    assert gate_to_edge_moe(gate, "edge-moe", TINY) is not None
+    with pytest.raises(WeightError, match=r"that is the m3vit layout \[32, 4\], say so"):
+        gate_to_edge_moe(gate.T, GateLayout.EDGE_MOE, TINY)
+    with pytest.raises(WeightError, match=r"m3vit layout for config 'tiny' is \[32, 4\]"):
+        gate_to_edge_moe(np.zeros((5, 5)), GateLayout.M3VIT, TINY)
+    swapped = dict(w, l1_w_gate_T_task0=gate.T)
+    with pytest.raises(ValueError, match="M³ViT's w_gate layout"):
+        M3ViT(TINY, swapped)
+    # logits = x @ w_gate (M³ViT) = x @ w_gate_T.T (Edge-MoE)
+    x = torch.randn(3, TINY.dim)
+    _, _, logits = M3ViT(TINY, w).route(1, x, 0)
+    assert torch.allclose(logits, x @ torch.as_tensor(gate).T, atol=1e-6)
+
+    # A folder may hold either file; the name says the layout.
+    _write_folder(tmp_path, w, skip=("l1_w_gate_T_task0",))
+    gate.T.astype("<f4").tofile(tmp_path / "l1_w_gate_task0.float32.bin")
+    assert np.array_equal(load_weight_folder(tmp_path, TINY).tensors["l1_w_gate_T_task0"], gate)
+    gate.astype("<f4").tofile(tmp_path / "l1_w_gate_T_task0.float32.bin")
+    with pytest.raises(WeightError, match="holds both"):
+        load_weight_folder(tmp_path, TINY)
 
 
 def test_importer_errors_name_file_and_size(tmp_path):
@@ -139,15 +174,21 @@ def test_golden_vs_float_builtin(config):
 
 @pytest.mark.real_data
 def test_golden_vs_float_real_weights(real_data):
-    """Real Edge-MoE weights and image (experts generated): the issue's bounds on cosine and routing."""
+    """Real Edge-MoE weights and image (experts generated): routing fidelity of the integer model.
+
+    Layer 1 is the tightest bound: 10 of task 0's 129 tokens have their 2nd and 3rd float gate
+    logits within 0.01. Measured: layer 1 0.984 / 0.984 (task 0 / 1), mean over the six MoE
+    layers and both tasks 0.987, output cosine 0.9995 / 0.9999."""
     cfg = get_config("edge-moe")
     w = load_weight_folder(real_data, cfg)
     assert len(w.generated) == 12                          # the snapshot lacks the expert tensors
     layers, routing, _ = compare(cfg, w.tensors, load_image(real_data / "image.float32.bin", cfg))
     for r in layers:
         if r["layer"] <= 1:
-            assert r["cosine"] >= 0.99, r
-    assert min(r["cosine"] for r in layers if r["layer"] == cfg.depth - 1) >= 0.98
-    # Near-tied gate logits make this the tightest bound: measured 0.961 for both tasks with int10
-    # activations (int8 gave 0.876 / 0.930).
-    assert min(r["agreement"] for r in routing if r["layer"] == 1) >= 0.95
+            assert r["cosine"] >= 0.999, r
+    for task in range(cfg.num_tasks):
+        out = [r for r in layers if r["layer"] == cfg.depth - 1 and r["task"] == task]
+        assert out[0]["cosine"] >= 0.99, out
+        layer1 = [r for r in routing if r["layer"] == 1 and r["task"] == task]
+        assert layer1[0]["agreement"] >= 0.97, layer1
+    assert np.mean([r["agreement"] for r in routing]) >= 0.95, routing

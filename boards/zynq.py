@@ -23,14 +23,14 @@ from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from gateware.axi import AXI4LiteSignature, AXI4Signature
+# Where the PS sees the control registers: the driver on the board reads the same constant.
+from runtime.regs import CTRL_BASE, CTRL_SPAN
 
 __all__ = ["CTRL_BASE", "PLShell", "AcceleratorTop", "check_core",
            "pl_wrapper_verilog", "block_design_tcl"]
 
-#: Where the PS sees the control registers (the start of the M_AXI_HPM0_FPD window).
-CTRL_BASE = 0xA000_0000
-#: Byte address width of the control port: one 4 KiB page.
-CTRL_ADDR_WIDTH = 12
+#: Byte address width of the control port: its window of ``CTRL_SPAN`` bytes (one 4 KiB page).
+CTRL_ADDR_WIDTH = CTRL_SPAN.bit_length() - 1
 #: The HP ports' address width; a narrower master reaches only the low 2 GB of DDR.
 HP_ADDR_WIDTH = 49
 

@@ -23,6 +23,8 @@ def _parser():
     model.cli.register(sub)
     import sim.cli
     sim.cli.register(sub)
+    import runtime.cli
+    runtime.cli.register(sub)
     try:
         import boards.cli
     except ImportError:

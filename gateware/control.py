@@ -1,57 +1,22 @@
 """The accelerator's control and status registers, on an AXI4-Lite subordinate port.
 
-Register map (32-bit words, byte offsets; see ``Reg``)::
-
-    0x00 ID          RO  0x4D335654 ("M3VT")
-    0x04 VERSION     RO  major << 16 | minor
-    0x08 CONTROL     WO  bit 0: write 1 to start (a one-cycle pulse on ``start``); reads 0
-    0x0C STATUS      RO  bit 0: busy (live); bit 1: done (set when ``done`` rises, cleared by start)
-    0x10 TASK        RW  task id, ``task_width`` bits
-    0x20 WEIGHTS_LO  RW  weights/artifact base address, bits 31..0
-    0x24 WEIGHTS_HI  RW  bits ``base_width``-1..32
-    0x28 IMAGE_LO/HI, 0x30 OUTPUT_LO/HI: the same for the image and the output buffer
-    0x40 CYCLES_LO   RO  cycle counter bits 31..0; reading it latches bits 63..32 for CYCLES_HI
-    0x44 CYCLES_HI   RO  the latched upper half
-    0x48 STALLS_LO/HI    the same for the stall counter
+The register map (offsets, bits, ID and VERSION values) is the host runtime's,
+``runtime/regs.py``: its ``Reg``, ``ID_VALUE`` and ``VERSION`` are re-exported here so that the
+gateware and the driver cannot disagree.
 
 Other offsets read 0 and ignore writes, with an OKAY response: a bus error on a stray access would
 take down the host's driver, a zero does not. Byte strobes apply to the read-write registers.
 """
 
-import enum as py_enum
-
 from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from runtime.regs import CAPACITY_FIELDS, CAPACITY_REGS, ID_VALUE, VERSION, Reg
+
 from .axi import AXI4LiteSignature, Resp
 
 __all__ = ["Reg", "ControlRegisters", "ID_VALUE", "VERSION"]
-
-#: Contents of the ID register: ASCII "M3VT".
-ID_VALUE = 0x4D33_5654
-#: (major, minor) in the VERSION register; the major number changes when the map does.
-VERSION = (1, 0)
-
-
-class Reg(py_enum.IntEnum):
-    """Byte offsets of the registers."""
-    ID = 0x00
-    VERSION = 0x04
-    CONTROL = 0x08
-    STATUS = 0x0C
-    TASK = 0x10
-    WEIGHTS_LO = 0x20
-    WEIGHTS_HI = 0x24
-    IMAGE_LO = 0x28
-    IMAGE_HI = 0x2C
-    OUTPUT_LO = 0x30
-    OUTPUT_HI = 0x34
-    CYCLES_LO = 0x40
-    CYCLES_HI = 0x44
-    STALLS_LO = 0x48
-    STALLS_HI = 0x4C
-
 
 class ControlRegisters(wiring.Component):
     """AXI4-Lite register block that starts the accelerator and reports on it.
@@ -64,13 +29,17 @@ class ControlRegisters(wiring.Component):
     Parameters
     ----------
     addr_width : int
-        Byte address width of the AXI4-Lite port (at least 7: the map spans 0x00-0x4F).
+        Byte address width of the AXI4-Lite port (at least 7: the map spans 0x00-0x6F).
     base_width : int
         Width of the base address outputs (the DRAM address width of the accelerator's master).
     task_width : int
         Width of the task id.
     counter_width : int
         Width of the cycle and stall counter inputs, 33 to 64.
+    capacity : dict, optional
+        The build's ``gateware.program.Capacity`` fields (``runtime.regs.CAPACITY_FIELDS``), read
+        back as constants from the CAP_* registers so the host can tell which build it drives;
+        without it those registers read 0.
 
     Members
     -------
@@ -87,14 +56,19 @@ class ControlRegisters(wiring.Component):
         Free-running counts kept by the core.
     """
 
-    def __init__(self, *, addr_width=12, base_width=40, task_width=8, counter_width=64):
+    def __init__(self, *, addr_width=12, base_width=40, task_width=8, counter_width=64, capacity=None):
         if addr_width < 7:
             raise ValueError(f"addr_width must be at least 7 to reach every register, not {addr_width}")
         if not 32 < counter_width <= 64:
             raise ValueError(f"counter_width must be 33..64, not {counter_width}")
         if not 0 < base_width <= 64 or not 0 < task_width <= 32:
             raise ValueError(f"bad widths: base_width={base_width}, task_width={task_width}")
+        capacity = dict(capacity or {})
+        if capacity and (set(capacity) != set(CAPACITY_FIELDS) or
+                         not all(0 <= v < 1 << 32 for v in capacity.values())):
+            raise ValueError(f"capacity must give each of {', '.join(CAPACITY_FIELDS)} as 32 bits, not {capacity}")
         self.addr_width = addr_width
+        self.capacity = capacity
         super().__init__({
             "bus": In(AXI4LiteSignature(addr_width=addr_width, data_width=32)),
             "start": Out(1), "busy": In(1), "done": In(1),
@@ -164,6 +138,7 @@ class ControlRegisters(wiring.Component):
                 Reg.CYCLES_LO: self.cycles[:32], Reg.CYCLES_HI: cycles_hi,
                 Reg.STALLS_LO: self.stalls[:32], Reg.STALLS_HI: stalls_hi,
             }
+            ro.update({CAPACITY_REGS[name]: value for name, value in self.capacity.items()})
             latch = {Reg.CYCLES_LO: cycles_hi.eq(self.cycles[32:]),
                      Reg.STALLS_LO: stalls_hi.eq(self.stalls[32:])}
             with m.Switch(bus.araddr[2:]):

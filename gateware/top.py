@@ -24,6 +24,7 @@ tokens and fc2 into a wide accumulator; after the last expert, the accumulator i
 the residual stream. Experts without tokens are never fetched.
 """
 
+import dataclasses
 import enum
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
@@ -116,7 +117,8 @@ class Accelerator(wiring.Component):
         beats_per_word16 = 2 * N // BEAT_BYTES    # DRAM beats per int16 word
         kmax_beats = self.kmax * N // BEAT_BYTES
 
-        m.submodules.regs = regs = ControlRegisters(addr_width=12, base_width=ADDR_BITS)
+        m.submodules.regs = regs = ControlRegisters(addr_width=12, base_width=ADDR_BITS,
+                                                    capacity=dataclasses.asdict(cap))
         wiring.connect(m, wiring.flipped(self.ctrl), regs.bus)
         m.submodules.dma = dma = DMA(addr_width=ADDR_BITS, data_width=DATA_WIDTH)
         wiring.connect(m, wiring.flipped(self.axi), dma.axi)

@@ -11,17 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateware.control import Reg
 from gateware.program import Capacity, compile_frame
-from gateware.top import Accelerator
+from runtime.layout import dram_layout as _region_layout
+from runtime.regs import Reg
+
+from .session import ENGINES, open_session
 
 __all__ = ["FrameResult", "SimulationError", "dram_layout", "simulate_frame", "simulate_frames", "useful_macs",
            "array_cycles", "frame_report"]
 
-ENGINES = ("pysim", "verilator")
-_ALIGN = 4096
-#: Cycles between status polls; a poll is two register reads.
+#: Cycles between status polls; a poll is two register reads (Verilator: cheap to run far ahead).
 _POLL = 512
+_POLL_VERILATOR = 100_000
 
 
 class SimulationError(RuntimeError):
@@ -61,16 +62,9 @@ class FrameResult:
     read_log: list = None
 
 
-def _align(n):
-    return -(-n // _ALIGN) * _ALIGN
-
-
 def dram_layout(frame, image_bytes):
-    """Byte addresses of the weights, image and output, and the DRAM size."""
-    weights = 0
-    image = _align(len(frame.weights))
-    output = image + _align(image_bytes)
-    return weights, image, output, output + _align(frame.output_bytes)
+    """Byte addresses of the weights, image and output, and the DRAM size (``runtime.layout``'s)."""
+    return tuple(_region_layout(len(frame.weights), image_bytes, frame.output_bytes))
 
 
 def _register_writes(task, weights, image, output):
@@ -147,16 +141,36 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
     setup = _register_writes(tasks[0], w_addr, i_addr, o_addr)[:-2]
     writes = [[(Reg.TASK, task), (Reg.CONTROL, 1)] for task in tasks]
     writes[0] = setup + writes[0]
-    run = _run_pysim if engine == "pysim" else _run_verilator
+    session = open_session(engine, cap, size, latency=dram_latency, beats_per_cycle=dram_beats_per_cycle)
+    dram = session.dram
+    poll = _POLL if engine == "pysim" else _POLL_VERILATOR
     results = []
-
-    def finished(out, cycles, stalls, read, written, log, start):
-        output = np.frombuffer(out, dtype="<i2").reshape(cfg.tokens, cfg.dim).astype(np.int64)
-        results.append(FrameResult(output, cycles, stalls, read, written, engine,
-                                   time.perf_counter() - start, frame, log))
-
-    run(Accelerator(cap), size, contents, writes, o_addr, frame.output_bytes, dram_latency,
-        dram_beats_per_cycle, max_cycles, progress, finished)
+    try:
+        for addr, blob in contents:
+            dram.write(addr, blob)
+        for frame_writes in writes:
+            start = time.perf_counter()
+            read, written = dram.bytes_read, dram.bytes_written
+            logged = len(dram.read_log) if engine == "pysim" else None
+            for reg, value in frame_writes:
+                session.write(reg, value)
+            waited = 0
+            while True:
+                session.tick(poll)
+                waited += poll
+                if _finished(session.read(Reg.STATUS), waited, max_cycles, progress):
+                    break
+            cycles = session.read(Reg.CYCLES_LO)
+            cycles |= session.read(Reg.CYCLES_HI) << 32
+            stalls = session.read(Reg.STALLS_LO)
+            stalls |= session.read(Reg.STALLS_HI) << 32
+            output = np.frombuffer(dram.read(o_addr, frame.output_bytes), dtype="<i2")
+            results.append(FrameResult(output.reshape(cfg.tokens, cfg.dim).astype(np.int64), cycles, stalls,
+                                       dram.bytes_read - read, dram.bytes_written - written, engine,
+                                       time.perf_counter() - start, frame,
+                                       None if logged is None else dram.read_log[logged:]))
+    finally:
+        session.close()
     return results
 
 
@@ -171,73 +185,6 @@ def _finished(status, waited, max_cycles, progress):
     if progress:
         progress(waited)
     return False
-
-
-def _run_pysim(dut, size, contents, frames, o_addr, o_bytes, latency, bpc, max_cycles, progress, finished):
-    from amaranth.sim import Simulator
-
-    from .axil import axil_read, axil_write
-    from .dram import DRAMModel
-
-    dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc)
-    for addr, blob in contents:
-        dram.write(addr, blob)
-
-    async def host(ctx):
-        for writes in frames:
-            start = time.perf_counter()
-            read, written, logged = dram.bytes_read, dram.bytes_written, len(dram.read_log)
-            for reg, value in writes:
-                await axil_write(ctx, dut.ctrl, reg, value)
-            waited = 0
-            while True:
-                await ctx.tick().repeat(_POLL)
-                waited += _POLL
-                status, _ = await axil_read(ctx, dut.ctrl, Reg.STATUS)
-                if _finished(status, waited, max_cycles, progress):
-                    break
-            counters = []
-            for reg in (Reg.CYCLES_LO, Reg.CYCLES_HI, Reg.STALLS_LO, Reg.STALLS_HI):
-                counters.append((await axil_read(ctx, dut.ctrl, reg))[0])
-            finished(dram.read(o_addr, o_bytes), counters[0] | counters[1] << 32, counters[2] | counters[3] << 32,
-                     dram.bytes_read - read, dram.bytes_written - written, dram.read_log[logged:], start)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    dram.add_to(sim, dut.axi)
-    sim.add_testbench(host)
-    sim.run()
-
-
-def _run_verilator(dut, size, contents, frames, o_addr, o_bytes, latency, bpc, max_cycles, progress, finished):
-    from gateware.verilator_engine import VerilatorModel
-
-    from .axil import VerilatorAXIL
-    from .dram import VERILATOR_OPTIONS, attach_verilator_dram
-
-    start = time.perf_counter()
-    model = VerilatorModel(dut, name="accelerator", **VERILATOR_OPTIONS)
-    dram = attach_verilator_dram(model, "axi", size, latency, bpc)
-    for addr, blob in contents:
-        dram.write(addr, blob)
-    bus = VerilatorAXIL(model, "ctrl")
-    for writes in frames:
-        read, written = dram.bytes_read, dram.bytes_written
-        for reg, value in writes:
-            bus.write(reg, value)
-        waited = 0
-        chunk = 100_000
-        while True:
-            model.tick(chunk)
-            waited += chunk
-            dram.check()
-            if _finished(bus.read(Reg.STATUS), waited, max_cycles, progress):
-                break
-        cycles = bus.read(Reg.CYCLES_LO) | bus.read(Reg.CYCLES_HI) << 32
-        stalls = bus.read(Reg.STALLS_LO) | bus.read(Reg.STALLS_HI) << 32
-        finished(dram.read(o_addr, o_bytes), cycles, stalls, dram.bytes_read - read, dram.bytes_written - written,
-                 None, start)
-        start = time.perf_counter()
 
 
 def useful_macs(cfg, tokens_per_layer_expert):

@@ -1,0 +1,187 @@
+"""``m3vit bundle`` and ``m3vit run``: package a compiled model, run it on the board or the simulator."""
+
+import os
+import sys
+from pathlib import Path
+
+from cli import UserError
+
+__all__ = ["register"]
+
+ENGINES = ("pysim", "verilator")
+
+
+def _capacity(cfg):
+    """The build a bundle targets: the board's (``Capacity()``) when the model fits it, else the
+    smallest build that holds the model (as ``m3vit synth --top accelerator --config`` builds)."""
+    from gateware.program import Capacity, CapacityError, check_capacity
+
+    try:
+        check_capacity(cfg, Capacity())
+        return Capacity()
+    except CapacityError:
+        pass
+    try:
+        return Capacity.for_config(cfg, 8 if cfg.dim <= 64 else 16)
+    except CapacityError as err:
+        raise UserError(str(err)) from None
+
+
+def _bundle(args):
+    import dataclasses
+
+    from gateware.program import CapacityError, compile_frame
+    from model.cli import _inputs, _load_artifact
+    from model.quantize import calibration_images, quantize_model
+
+    from .bundle import write_bundle
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if not out.exists() and not os.access(out.parent if str(out.parent) else ".", os.W_OK):
+        raise UserError(f"cannot create {out}: its parent folder is missing or not writable")
+    if args.bitstream and not Path(args.bitstream).is_file():
+        raise UserError(f"bitstream {args.bitstream} does not exist")
+    cfg, weights, image = _inputs(args)
+    cap = _capacity(cfg)
+    artifact = _load_artifact(args.artifact, cfg) or quantize_model(cfg, weights.tensors, calibration_images(image))
+    try:
+        frame = compile_frame(artifact, cap)
+    except CapacityError as err:
+        raise UserError(str(err)) from None
+    try:
+        write_bundle(out, config=dataclasses.asdict(cfg) | {"tokens": cfg.tokens}, capacity=dataclasses.asdict(cap),
+                     frame=frame.weights, output_scale=artifact.scales["residual"], bitstream=args.bitstream,
+                     note={"weights": str(weights.source), "artifact": args.artifact})
+    except OSError as err:
+        raise UserError(f"cannot write the bundle to {out}: {err.strerror}") from None
+    print(f"wrote bundle {out}: config {cfg.name}, build {cap.lanes}x{cap.lanes} ({cap}), frame image "
+          f"{len(frame.weights)} bytes{', bitstream' if args.bitstream else ', no bitstream'}")
+    return 0
+
+
+def _summary(features):
+    raw, values = features.raw, features.values
+    return (f"features {list(raw.shape)} int16 in [{raw.min()}, {raw.max()}], float32 mean {values.mean():.4g}, "
+            f"rms {float((values.astype('float64') ** 2).mean() ** 0.5):.4g}")
+
+
+def _check_out(path):
+    """Fail now, before any frame runs, if the output file cannot be written."""
+    out = Path(path)
+    if out.suffix != ".npz":
+        raise UserError(f"--out {out} must name a .npz file")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {out}: its folder is missing or not writable")
+
+
+def _backend(args, bundle):
+    from .backends import PynqBackend, SimulatorBackend
+
+    if not args.simulate:
+        return PynqBackend()
+    engine = args.engine or ("pysim" if bundle.config["dim"] <= 64 else "verilator")
+    capacity = None
+    if args.sim_lanes:
+        import dataclasses
+
+        from gateware.program import Capacity, CapacityError
+        from model.config import get_config
+
+        try:
+            capacity = dataclasses.asdict(Capacity.for_config(get_config(bundle.name), args.sim_lanes))
+        except (KeyError, CapacityError) as err:
+            raise UserError(f"cannot simulate a {args.sim_lanes}-lane build of {bundle.name!r}: {err}") from None
+    return SimulatorBackend(engine, capacity=capacity)
+
+
+def _run(args):
+    import numpy as np
+
+    from .bundle import Bundle
+    from .driver import Accelerator
+    from .errors import AcceleratorError
+    from .image import load_image
+    from .regs import CLOCK_HZ
+
+    if (args.engine or args.sim_lanes) and not args.simulate:
+        raise UserError("--engine and --sim-lanes apply only with --simulate")
+    if args.timeout <= 0:
+        raise UserError(f"--timeout must be positive, not {args.timeout}")
+    if args.out:
+        _check_out(args.out)
+    try:
+        bundle = Bundle.load(args.bundle)
+        tasks = bundle.config["num_tasks"]
+        for task in args.task:
+            if not 0 <= task < tasks:
+                raise UserError(f"unknown task {task}: bundle {args.bundle} (config {bundle.name!r}) has tasks "
+                                f"0..{tasks - 1}")
+        pixels = load_image(args.image, bundle.input_shape)
+        where = "the simulated accelerator" if args.simulate else "the board"
+        print(f"bundle {bundle.path}: config {bundle.name}, build {bundle.capacity['lanes']}x"
+              f"{bundle.capacity['lanes']}; running on {where}", flush=True)
+        results = []
+        with Accelerator(bundle, _backend(args, bundle), timeout=args.timeout) as acc:
+            acc.set_image(pixels)
+            for task in args.task:
+                f = acc.run(task)
+                results.append(f)
+                print(f"task {task}: {f.cycles} cycles ({f.stalls} stalled on DRAM), {f.latency_ms:.3f} ms at "
+                      f"{CLOCK_HZ / 1e6:.0f} MHz; {_summary(f)}", flush=True)
+    except AcceleratorError as err:
+        raise UserError(str(err)) from None
+    if len(results) > 1:
+        print("tasks switched by writing the TASK register only; the frame image and the image stayed in DRAM")
+    if args.out:
+        arrays = {"tasks": np.array(args.task), "cycles": np.array([f.cycles for f in results]),
+                  "stalls": np.array([f.stalls for f in results])}
+        for f in results:
+            arrays[f"features_task{f.task}"] = f.raw
+            arrays[f"values_task{f.task}"] = f.values
+        out = Path(args.out)
+        # Write beside and rename, so that an interrupted write leaves no half file under the name.
+        partial = out.with_name(out.name + ".partial")
+        try:
+            with open(partial, "wb") as file:
+                np.savez(file, **arrays)
+            partial.replace(out)
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            raise UserError(f"cannot write {out}: {err.strerror}") from None
+        print(f"wrote {out}")
+    return 0
+
+
+def register(sub):
+    """Add ``bundle`` and ``run`` to the ``m3vit`` parser."""
+    from model.cli import _common
+
+    p = sub.add_parser("bundle", help="compile a model into a bundle (frame image, manifest, bitstream) to run")
+    _common(p)
+    p.add_argument("--out", metavar="DIR", required=True, help="bundle folder to write")
+    p.add_argument("--artifact", metavar="FILE", help="quantised artifact from m3vit quantize (default: quantise now)")
+    p.add_argument("--bitstream", metavar="FILE", help="top.bit from m3vit build (its top.hwh beside it comes too)")
+    p.set_defaults(handler=_bundle)
+
+    p = sub.add_parser("run", help="run a bundle on the board (PYNQ) or the simulated accelerator")
+    p.add_argument("--bundle", metavar="DIR", required=True, help="bundle folder from m3vit bundle")
+    p.add_argument("--image", metavar="FILE", required=True,
+                   help="image [C,H,W]: .npy of floats in [0, 1] or int8 pixels, or raw float32 .bin")
+    p.add_argument("--task", type=int, nargs="+", required=True, metavar="N",
+                   help="task(s), run back to back on one load")
+    p.add_argument("--simulate", action="store_true", help="run on the simulated accelerator instead of the board")
+    p.add_argument("--engine", choices=ENGINES, help="with --simulate: the simulator (default pysim for small "
+                                                     "models such as tiny, else verilator)")
+    p.add_argument("--sim-lanes", type=int, choices=(8, 16),
+                   help="with --simulate: simulate the smallest build with this many lanes that holds the model, "
+                        "instead of the bundle's own build")
+    p.add_argument("--timeout", type=float, default=1.0,
+                   help="seconds of accelerator time a frame may take (default 1; simulated time at 300 MHz "
+                        "with --simulate)")
+    p.add_argument("--out", metavar="FILE.npz", help="write features (int16 and float32), cycles and stalls")
+    p.set_defaults(handler=_run)

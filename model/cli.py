@@ -124,7 +124,7 @@ def _numerics(args):
     reference = _reference(args, cfg)
     if args.json:
         _check_output_path(args.json)
-    report = numerics_report(cfg, weights.tensors, image, weights.source, reference)
+    report = numerics_report(cfg, weights.tensors, image, weights.source, reference, args.rounding)
     _print_layers(report["layers"], report["routing_agreement"])
     if reference is not None:
         print(f"against the independent reference in {reference.source}:")
@@ -176,6 +176,8 @@ def register(sub):
     p = sub.add_parser("numerics", help="golden vs float per layer and task, routing agreement, operator errors")
     _common(p)
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--rounding", choices=("error-feedback", "nearest"), default="error-feedback",
+                   help="how weights are rounded to int8 (default error-feedback; nearest to compare)")
     p.add_argument("--reference", metavar="DIR",
                    help="an independent implementation's outputs to compare with (default: the weight "
                         "folder's reference/ where it has one)")

@@ -29,10 +29,11 @@ def _cosine(a, b):
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
-def compare(cfg, weights, image, artifact=None, tasks=None):
-    """Golden vs float on ``image`` for ``tasks`` (default all); returns ``(layers, routing, artifact)``."""
+def compare(cfg, weights, image, artifact=None, tasks=None, rounding="error-feedback"):
+    """Golden vs float on ``image`` for ``tasks`` (default all); returns ``(layers, routing, artifact)``.
+    Without ``artifact``, quantises with ``rounding`` (``model.quantize.ROUNDINGS``)."""
     if artifact is None:
-        artifact = quantize_model(cfg, weights, calibration_images(image))
+        artifact = quantize_model(cfg, weights, calibration_images(image), rounding)
     model = M3ViT(cfg, weights)
     pixels = image_to_pixels(image)
     # The float model sees the same 8-bit pixels as the accelerator.
@@ -145,10 +146,10 @@ def softmax_error(seed=0):
     return worst
 
 
-def numerics_report(cfg, weights, image, source, reference=None):
+def numerics_report(cfg, weights, image, source, reference=None, rounding="error-feedback"):
     """Everything ``m3vit numerics`` prints and writes as JSON; with a ``model.reference.Reference``,
     also the comparison with it (``reference_streams``, ``reference_routing_agreement``)."""
-    layers, routing, artifact = compare(cfg, weights, image)
+    layers, routing, artifact = compare(cfg, weights, image, rounding=rounding)
     extra = {}
     if reference is not None:
         streams, ref_routing = compare_with_reference(cfg, weights, image, reference, artifact)
@@ -162,5 +163,6 @@ def numerics_report(cfg, weights, image, source, reference=None):
         "gelu_max_lsb_err": gelu_error_lsb(artifact),
         "softmax_max_abs_err": softmax_error(),
         "residual_scale": artifact.scales["residual"],
+        "weight_rounding": rounding,
         **extra,
     }

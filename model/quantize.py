@@ -32,7 +32,7 @@ from .artifact import Artifact
 from .config import M3ViTConfig
 from .m3vit import M3ViT
 
-__all__ = ["quantize_multiplier", "calibrate", "quantize_model", "calibration_images",
+__all__ = ["ROUNDINGS", "quantize_multiplier", "calibrate", "quantize_model", "calibration_images",
            "round_with_error_feedback"]
 
 _Q8 = (1 << (WEIGHT_BITS - 1)) - 1
@@ -159,10 +159,20 @@ def _layernorm(gamma, beta, s_out, s_res, n, eps):
     return {"gamma": gq, "beta": bq.astype(np.int64), "shift": np.int64(shift)}
 
 
-def quantize_model(cfg: M3ViTConfig, weights, calib_images):
-    """Quantise float ``weights`` of ``cfg`` into an :class:`~model.artifact.Artifact`."""
+#: Weight rounding schemes: error feedback (the default) or each weight to its nearest level.
+ROUNDINGS = ("error-feedback", "nearest")
+
+
+def quantize_model(cfg: M3ViTConfig, weights, calib_images, rounding="error-feedback"):
+    """Quantise float ``weights`` of ``cfg`` into an :class:`~model.artifact.Artifact`.
+
+    ``rounding`` is one of ``ROUNDINGS``; "nearest" is kept to measure what error feedback buys."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown weight rounding {rounding!r}; choose one of {', '.join(ROUNDINGS)}")
     model = M3ViT(cfg, weights)
     peaks, grams = calibrate(model, calib_images)
+    if rounding == "nearest":
+        grams = {}
     w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     res_peak = max(v for (layer, name), v in peaks.items() if name.startswith("residual"))
     s_res = _scale(res_peak * 1.25, RES_BITS)    # headroom: residuals grow on unseen images

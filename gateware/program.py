@@ -8,14 +8,13 @@ are three ATTENTION instructions writing one ``attn`` buffer.
 
 DRAM (byte addresses relative to the ``weights_base`` register):
 
-- offset 0: a 16-byte header: ``PROGRAM_MAGIC`` (u32), instruction count (u32), program offset
-  (u64); the program is ``count`` instructions of ``INSTR_BYTES`` little-endian bytes each (the
-  :data:`Instr` layout), after all the data.
+- offset 0: a 16-byte :data:`~gateware.records.Header` naming the program: ``count``
+  :data:`~gateware.records.Instr` records of ``INSTR_BYTES`` each, after all the data.
 - parameters and weight *tiles*. A tile is one block of ``lanes`` output channels of a linear
-  layer: ``lanes`` 8-byte records (bias int32 | mult u16 << 32 | shift << 48), then for each input
-  element ``k`` the ``lanes`` int8 weights of the block's channels. The MAC array reads a tile in
+  layer: ``lanes`` :data:`~gateware.records.TileParams` records, then for each input element
+  ``k`` the ``lanes`` int8 weights of the block's channels. The MAC array reads a tile in
   exactly this order, so a tile streams in one burst and is reused for every token block.
-- LayerNorm parameters: per channel one 8-byte record (gamma int16 | beta int32 << 32).
+- LayerNorm parameters: per channel one :data:`~gateware.records.LNParams` record.
 - the position embedding, int16 ``[tokens, dim]`` row-major.
 
 The image (int8 ``[C, H, W]``, at ``image_base``) is read in place; the features (int16
@@ -25,67 +24,17 @@ On chip, every tensor lives in one activation memory of ``lanes``-wide int16 wor
 channels ``[c * lanes, (c + 1) * lanes)`` are word ``base + t * stride + c`` of its region.
 """
 
-import enum
 from dataclasses import dataclass, field
 
 import numpy as np
-from amaranth.lib import data
 
 from golden.schedule import compile_schedule
 
-__all__ = ["Op", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "Capacity", "CapacityError", "Frame",
-           "compile_frame", "tile_bytes"]
+from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr, LNParams, Op,
+                      OutMode, TileParams, encode, pack_records)
 
-ADDR_BITS = 40
-PROGRAM_MAGIC = 0x4D33_5649   # "M3VI"
-#: DRAM beat (AXI data width) in bytes; every DRAM object is aligned to it.
-BEAT_BYTES = 16
-
-
-class Op(enum.IntEnum):
-    """Instruction opcodes."""
-    END = 0
-    LOAD_PATCHES = 1    # image -> pixels region (patch vectors), int8 sign-extended
-    LOAD16 = 2          # DRAM int16 [rows, chunks*lanes] -> region
-    STORE16 = 3         # region -> DRAM int16
-    LAYERNORM = 4
-    GEMM = 5            # region x DRAM tiles -> region (write, residual add, or fused GELU)
-    ATTENTION = 6       # one head: QK^T, softmax, A.V
-    MOE = 7             # gate, top-k, queues, the active experts, weighted combine
-
-
-class OutMode(enum.IntEnum):
-    """What a GEMM does with its post-processed outputs."""
-    WRITE = 0
-    RESIDUAL = 1        # add the destination's value before saturating
-    GELU = 2            # GELU (mult2/shift2) then write
-
-
-#: One instruction. Fields unused by an opcode are zero.
-Instr = data.StructLayout({
-    "op": 4,
-    "out_mode": 2,
-    "narrow": 1,                    # saturate to ACT_BITS, else 16 bits
-    "dram0": ADDR_BITS,             # tiles / parameters / source, relative to its base
-    "dram1": ADDR_BITS,
-    "dram2": ADDR_BITS,
-    "stride0": 32,                  # DRAM bytes between tasks' gates; image row (LOAD_PATCHES)
-    "stride1": 32,                  # DRAM bytes between experts; image plane (LOAD_PATCHES)
-    "src_base": 24, "src_stride": 8, "src_chunk": 8,
-    "dst_base": 24, "dst_stride": 8, "dst_chunk": 8,
-    "aux_base": 24, "aux_stride": 8, "aux_chunk": 8,
-    "v_chunk": 8,                   # ATTENTION: V's first word in the source row
-    "rows": 16,                     # tokens processed
-    "row_offset": 8,                # destination token = source token + row_offset
-    "k_chunks": 8,                  # inner dimension in words
-    "n_out": 16,                    # output channels
-    "mult": 16, "shift": 6,
-    "mult2": 16, "shift2": 6,
-    "eps": 48,
-    "count": 16,                    # experts (MOE), patches per row (LOAD_PATCHES)
-    "top_k": 4,
-})
-INSTR_BYTES = -(-Instr.size // (8 * BEAT_BYTES)) * BEAT_BYTES
+__all__ = ["Op", "OutMode", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "ADDR_BITS", "BEAT_BYTES", "Capacity",
+           "CapacityError", "Frame", "compile_frame", "tile_bytes", "encode_instr"]
 
 
 class CapacityError(ValueError):
@@ -142,7 +91,7 @@ class Capacity:
 
 def tile_bytes(k, lanes):
     """DRAM bytes of one tile with inner dimension ``k``."""
-    return 8 * lanes + k * lanes
+    return PARAM_BYTES * lanes + k * lanes
 
 
 def _regions(cfg, lanes):
@@ -246,21 +195,18 @@ def _tiles(w, b, mult, shift, lanes):
     blocks = -(-n_out // lanes)
     out = bytearray()
     for cb in range(blocks):
-        rec = np.zeros(lanes, dtype=np.uint64)
+        ch = slice(cb * lanes, min((cb + 1) * lanes, n_out))
+        pad = lanes - (ch.stop - ch.start)
+        rec = {name: np.pad(np.asarray(v[ch], np.int64), (0, pad)) for name, v in
+               (("bias", b), ("mult", mult), ("shift", shift))}
         wt = np.zeros((k, lanes), dtype=np.int8)
-        for j in range(lanes):
-            ch = cb * lanes + j
-            if ch < n_out:
-                rec[j] = (np.uint64(int(b[ch]) & 0xFFFFFFFF) | np.uint64(int(mult[ch]) << 32)
-                          | np.uint64(int(shift[ch]) << 48))
-                wt[:, j] = w[ch]
-        out += rec.astype("<u8").tobytes() + wt.tobytes()
+        wt[:, :lanes - pad] = w[ch].T
+        out += pack_records(TileParams, **rec) + wt.tobytes()
     return bytes(out)
 
 
 def _ln_params(gamma, beta):
-    rec = (gamma.astype(np.int64) & 0xFFFF) | ((beta.astype(np.int64) & 0xFFFFFFFF) << 32)
-    return rec.astype("<u8").tobytes()
+    return pack_records(LNParams, gamma=gamma, beta=beta)
 
 
 def compile_frame(artifact, cap: Capacity):
@@ -358,21 +304,17 @@ def compile_frame(artifact, cap: Capacity):
     if len(instrs) > cap.max_program:
         raise CapacityError(f"the program has {len(instrs)} instructions; this accelerator holds "
                             f"{cap.max_program}")
-    prog = img.add(b"".join(encode(i) for i in instrs))
+    prog = img.add(b"".join(encode_instr(i) for i in instrs))
     blob = bytearray(b"".join(img.chunks))
-    blob[:16] = np.array([PROGRAM_MAGIC, len(instrs)], "<u4").tobytes() + np.array([prog], "<u8").tobytes()
+    blob[:BEAT_BYTES] = encode(Header, {"magic": PROGRAM_MAGIC, "count": len(instrs), "program": prog}, BEAT_BYTES)
     return Frame(weights=bytes(blob), instructions=instrs, output_bytes=cfg.tokens * cfg.dim * 2,
                  regions=regions, act_words=act_words, dense_bytes=dense, gate_bytes=gate_bytes,
                  expert_bytes=expert_bytes, program_offset=prog)
 
 
-def encode(fields):
+def encode_instr(fields):
     """The little-endian bytes of one instruction given as a dict of field values."""
-    value = 0
-    for name, v in fields.items():
-        offset, width = Instr[name].offset, Instr[name].width
-        v = int(v)
-        if not 0 <= v < (1 << width):
-            raise CapacityError(f"instruction field {name} = {v} does not fit {width} bits")
-        value |= v << offset
-    return value.to_bytes(INSTR_BYTES, "little")
+    try:
+        return encode(Instr, fields, INSTR_BYTES)
+    except ValueError as e:
+        raise CapacityError(f"instruction {e}") from None

@@ -44,7 +44,9 @@ from .gelu import GELU
 from .layernorm import LayerNorm
 from .mac_array import MACArray
 from .postprocess import PostProcess
-from .program import ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PROGRAM_MAGIC, Capacity, Instr, Op, OutMode
+from .program import Capacity
+from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr,
+                      LNParams, Op, OutMode, TileParams)
 from .router import Router
 from .softmax import Softmax
 from .transpose import Transpose
@@ -116,6 +118,8 @@ class Accelerator(wiring.Component):
         words_per_beat = BEAT_BYTES // N          # int8 words (N lanes) per DRAM beat
         beats_per_word16 = 2 * N // BEAT_BYTES    # DRAM beats per int16 word
         kmax_beats = self.kmax * N // BEAT_BYTES
+        records_per_beat = BEAT_BYTES // PARAM_BYTES
+        param_beats = N // records_per_beat       # a tile's TileParams records
 
         m.submodules.regs = regs = ControlRegisters(addr_width=12, base_width=ADDR_BITS,
                                                     capacity=dataclasses.asdict(cap))
@@ -352,8 +356,8 @@ class Accelerator(wiring.Component):
         m.d.comb += [rem_cols.eq(n_cols - c_t.cb * N),
                      cols_valid.eq(Mux(rem_cols >= N, N, Mux(rem_cols < 0, 0, rem_cols)))]
         keep = col < cols_valid
-        m.d.comb += pbuf_rd.addr.eq(c_t.half * (N // 2) + col // 2)
-        record = pbuf_rd.data.word_select(col % 2, 64)
+        m.d.comb += pbuf_rd.addr.eq(c_t.half * param_beats + col // records_per_beat)
+        record = TileParams(pbuf_rd.data.word_select(col % records_per_beat, TileParams.size))
         col_taken = Signal()
         with m.If(sink == Sink.ROUTER):
             m.d.comb += [router.i.valid.eq(mac.o.valid & cq.r_rdy & keep),
@@ -369,9 +373,9 @@ class Accelerator(wiring.Component):
             ok = mac.o.valid & cq.r_rdy & (~need_r | tr.o.valid)
             m.d.comb += [post.i.valid.eq(ok & keep),
                          post.i.payload.acc.eq(mac.o.payload.data),
-                         post.i.payload.bias.eq(Mux(fix_params, 0, record[0:32].as_signed())),
-                         post.i.payload.mult.eq(Mux(fix_params, fix_mult, record[32:48])),
-                         post.i.payload.shift.eq(Mux(fix_params, fix_shift, record[48:54])),
+                         post.i.payload.bias.eq(Mux(fix_params, 0, record.bias)),
+                         post.i.payload.mult.eq(Mux(fix_params, fix_mult, record.mult)),
+                         post.i.payload.shift.eq(Mux(fix_params, fix_shift, record.shift)),
                          post.i.payload.add_residual.eq(need_r),
                          post.i.payload.narrow.eq(narrow),
                          col_taken.eq(ok & (post.i.ready | ~keep)),
@@ -467,7 +471,6 @@ class Accelerator(wiring.Component):
         f_issued, f_received = Signal(2), Signal(2)
         m.d.comb += f_busy.eq(f_pending.any())
         m.d.sync += f_pending.eq((f_pending | f_issued) & ~f_received)
-        param_beats = 8 * N // BEAT_BYTES
         seq_dma = Signal()        # the sequencer owns the DMA read channel (no tiles in flight)
         seq_rd_cmd_valid, seq_rd_addr, seq_rd_beats = Signal(), Signal(ADDR_BITS), Signal(24)
         seq_rd_ready = Signal()
@@ -489,8 +492,8 @@ class Accelerator(wiring.Component):
                                  pbuf_wr.data.eq(dma.rd_data.payload.data)]
                     # The gate's requantisation is one (mult, shift) per task: every record holds it.
                     with m.If((f_beat == 0) & (sink == Sink.ROUTER)):
-                        m.d.sync += [gate_mult.eq(dma.rd_data.payload.data[32:48]),
-                                     gate_shift.eq(dma.rd_data.payload.data[48:54])]
+                        first = TileParams(dma.rd_data.payload.data[:TileParams.size])
+                        m.d.sync += [gate_mult.eq(first.mult), gate_shift.eq(first.shift)]
                 with m.Else():
                     m.d.comb += [wbuf_wr.en.eq(1), wbuf_wr.addr.eq(f_half * kmax_beats + f_beat - param_beats),
                                  wbuf_wr.data.eq(dma.rd_data.payload.data)]
@@ -561,10 +564,10 @@ class Accelerator(wiring.Component):
         next_expert = g.queues.experts.payload.expert
         with m.If(g.sink == Sink.GELU):
             m.d.comb += [prefetch_payload.addr.eq(ins.dram1 + expert * ins.stride1 + ins.dram2),
-                         prefetch_payload.beats.eq((8 * N + ins.count * N * N) // BEAT_BYTES)]
+                         prefetch_payload.beats.eq((PARAM_BYTES * N + ins.count * N * N) // BEAT_BYTES)]
         with m.Else():
             m.d.comb += [prefetch_payload.addr.eq(ins.dram1 + next_expert * ins.stride1),
-                         prefetch_payload.beats.eq((8 * N + ins.k_chunks * N * N) // BEAT_BYTES)]
+                         prefetch_payload.beats.eq((PARAM_BYTES * N + ins.k_chunks * N * N) // BEAT_BYTES)]
         m.d.comb += prefetch_payload.half.eq(half)
         with m.If(prefetch):
             m.d.comb += [g.fq.w_data.eq(prefetch_payload), g.fq.w_en.eq(1)]
@@ -590,7 +593,7 @@ class Accelerator(wiring.Component):
                          g.blocks_per_tile.eq(blocks)]
 
         def set_tiles(k_chunks, dram):
-            bytes_ = 8 * N + k_chunks * N * N
+            bytes_ = PARAM_BYTES * N + k_chunks * N * N
             m.d.sync += [fetch_base.eq(dram), tile_bytes.eq(bytes_), fetch_beats.eq(bytes_ // BEAT_BYTES)]
 
         n_blocks = (ins.rows + N - 1) // N
@@ -607,9 +610,9 @@ class Accelerator(wiring.Component):
             with m.State("HEADER_DATA"):
                 m.d.comb += g.seq_rd_ready.eq(1)
                 with m.If(dma.rd_data.valid):
-                    d = dma.rd_data.payload.data
-                    m.d.sync += [n_instr.eq(d[32:48]), prog_off.eq(d[64:64 + ADDR_BITS])]
-                    with m.If((d[0:32] != PROGRAM_MAGIC) | (d[32:64] > cap.max_program) | (d[32:64] == 0)):
+                    h = Header(dma.rd_data.payload.data)
+                    m.d.sync += [n_instr.eq(h.count), prog_off.eq(h.program)]
+                    with m.If((h.magic != PROGRAM_MAGIC) | (h.count > cap.max_program) | (h.count == 0)):
                         m.next = "FAULT"
                     with m.Else():
                         m.next = "PROGRAM"
@@ -901,16 +904,16 @@ class Accelerator(wiring.Component):
                     m.next = "NEXT"
             with m.State("LN_CMD"):
                 m.d.comb += [g.seq_rd_cmd_valid.eq(1), g.seq_rd_addr.eq(regs.weights_base + ins.dram0),
-                             g.seq_rd_beats.eq(ins.k_chunks * N * 8 // BEAT_BYTES)]
+                             g.seq_rd_beats.eq(ins.k_chunks * N * PARAM_BYTES // BEAT_BYTES)]
                 with m.If(dma.rd_cmd.ready):
                     m.d.sync += [word.eq(0), sub.eq(0)]
                     m.next = "LN_PARAMS"
             with m.State("LN_PARAMS"):
-                # Two 8-byte records per beat, one LayerNorm parameter write per cycle.
-                rec = dma.rd_data.payload.data.word_select(sub, 64)
+                # Two records per beat, one LayerNorm parameter write per cycle.
+                rec = LNParams(dma.rd_data.payload.data.word_select(sub, LNParams.size))
                 m.d.comb += [g.seq_rd_ready.eq(sub == 1), g.ln.params.valid.eq(dma.rd_data.valid),
-                             g.ln.params.payload.index.eq(word), g.ln.params.payload.gamma.eq(rec[0:16]),
-                             g.ln.params.payload.beta.eq(rec[32:64])]
+                             g.ln.params.payload.index.eq(word), g.ln.params.payload.gamma.eq(rec.gamma),
+                             g.ln.params.payload.beta.eq(rec.beta)]
                 with m.If(dma.rd_data.valid):
                     m.d.sync += [sub.eq(sub ^ 1), word.eq(word + 1)]
                     with m.If(dma.rd_data.payload.last & (sub == 1)):

@@ -46,6 +46,7 @@ from .postprocess import PostProcess
 from .phase import AMode, Fetch, Sink, Tile, WMode
 from .program import Capacity
 from .records import ADDR_BITS, BEAT_BYTES, PARAM_BYTES, TileParams
+from .reader import TileReader, clamp_rows
 from .sequencer import Sequencer
 from .stream_queue import StreamQueue
 from .router import Router
@@ -110,8 +111,6 @@ class Accelerator(wiring.Component):
         m.d.comb += [router.gate_mult.eq(gate_mult), router.gate_shift.eq(gate_shift)]
         m.submodules.queues = queues = ExpertQueueBuilder(cap.num_experts, cap.max_tokens, cap.top_k)
         wiring.connect(m, router.o, queues.i)
-        m.submodules.ta = ta = Transpose(N, signed(16))
-        m.submodules.tw = tw = Transpose(N, signed(16))
         m.submodules.tr = tr = Transpose(N, signed(16))
         m.submodules.to = to = Transpose(N, signed(16))
 
@@ -188,103 +187,32 @@ class Accelerator(wiring.Component):
         m.d.comb += seq.probs_pending.eq(probs_pending)
         fin = seq.final
 
-        def clamp_rows(total, block):
-            """Valid rows of token block ``block`` out of ``total`` (0..N)."""
-            rem = Signal(signed(18))
-            m.d.comb += rem.eq(total - block * N)
-            return Mux(rem >= N, N, Mux(rem < 0, 0, rem))
-
-        # ------------------------------------------------------------------ A reader
-        a_c, a_r = Signal(16), Signal(range(N))
-        a_valid_rows = Signal(range(N + 1))
-        s1_valid, s1_zero, s1_last = Signal(), Signal(), Signal()
-        a_out = stream.Signature(data.StructLayout({"data": data.ArrayLayout(signed(16), N), "last": 1})).create()
-        a_dst_ready = Signal()
-        a_en = Signal()
-        m.d.comb += a_en.eq(~s1_valid | a_dst_ready)
-        m.d.comb += [act_a.en.eq(a_en), probs_rd.en.eq(a_en)]
-        a_gen, a_gen_last, a_gen_zero, a_addr = Signal(), Signal(), Signal(), Signal(24)
-        a_row = Signal(16)
-        m.d.comb += [a_valid_rows.eq(clamp_rows(ph.a.rows, a_t.tb)), q_a.addr.eq(a_t.tb * N + a_r)]
-        m.d.comb += a_row.eq(Mux(ph.a.mode == AMode.LIST, q_a.data.token, a_t.tb * N + a_r))
-        with m.Switch(ph.a.mode):
-            with m.Case(AMode.ROWS, AMode.LIST):
-                m.d.comb += [a_gen.eq(aq.valid),
-                             a_addr.eq(ph.a.base + a_row * ph.a.stride + ph.a.chunk0 + a_c),
-                             a_gen_zero.eq(a_r >= a_valid_rows),
-                             a_gen_last.eq((a_c == ph.a.chunks - 1) & (a_r == N - 1))]
-            with m.Case(AMode.PROBS):
-                m.d.comb += [a_gen.eq(aq.valid), a_addr.eq(a_c), a_gen_last.eq(a_c == ph.a.rows - 1)]
-            with m.Case(AMode.WORDS):
-                m.d.comb += [a_gen.eq(aq.valid), a_addr.eq(ph.a.base + a_c),
-                             a_gen_last.eq(a_c == ph.a.rows * ph.a.chunks - 1)]
-        m.d.comb += [act_a.addr.eq(a_addr), probs_rd.addr.eq(a_addr)]
-        _advance_read(m, N, (a_c, a_r), (s1_valid, s1_zero, s1_last), a_gen & a_en, a_en,
-                      a_gen_zero, a_gen_last, ph.a.mode.as_value().matches(AMode.ROWS, AMode.LIST), aq.ready)
-        a_word = Signal(data.ArrayLayout(signed(16), N))
+        # ------------------------------------------------------------------ A and W readers
+        m.submodules.a_reader = ra = TileReader(N)
+        m.submodules.w_reader = rw = TileReader(N, pack=words_per_beat, half_words=self.kmax)
+        wiring.connect(m, aq, ra.tiles)
+        wiring.connect(m, wq, rw.tiles)
+        a_out, w_out = ra.o, rw.o
+        m.d.comb += [act_a.en.eq(ra.mem_en), probs_rd.en.eq(ra.mem_en), act_a.addr.eq(ra.mem_addr),
+                     probs_rd.addr.eq(ra.mem_addr), q_a.addr.eq(ra.list_addr), ra.list_token.eq(q_a.data.token)]
+        m.d.comb += [act_w.en.eq(rw.mem_en), wbuf_rd.en.eq(rw.mem_en), act_w.addr.eq(rw.mem_addr),
+                     wbuf_rd.addr.eq(rw.mem_addr)]
+        _a_walk(m, ph, ra.walk)
+        _w_walk(m, ph, rw.walk)
         with m.If(ph.a.mode == AMode.PROBS):
-            m.d.comb += [a_word[i].eq(probs_rd.data[i]) for i in range(N)]
-        with m.Elif(~s1_zero):
-            m.d.comb += a_word.eq(act_a.data)
-        transposed_a = ph.a.mode.as_value().matches(AMode.ROWS, AMode.LIST)
-        m.d.comb += [ta.i.payload.data.eq(a_word), ta.i.payload.last.eq(s1_last),
-                     ta.i.valid.eq(s1_valid & transposed_a)]
-        # a_out: the A stream, transposed or as read
-        with m.If(transposed_a):
-            m.d.comb += [a_dst_ready.eq(ta.i.ready), a_out.valid.eq(ta.o.valid),
-                         a_out.payload.eq(ta.o.payload), ta.o.ready.eq(a_out.ready)]
+            m.d.comb += [ra.mem_data[i].eq(probs_rd.data[i]) for i in range(N)]
         with m.Else():
-            m.d.comb += [a_out.valid.eq(s1_valid), a_out.payload.data.eq(a_word),
-                         a_out.payload.last.eq(s1_last), a_dst_ready.eq(a_out.ready)]
-
-        # ------------------------------------------------------------------ W reader
-        w_c, w_r = Signal(16), Signal(range(N))
-        t1_valid, t1_zero, t1_last, t1_sub = Signal(), Signal(), Signal(), Signal(range(max(words_per_beat, 2)))
-        w_out = stream.Signature(data.StructLayout({"data": data.ArrayLayout(signed(16), N), "last": 1})).create()
-        w_dst_ready, w_en = Signal(), Signal()
-        m.d.comb += [w_en.eq(~t1_valid | w_dst_ready), act_w.en.eq(w_en), wbuf_rd.en.eq(w_en)]
-        w_gen, w_gen_last, w_gen_zero, w_addr = Signal(), Signal(), Signal(), Signal(24)
-        w_valid_rows = Signal(range(N + 1))
-        m.d.comb += w_valid_rows.eq(clamp_rows(ph.w.rows, w_t.cb))
-        with m.Switch(ph.w.mode):
-            with m.Case(WMode.TILE):
-                ready = tile_full.bit_select(w_t.half, 1) & ~w_spent.bit_select(w_t.half, 1)
-                m.d.comb += [w_gen.eq(wq.valid & ready),
-                             wbuf_rd.addr.eq(w_t.half * kmax_beats + w_c // words_per_beat),
-                             w_gen_last.eq(w_c == ph.w.len - 1)]
-                m.d.comb += seq.stall.eq(wq.valid & ~ready)
-            with m.Case(WMode.TRANS):
-                m.d.comb += [w_gen.eq(wq.valid),
-                             w_addr.eq(ph.w.base + (w_t.cb * N + w_r) * ph.w.stride + ph.w.chunk0 + w_c),
-                             w_gen_zero.eq(w_r >= w_valid_rows),
-                             w_gen_last.eq((w_c == ph.a.chunks - 1) & (w_r == N - 1))]
-            with m.Case(WMode.DIRECT):
-                m.d.comb += [w_gen.eq(wq.valid), w_addr.eq(ph.w.base + w_c * ph.w.stride + ph.w.chunk0 + w_t.cb),
-                             w_gen_last.eq(w_c == ph.w.len - 1)]
-        m.d.comb += act_w.addr.eq(w_addr)
-        _advance_read(m, N, (w_c, w_r), (t1_valid, t1_zero, t1_last), w_gen & w_en, w_en,
-                      w_gen_zero, w_gen_last, ph.w.mode == WMode.TRANS, wq.ready)
-        with m.If(w_gen & w_en):
-            m.d.sync += t1_sub.eq(w_c % words_per_beat if words_per_beat > 1 else 0)
-            with m.If(w_gen_last & (ph.w.mode == WMode.TILE) & w_t.release):
-                m.d.comb += spend_half.eq(1 << w_t.half)
-        w_word = Signal(data.ArrayLayout(signed(16), N))
+            m.d.comb += ra.mem_data.eq(act_a.data)
         with m.If(ph.w.mode == WMode.TILE):
+            ready = tile_full.bit_select(w_t.half, 1) & ~w_spent.bit_select(w_t.half, 1)
+            m.d.comb += [rw.go.eq(ready), seq.stall.eq(wq.valid & ~ready)]
+            with m.If(wq.ready & w_t.release):
+                m.d.comb += spend_half.eq(1 << w_t.half)
             for i in range(N):
-                if words_per_beat > 1:
-                    m.d.comb += w_word[i].eq(wbuf_rd.data.as_value().word_select(t1_sub * N + i, 8).as_signed())
-                else:
-                    m.d.comb += w_word[i].eq(wbuf_rd.data[i])
-        with m.Elif(~t1_zero):
-            m.d.comb += w_word.eq(act_w.data)
-        m.d.comb += [tw.i.payload.data.eq(w_word), tw.i.payload.last.eq(t1_last),
-                     tw.i.valid.eq(t1_valid & (ph.w.mode == WMode.TRANS))]
-        with m.If(ph.w.mode == WMode.TRANS):
-            m.d.comb += [w_dst_ready.eq(tw.i.ready), w_out.valid.eq(tw.o.valid),
-                         w_out.payload.eq(tw.o.payload), tw.o.ready.eq(w_out.ready)]
+                m.d.comb += rw.mem_data[i].eq(wbuf_rd.data.as_value().word_select(rw.sub * N + i, 8).as_signed()
+                                              if words_per_beat > 1 else wbuf_rd.data[i])
         with m.Else():
-            m.d.comb += [w_out.valid.eq(t1_valid), w_out.payload.data.eq(w_word),
-                         w_out.payload.last.eq(t1_last), w_dst_ready.eq(w_out.ready)]
+            m.d.comb += [rw.go.eq(1), rw.mem_data.eq(act_w.data)]
 
         # ------------------------------------------------------------------ join -> MAC / LN
         # The MAC array wants its operands from registers; the transposers and read stages are.
@@ -308,7 +236,7 @@ class Accelerator(wiring.Component):
         u1_valid, u1_zero = Signal(), Signal()
         r_en = Signal()
         r_valid_rows = Signal(range(N + 1))
-        m.d.comb += r_valid_rows.eq(clamp_rows(ph.d.rows, r_t.tb))
+        m.d.comb += r_valid_rows.eq(clamp_rows(m, N, ph.d.rows, r_t.tb))
         m.d.comb += [r_en.eq(~u1_valid | tr.i.ready), act_r.en.eq(r_en | fin.active)]
         with m.If(fin.active):
             m.d.comb += act_r.addr.eq(ph.d.base + fin.addr)
@@ -337,7 +265,7 @@ class Accelerator(wiring.Component):
             m.d.comb += [router.i.valid.eq(mac.o.valid & cq.valid & keep),
                          router.i.payload.last.eq((c_t.cb == ph.n_cb - 1) & (col == cols_valid - 1)),
                          router.i.payload.token_base.eq(c_t.tb * N),
-                         router.i.payload.valid_lanes.eq(clamp_rows(ph.d.rows, c_t.tb)),
+                         router.i.payload.valid_lanes.eq(clamp_rows(m, N, ph.d.rows, c_t.tb)),
                          router.i.payload.final.eq(c_t.last),
                          mac.o.ready.eq(cq.valid & (router.i.ready | ~keep)),
                          col_taken.eq(mac.o.valid & cq.valid & (router.i.ready | ~keep))]
@@ -403,7 +331,7 @@ class Accelerator(wiring.Component):
         # ------------------------------------------------------------------ writer / combine
         o_r, o_blk = Signal(range(N)), Signal(8)
         o_valid_rows = Signal(range(N + 1))
-        m.d.comb += [o_valid_rows.eq(clamp_rows(ph.d.rows, o_t.tb)), q_o.addr.eq(o_t.tb * N + o_r)]
+        m.d.comb += [o_valid_rows.eq(clamp_rows(m, N, ph.d.rows, o_t.tb)), q_o.addr.eq(o_t.tb * N + o_r)]
         comb_valid, comb_addr = Signal(), Signal(range(cap.max_tokens * cap.max_dim_chunks))
         comb_g, comb_o = Signal(16), Signal(data.ArrayLayout(signed(16), N))
         word_taken = to.o.valid & oq.valid
@@ -482,28 +410,31 @@ class Accelerator(wiring.Component):
         return m
 
 
-def _advance_read(m, n, walk, stage, read, enable, zero, last, transposed, pop):
-    """Step a reader's walk over a tile by one memory read and register that read's flags.
+def _a_walk(m, ph, walk):
+    """The A reader's walk in each phase: activations (token rows or the expert's list), the
+    probability buffer, or region words for the store."""
+    a = ph.a
+    with m.Switch(a.mode):
+        with m.Case(AMode.ROWS, AMode.LIST):
+            m.d.comb += [walk.transposed.eq(1), walk.list.eq(a.mode == AMode.LIST), walk.base.eq(a.base),
+                         walk.stride.eq(a.stride), walk.chunk0.eq(a.chunk0), walk.chunks.eq(a.chunks),
+                         walk.rows.eq(a.rows)]
+        with m.Case(AMode.PROBS):
+            m.d.comb += [walk.stride.eq(1), walk.count.eq(a.rows)]
+        with m.Case(AMode.WORDS):
+            m.d.comb += [walk.base.eq(a.base), walk.stride.eq(1), walk.count.eq(a.rows * a.chunks)]
 
-    ``walk`` is ``(chunk, row)``: a transposed walk reads the ``n`` tokens of a chunk before the
-    next chunk (the transposer turns them into one element per cycle); a plain walk steps the
-    chunk only. ``stage`` is the ``(valid, zero, last)`` registers beside the memory's read data;
-    they hold while ``enable`` is low (the consumer is not ready). ``pop`` pulses with the tile's
-    last read, taking its descriptor off the queue.
-    """
-    chunk, row = walk
-    valid, zero_q, last_q = stage
-    with m.If(read):
-        m.d.sync += [valid.eq(1), zero_q.eq(zero), last_q.eq(last)]
-        with m.If(transposed):
-            with m.If(row == n - 1):
-                m.d.sync += [row.eq(0), chunk.eq(chunk + 1)]
-            with m.Else():
-                m.d.sync += row.eq(row + 1)
-        with m.Else():
-            m.d.sync += chunk.eq(chunk + 1)
-        with m.If(last):
-            m.d.sync += [chunk.eq(0), row.eq(0)]
-            m.d.comb += pop.eq(1)
-    with m.Elif(enable):
-        m.d.sync += valid.eq(0)
+
+def _w_walk(m, ph, walk):
+    """The W reader's walk: the weight tile's half of the buffer, K transposed (its token
+    block is the tile's channel block), or V one token per element."""
+    w = ph.w
+    with m.Switch(w.mode):
+        with m.Case(WMode.TILE):
+            m.d.comb += [walk.by_half.eq(1), walk.packed.eq(1), walk.stride.eq(1), walk.count.eq(w.len)]
+        with m.Case(WMode.TRANS):
+            m.d.comb += [walk.transposed.eq(1), walk.by_cb.eq(1), walk.base.eq(w.base), walk.stride.eq(w.stride),
+                         walk.chunk0.eq(w.chunk0), walk.chunks.eq(ph.a.chunks), walk.rows.eq(w.rows)]
+        with m.Case(WMode.DIRECT):
+            m.d.comb += [walk.by_cb.eq(1), walk.base.eq(w.base), walk.stride.eq(w.stride),
+                         walk.chunk0.eq(w.chunk0), walk.count.eq(w.len)]

@@ -123,8 +123,254 @@ class Sequencer(wiring.Component):
         _Build(self, m).build()
         return m
 
+class _Settings:
+    """Writing the phase settings, and DMA reads, from inside the sequencer's states."""
 
-class _Build:
+    def start_tiles(self, tb0, tb1, outer=0):
+        r = self.r
+        self.m.d.sync += [r.tb.eq(tb0), r.tb_end.eq(tb1), r.n_tb.eq(tb1), r.cb.eq(0), r.tb_outer.eq(outer)]
+
+    def set_a(self, mode, base, stride, chunk0, chunks, rows):
+        a = self.ph.a
+        self.m.d.sync += [a.mode.eq(mode), a.base.eq(base), a.stride.eq(stride), a.chunk0.eq(chunk0),
+                          a.chunks.eq(chunks), a.rows.eq(rows)]
+
+    def set_w(self, mode, base=0, stride=0, chunk0=0, length=0, rows=0):
+        w = self.ph.w
+        self.m.d.sync += [w.mode.eq(mode), w.base.eq(base), w.stride.eq(stride), w.chunk0.eq(chunk0),
+                          w.len.eq(length), w.rows.eq(rows)]
+
+    def set_d(self, base, stride, chunk0, rows, offset=0):
+        d = self.ph.d
+        self.m.d.sync += [d.base.eq(base), d.stride.eq(stride), d.chunk0.eq(chunk0), d.rows.eq(rows),
+                          d.offset.eq(offset)]
+
+    def set_sink(self, sink, w=1, c=1, r=0, o=1, blocks=1):
+        regs = self.r
+        self.m.d.sync += [self.ph.sink.eq(sink), regs.use_w.eq(w), regs.use_c.eq(c), regs.use_r.eq(r),
+                          regs.use_o.eq(o), self.ph.blocks_per_tile.eq(blocks)]
+
+    def set_tiles(self, k_chunks, dram):
+        r, N = self.r, self.N
+        bytes_ = PARAM_BYTES * N + k_chunks * N * N
+        self.m.d.sync += [r.fetch_base.eq(dram), r.tile_bytes.eq(bytes_), r.fetch_beats.eq(bytes_ // BEAT_BYTES)]
+
+    def set_columns(self, n_cols, narrow=None, fix_params=None, mult=None, shift=None):
+        ph, stmts = self.ph, [self.ph.n_cols.eq(n_cols)]
+        for field, value in (("narrow", narrow), ("fix_params", fix_params), ("fix_mult", mult),
+                             ("fix_shift", shift)):
+            if value is not None:
+                stmts.append(ph[field].eq(value))
+        self.m.d.sync += stmts
+
+    def read_dram(self, addr, beats):
+        seq = self.seq
+        self.m.d.comb += [seq.rd_cmd.valid.eq(1), seq.rd_cmd.payload.addr.eq(addr), seq.rd_cmd.payload.beats.eq(beats)]
+        return seq.rd_cmd.ready
+
+    def gather(self, acc, beat, per_word, index):
+        """Take DRAM beats into ``acc``, the newest at the top; every ``per_word`` beats a word
+        is complete: returns the word and that condition, and steps ``index``."""
+        m, seq = self.m, self.seq
+        new, complete = Cat(acc[DATA_WIDTH:], seq.rd_data.payload.data), Signal()
+        m.d.comb += seq.rd_data.ready.eq(1)
+        with m.If(seq.rd_data.valid):
+            m.d.sync += [acc.eq(new), beat.eq(beat + 1)]
+            with m.If(beat == per_word - 1):
+                m.d.sync += [beat.eq(0), index.eq(index + 1)]
+                m.d.comb += complete.eq(1)
+        return new, complete
+
+
+class _PhaseStates(_Settings):
+    """The states of ATTENTION and MOE between their tile phases."""
+
+    def _attention(self):
+        """Per query block: scores + softmax into the probability buffer, then A.V."""
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        with m.State("ATT_QK"):
+            self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, ins.src_chunk, ins.k_chunks, ins.rows)
+            self.set_w(WMode.TRANS, ins.src_base, ins.src_stride, ins.aux_chunk, rows=ins.rows)
+            self.set_sink(Sink.SOFTMAX, o=0)
+            self.set_columns(ins.rows, 0, 1, ins.mult, ins.shift)
+            m.d.comb += seq.probs_arm.eq(1)
+            m.d.sync += seq.dma_owner.eq(0)
+            self.start_tiles(r.att_tb, r.att_tb + 1, outer=1)
+            m.d.sync += r.n_tb.eq(1)
+            m.next = "ISSUE"
+        with m.State("ATT_AV"):
+            self.set_a(AMode.PROBS, 0, 0, 0, 0, ins.rows)
+            self.set_w(WMode.DIRECT, ins.src_base, ins.src_stride, ins.v_chunk, length=ins.rows)
+            self.set_d(ins.dst_base, ins.dst_stride, ins.dst_chunk, ins.rows)
+            self.set_sink(Sink.WRITE)
+            self.set_columns(ins.k_chunks * N, narrow=1, mult=ins.mult2, shift=ins.shift2)
+            self.start_tiles(r.att_tb, r.att_tb + 1)
+            m.d.sync += r.n_tb.eq(1)
+            m.next = "ISSUE"
+
+    def _moe(self):
+        """Gate, then for each active expert: its queue, fc1 (+GELU), fc2 into the combine."""
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        with m.State("MOE_GATE"):
+            self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
+            self.set_w(WMode.TILE, length=ins.k_chunks * N)
+            self.set_tiles(ins.k_chunks, ins.dram0 + seq.task * ins.stride0)
+            self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
+            self.set_sink(Sink.ROUTER, o=0)
+            self.set_columns(ins.n_out)
+            m.d.sync += seq.dma_owner.eq(0)
+            # With more experts than lanes, each token block needs every gate tile in turn.
+            self.start_tiles(0, self.n_blocks, outer=ins.n_out > N)
+            m.next = "ISSUE"
+        with m.State("MOE_EXPERT"):
+            m.d.comb += seq.experts.ready.eq(1)
+            with m.If(seq.experts.valid):
+                p = seq.experts.payload
+                m.d.sync += [r.expert.eq(p.expert), r.ecount.eq(p.count), r.elast.eq(p.last), r.qpos.eq(0)]
+                m.next = "MOE_QREAD"
+        with m.State("MOE_QREAD"):
+            m.d.comb += [seq.read.valid.eq(1), seq.read.payload.eq(r.expert)]
+            with m.If(seq.read.ready):
+                m.next = "MOE_QLOAD"
+        with m.State("MOE_QLOAD"):
+            m.d.comb += seq.queue.ready.eq(1)
+            with m.If(seq.queue.valid):
+                q = seq.queue_write
+                m.d.comb += [q.valid.eq(1), q.payload.addr.eq(r.qpos), q.payload.token.eq(seq.queue.payload.token),
+                             q.payload.weight.eq(seq.queue.payload.weight)]
+                m.d.sync += r.qpos.eq(r.qpos + 1)
+                with m.If(seq.queue.payload.last):
+                    m.next = "MOE_FC1"
+        eb = (r.ecount + N - 1) // N
+        with m.State("MOE_FC1"):
+            self.set_a(AMode.LIST, ins.src_base, ins.src_stride, 0, ins.k_chunks, r.ecount)
+            self.set_w(WMode.TILE, length=ins.k_chunks * N)
+            self.set_tiles(ins.k_chunks, ins.dram1 + r.expert * ins.stride1)
+            self.set_d(ins.aux_base, ins.aux_stride, 0, r.ecount)
+            self.set_sink(Sink.GELU)
+            self.set_columns(ins.count * N, 0, 0, ins.mult2, ins.shift2)
+            self.start_tiles(0, eb)
+            m.next = "ISSUE"
+        with m.State("MOE_FC2"):
+            self.set_a(AMode.ROWS, ins.aux_base, ins.aux_stride, 0, ins.count, r.ecount)
+            self.set_w(WMode.TILE, length=ins.count * N)
+            self.set_tiles(ins.count, ins.dram1 + r.expert * ins.stride1 + ins.dram2)
+            self.set_d(0, ins.dst_stride, 0, r.ecount)
+            self.set_sink(Sink.COMBINE)
+            self.set_columns(ins.k_chunks * N, narrow=0)
+            self.start_tiles(0, eb)
+            m.next = "ISSUE"
+        with m.State("MOE_FINAL"):
+            total = ins.rows * ins.k_chunks
+            fin = seq.final
+            m.d.sync += [fin.valid.eq(r.word < total), fin.word.eq(r.word)]
+            with m.If(r.word < total):
+                m.d.sync += [r.word.eq(r.word + 1), fin.addr.eq(r.word + 1)]
+            with m.Elif(~fin.valid):
+                m.d.sync += fin.active.eq(0)
+                m.d.comb += seq.clear.eq(1)
+                m.next = "NEXT"
+
+
+class _DataStates(_Settings):
+    """The instructions the sequencer runs itself over the DMA."""
+
+    def _loads(self):
+        """LOAD16 (DRAM int16 words) and LOAD_PATCHES (the image), into the activation memory."""
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        wpb, bpw = self.words_per_beat, self.beats_per_word16
+        act = seq.act_write
+        with m.State("LOAD16"):
+            with m.If(self.read_dram(seq.weights_base + ins.dram0, ins.rows * ins.k_chunks * bpw)):
+                m.next = "LOAD16_DATA"
+        with m.State("LOAD16_DATA"):
+            new, complete = self.gather(r.wdata, r.sub, bpw, r.word)
+            with m.If(complete):
+                m.d.comb += [act.valid.eq(1), act.payload.addr.eq(self.ph.d.base + r.word),
+                             act.payload.data.eq(new[-N * 16:])]
+            with m.If(seq.rd_data.valid & seq.rd_data.payload.last):
+                m.next = "NEXT"
+        with m.State("PATCH_CMD"):
+            # One command per image row of a band of patches: its beats go to consecutive patches.
+            with m.If(self.read_dram(r.img_row, ins.count)):
+                m.d.sync += [r.sub.eq(0), r.beat_addr.eq(r.dst_row)]
+                m.next = "PATCH_DATA"
+        with m.State("PATCH_DATA"):
+            m.d.comb += seq.rd_data.ready.eq(r.sub == wpb - 1)
+            with m.If(seq.rd_data.valid):
+                m.d.comb += [act.valid.eq(1), act.payload.addr.eq(r.beat_addr + r.sub)]
+                bytes_ = seq.rd_data.payload.data
+                for i in range(N):
+                    m.d.comb += act.payload.data[i].eq(bytes_.word_select(r.sub * N + i, 8).as_signed())
+                m.d.sync += r.sub.eq(r.sub + 1)
+                with m.If(r.sub == wpb - 1):
+                    m.d.sync += [r.sub.eq(0), r.beat_addr.eq(r.beat_addr + ins.dst_stride)]
+                    with m.If(seq.rd_data.payload.last):
+                        m.next = "PATCH_NEXT"
+        with m.State("PATCH_NEXT"):
+            # Rows of a channel, then channels, then the next band of patches; a patch's words
+            # hold its rows channel by channel, so each image row is the next words_per_beat.
+            m.next = "PATCH_CMD"
+            m.d.sync += r.dst_row.eq(r.dst_row + wpb)
+            with m.If(r.yy != 15):
+                m.d.sync += [r.yy.eq(r.yy + 1), r.img_row.eq(r.img_row + ins.stride0)]
+            with m.Elif(r.ch != ins.n_out - 1):
+                m.d.sync += [r.yy.eq(0), r.ch.eq(r.ch + 1), r.img_plane.eq(r.img_plane + ins.stride1),
+                             r.img_row.eq(r.img_plane + ins.stride1)]
+            with m.Else():
+                next_band = r.img_band + (ins.stride0 << 4)
+                m.d.sync += [r.yy.eq(0), r.ch.eq(0), r.band_first.eq(r.band_first + ins.count),
+                             r.img_band.eq(next_band), r.img_plane.eq(next_band), r.img_row.eq(next_band),
+                             r.dst_band.eq(r.dst_band + r.band_words), r.dst_row.eq(r.dst_band + r.band_words)]
+                with m.If(r.band_first + ins.count >= ins.rows):
+                    m.next = "NEXT"
+
+    def _store_and_layernorm(self):
+        """STORE16 (the A reader's words to DRAM) and LAYERNORM's parameters, then its tiles."""
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        bpw = self.beats_per_word16
+        with m.State("STORE_CMD"):
+            m.d.comb += [seq.wr_cmd.valid.eq(1), seq.wr_cmd.payload.addr.eq(seq.output_base),
+                         seq.wr_cmd.payload.beats.eq(ins.rows * ins.k_chunks * bpw)]
+            with m.If(seq.wr_cmd.ready):
+                m.d.comb += seq.a_tile.valid.eq(1)
+                m.d.sync += r.sub.eq(0)
+                m.next = "STORE_DATA"
+        with m.State("STORE_DATA"):
+            store = seq.store
+            m.d.comb += [seq.wr_data.valid.eq(store.valid),
+                         seq.wr_data.payload.eq(store.payload.data.as_value().word_select(r.sub, DATA_WIDTH)),
+                         store.ready.eq(seq.wr_data.ready & (r.sub == bpw - 1))]
+            with m.If(seq.wr_data.valid & seq.wr_data.ready):
+                m.d.sync += r.sub.eq(Mux(r.sub == bpw - 1, 0, r.sub + 1))
+                with m.If(store.payload.last & (r.sub == bpw - 1)):
+                    m.next = "STORE_WAIT"
+        with m.State("STORE_WAIT"):
+            with m.If(~seq.wr_busy):
+                m.next = "NEXT"
+        with m.State("LN_CMD"):
+            with m.If(self.read_dram(seq.weights_base + ins.dram0, ins.k_chunks * N * PARAM_BYTES // BEAT_BYTES)):
+                m.d.sync += [r.word.eq(0), r.sub.eq(0)]
+                m.next = "LN_PARAMS"
+        with m.State("LN_PARAMS"):
+            # Two records per beat, one LayerNorm parameter write per cycle.
+            rec = LNParams(seq.rd_data.payload.data.word_select(r.sub, LNParams.size))
+            p = seq.ln_params
+            m.d.comb += [seq.rd_data.ready.eq(r.sub == 1), p.valid.eq(seq.rd_data.valid),
+                         p.payload.index.eq(r.word), p.payload.gamma.eq(rec.gamma), p.payload.beta.eq(rec.beta)]
+            with m.If(seq.rd_data.valid):
+                m.d.sync += [r.sub.eq(r.sub ^ 1), r.word.eq(r.word + 1)]
+                with m.If(seq.rd_data.payload.last & (r.sub == 1)):
+                    self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
+                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
+                    self.set_sink(Sink.LAYERNORM, w=0, c=0, blocks=ins.k_chunks)
+                    self.set_columns(N)      # one tile per token block
+                    m.d.sync += seq.dma_owner.eq(0)
+                    self.start_tiles(0, self.n_blocks)
+                    m.next = "ISSUE"
+
+
+class _Build(_PhaseStates, _DataStates):
     """The sequencer's registers and its FSM, one method per group of states."""
 
     def __init__(self, seq, m):
@@ -182,44 +428,6 @@ class _Build:
             self._loads()
             self._store_and_layernorm()
 
-    # ------------------------------------------------------------------ phase settings
-    def start_tiles(self, tb0, tb1, outer=0):
-        r = self.r
-        self.m.d.sync += [r.tb.eq(tb0), r.tb_end.eq(tb1), r.n_tb.eq(tb1), r.cb.eq(0), r.tb_outer.eq(outer)]
-
-    def set_a(self, mode, base, stride, chunk0, chunks, rows):
-        a = self.ph.a
-        self.m.d.sync += [a.mode.eq(mode), a.base.eq(base), a.stride.eq(stride), a.chunk0.eq(chunk0),
-                          a.chunks.eq(chunks), a.rows.eq(rows)]
-
-    def set_w(self, mode, base=0, stride=0, chunk0=0, length=0, rows=0):
-        w = self.ph.w
-        self.m.d.sync += [w.mode.eq(mode), w.base.eq(base), w.stride.eq(stride), w.chunk0.eq(chunk0),
-                          w.len.eq(length), w.rows.eq(rows)]
-
-    def set_d(self, base, stride, chunk0, rows, offset=0):
-        d = self.ph.d
-        self.m.d.sync += [d.base.eq(base), d.stride.eq(stride), d.chunk0.eq(chunk0), d.rows.eq(rows),
-                          d.offset.eq(offset)]
-
-    def set_sink(self, sink, w=1, c=1, r=0, o=1, blocks=1):
-        regs = self.r
-        self.m.d.sync += [self.ph.sink.eq(sink), regs.use_w.eq(w), regs.use_c.eq(c), regs.use_r.eq(r),
-                          regs.use_o.eq(o), self.ph.blocks_per_tile.eq(blocks)]
-
-    def set_tiles(self, k_chunks, dram):
-        r, N = self.r, self.N
-        bytes_ = PARAM_BYTES * N + k_chunks * N * N
-        self.m.d.sync += [r.fetch_base.eq(dram), r.tile_bytes.eq(bytes_), r.fetch_beats.eq(bytes_ // BEAT_BYTES)]
-
-    def set_columns(self, n_cols, narrow=None, fix_params=None, mult=None, shift=None):
-        ph, stmts = self.ph, [self.ph.n_cols.eq(n_cols)]
-        for field, value in (("narrow", narrow), ("fix_params", fix_params), ("fix_mult", mult),
-                             ("fix_shift", shift)):
-            if value is not None:
-                stmts.append(ph[field].eq(value))
-        self.m.d.sync += stmts
-
     def _descriptors(self):
         """The tile and fetch descriptors the ISSUE state pushes, and the MoE prefetch."""
         m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
@@ -248,12 +456,6 @@ class _Build:
             m.d.comb += [seq.fetch.payload.eq(prefetch), seq.fetch.valid.eq(1)]
             m.d.sync += [r.half.eq(~r.half), r.pre_half.eq(r.half), r.prefetched.eq(1)]
 
-    def read_dram(self, addr, beats):
-        seq = self.seq
-        self.m.d.comb += [seq.rd_cmd.valid.eq(1), seq.rd_cmd.payload.addr.eq(addr), seq.rd_cmd.payload.beats.eq(beats)]
-        return seq.rd_cmd.ready
-
-    # ------------------------------------------------------------------ states
     def _program(self):
         """Start, the header and the program into the program memory, then each instruction."""
         m, seq, r, cap = self.m, self.seq, self.r, self.cap
@@ -279,16 +481,12 @@ class _Build:
                 m.d.sync += [r.beat.eq(0), r.pc.eq(0)]
                 m.next = "PROGRAM_DATA"
         with m.State("PROGRAM_DATA"):
-            m.d.comb += seq.rd_data.ready.eq(1)
-            with m.If(seq.rd_data.valid):
-                new = Cat(r.acc[DATA_WIDTH:], seq.rd_data.payload.data)
-                m.d.sync += [r.acc.eq(new), r.beat.eq(r.beat + 1)]
-                with m.If(r.beat == beats_per_instr - 1):
-                    m.d.sync += [r.beat.eq(0), r.pc.eq(r.pc + 1)]
-                    m.d.comb += [self.prog_wr.en.eq(1), self.prog_wr.addr.eq(r.pc), self.prog_wr.data.eq(new)]
-                with m.If(seq.rd_data.payload.last):
-                    m.d.sync += r.pc.eq(0)
-                    m.next = "FETCH"
+            new, complete = self.gather(r.acc, r.beat, beats_per_instr, r.pc)
+            with m.If(complete):
+                m.d.comb += [self.prog_wr.en.eq(1), self.prog_wr.addr.eq(r.pc), self.prog_wr.data.eq(new)]
+            with m.If(seq.rd_data.valid & seq.rd_data.payload.last):
+                m.d.sync += r.pc.eq(0)
+                m.next = "FETCH"
         with m.State("FETCH"):
             m.d.comb += [self.prog_rd.addr.eq(r.pc), self.prog_rd.en.eq(1)]
             m.next = "DECODE"
@@ -424,187 +622,3 @@ class _Build:
                             m.next = "MOE_EXPERT"
             with m.Default():
                 m.next = "NEXT"
-
-    def _attention(self):
-        """Per query block: scores + softmax into the probability buffer, then A.V."""
-        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
-        with m.State("ATT_QK"):
-            self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, ins.src_chunk, ins.k_chunks, ins.rows)
-            self.set_w(WMode.TRANS, ins.src_base, ins.src_stride, ins.aux_chunk, rows=ins.rows)
-            self.set_sink(Sink.SOFTMAX, o=0)
-            self.set_columns(ins.rows, 0, 1, ins.mult, ins.shift)
-            m.d.comb += seq.probs_arm.eq(1)
-            m.d.sync += seq.dma_owner.eq(0)
-            self.start_tiles(r.att_tb, r.att_tb + 1, outer=1)
-            m.d.sync += r.n_tb.eq(1)
-            m.next = "ISSUE"
-        with m.State("ATT_AV"):
-            self.set_a(AMode.PROBS, 0, 0, 0, 0, ins.rows)
-            self.set_w(WMode.DIRECT, ins.src_base, ins.src_stride, ins.v_chunk, length=ins.rows)
-            self.set_d(ins.dst_base, ins.dst_stride, ins.dst_chunk, ins.rows)
-            self.set_sink(Sink.WRITE)
-            self.set_columns(ins.k_chunks * N, narrow=1, mult=ins.mult2, shift=ins.shift2)
-            self.start_tiles(r.att_tb, r.att_tb + 1)
-            m.d.sync += r.n_tb.eq(1)
-            m.next = "ISSUE"
-
-    def _moe(self):
-        """Gate, then for each active expert: its queue, fc1 (+GELU), fc2 into the combine."""
-        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
-        with m.State("MOE_GATE"):
-            self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
-            self.set_w(WMode.TILE, length=ins.k_chunks * N)
-            self.set_tiles(ins.k_chunks, ins.dram0 + seq.task * ins.stride0)
-            self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
-            self.set_sink(Sink.ROUTER, o=0)
-            self.set_columns(ins.n_out)
-            m.d.sync += seq.dma_owner.eq(0)
-            # With more experts than lanes, each token block needs every gate tile in turn.
-            self.start_tiles(0, self.n_blocks, outer=ins.n_out > N)
-            m.next = "ISSUE"
-        with m.State("MOE_EXPERT"):
-            m.d.comb += seq.experts.ready.eq(1)
-            with m.If(seq.experts.valid):
-                p = seq.experts.payload
-                m.d.sync += [r.expert.eq(p.expert), r.ecount.eq(p.count), r.elast.eq(p.last), r.qpos.eq(0)]
-                m.next = "MOE_QREAD"
-        with m.State("MOE_QREAD"):
-            m.d.comb += [seq.read.valid.eq(1), seq.read.payload.eq(r.expert)]
-            with m.If(seq.read.ready):
-                m.next = "MOE_QLOAD"
-        with m.State("MOE_QLOAD"):
-            m.d.comb += seq.queue.ready.eq(1)
-            with m.If(seq.queue.valid):
-                q = seq.queue_write
-                m.d.comb += [q.valid.eq(1), q.payload.addr.eq(r.qpos), q.payload.token.eq(seq.queue.payload.token),
-                             q.payload.weight.eq(seq.queue.payload.weight)]
-                m.d.sync += r.qpos.eq(r.qpos + 1)
-                with m.If(seq.queue.payload.last):
-                    m.next = "MOE_FC1"
-        eb = (r.ecount + N - 1) // N
-        with m.State("MOE_FC1"):
-            self.set_a(AMode.LIST, ins.src_base, ins.src_stride, 0, ins.k_chunks, r.ecount)
-            self.set_w(WMode.TILE, length=ins.k_chunks * N)
-            self.set_tiles(ins.k_chunks, ins.dram1 + r.expert * ins.stride1)
-            self.set_d(ins.aux_base, ins.aux_stride, 0, r.ecount)
-            self.set_sink(Sink.GELU)
-            self.set_columns(ins.count * N, 0, 0, ins.mult2, ins.shift2)
-            self.start_tiles(0, eb)
-            m.next = "ISSUE"
-        with m.State("MOE_FC2"):
-            self.set_a(AMode.ROWS, ins.aux_base, ins.aux_stride, 0, ins.count, r.ecount)
-            self.set_w(WMode.TILE, length=ins.count * N)
-            self.set_tiles(ins.count, ins.dram1 + r.expert * ins.stride1 + ins.dram2)
-            self.set_d(0, ins.dst_stride, 0, r.ecount)
-            self.set_sink(Sink.COMBINE)
-            self.set_columns(ins.k_chunks * N, narrow=0)
-            self.start_tiles(0, eb)
-            m.next = "ISSUE"
-        with m.State("MOE_FINAL"):
-            total = ins.rows * ins.k_chunks
-            fin = seq.final
-            m.d.sync += [fin.valid.eq(r.word < total), fin.word.eq(r.word)]
-            with m.If(r.word < total):
-                m.d.sync += [r.word.eq(r.word + 1), fin.addr.eq(r.word + 1)]
-            with m.Elif(~fin.valid):
-                m.d.sync += fin.active.eq(0)
-                m.d.comb += seq.clear.eq(1)
-                m.next = "NEXT"
-
-    def _loads(self):
-        """LOAD16 (DRAM int16 words) and LOAD_PATCHES (the image), into the activation memory."""
-        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
-        wpb, bpw = self.words_per_beat, self.beats_per_word16
-        act = seq.act_write
-        with m.State("LOAD16"):
-            with m.If(self.read_dram(seq.weights_base + ins.dram0, ins.rows * ins.k_chunks * bpw)):
-                m.next = "LOAD16_DATA"
-        with m.State("LOAD16_DATA"):
-            m.d.comb += seq.rd_data.ready.eq(1)
-            with m.If(seq.rd_data.valid):
-                new = Cat(r.wdata[DATA_WIDTH:], seq.rd_data.payload.data)
-                m.d.sync += [r.wdata.eq(new), r.sub.eq(r.sub + 1)]
-                with m.If(r.sub == bpw - 1):
-                    m.d.sync += [r.sub.eq(0), r.word.eq(r.word + 1)]
-                    m.d.comb += [act.valid.eq(1), act.payload.addr.eq(self.ph.d.base + r.word),
-                                 act.payload.data.eq(new[-N * 16:])]
-                with m.If(seq.rd_data.payload.last):
-                    m.next = "NEXT"
-        with m.State("PATCH_CMD"):
-            # One command per image row of a band of patches: its beats go to consecutive patches.
-            with m.If(self.read_dram(r.img_row, ins.count)):
-                m.d.sync += [r.sub.eq(0), r.beat_addr.eq(r.dst_row)]
-                m.next = "PATCH_DATA"
-        with m.State("PATCH_DATA"):
-            m.d.comb += seq.rd_data.ready.eq(r.sub == wpb - 1)
-            with m.If(seq.rd_data.valid):
-                m.d.comb += [act.valid.eq(1), act.payload.addr.eq(r.beat_addr + r.sub)]
-                bytes_ = seq.rd_data.payload.data
-                for i in range(N):
-                    m.d.comb += act.payload.data[i].eq(bytes_.word_select(r.sub * N + i, 8).as_signed())
-                m.d.sync += r.sub.eq(r.sub + 1)
-                with m.If(r.sub == wpb - 1):
-                    m.d.sync += [r.sub.eq(0), r.beat_addr.eq(r.beat_addr + ins.dst_stride)]
-                    with m.If(seq.rd_data.payload.last):
-                        m.next = "PATCH_NEXT"
-        with m.State("PATCH_NEXT"):
-            # Rows of a channel, then channels, then the next band of patches; a patch's words
-            # hold its rows channel by channel, so each image row is the next words_per_beat.
-            m.next = "PATCH_CMD"
-            m.d.sync += r.dst_row.eq(r.dst_row + wpb)
-            with m.If(r.yy != 15):
-                m.d.sync += [r.yy.eq(r.yy + 1), r.img_row.eq(r.img_row + ins.stride0)]
-            with m.Elif(r.ch != ins.n_out - 1):
-                m.d.sync += [r.yy.eq(0), r.ch.eq(r.ch + 1), r.img_plane.eq(r.img_plane + ins.stride1),
-                             r.img_row.eq(r.img_plane + ins.stride1)]
-            with m.Else():
-                next_band = r.img_band + (ins.stride0 << 4)
-                m.d.sync += [r.yy.eq(0), r.ch.eq(0), r.band_first.eq(r.band_first + ins.count),
-                             r.img_band.eq(next_band), r.img_plane.eq(next_band), r.img_row.eq(next_band),
-                             r.dst_band.eq(r.dst_band + r.band_words), r.dst_row.eq(r.dst_band + r.band_words)]
-                with m.If(r.band_first + ins.count >= ins.rows):
-                    m.next = "NEXT"
-
-    def _store_and_layernorm(self):
-        """STORE16 (the A reader's words to DRAM) and LAYERNORM's parameters, then its tiles."""
-        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
-        bpw = self.beats_per_word16
-        with m.State("STORE_CMD"):
-            m.d.comb += [seq.wr_cmd.valid.eq(1), seq.wr_cmd.payload.addr.eq(seq.output_base),
-                         seq.wr_cmd.payload.beats.eq(ins.rows * ins.k_chunks * bpw)]
-            with m.If(seq.wr_cmd.ready):
-                m.d.comb += seq.a_tile.valid.eq(1)
-                m.d.sync += r.sub.eq(0)
-                m.next = "STORE_DATA"
-        with m.State("STORE_DATA"):
-            store = seq.store
-            m.d.comb += [seq.wr_data.valid.eq(store.valid),
-                         seq.wr_data.payload.eq(store.payload.data.as_value().word_select(r.sub, DATA_WIDTH)),
-                         store.ready.eq(seq.wr_data.ready & (r.sub == bpw - 1))]
-            with m.If(seq.wr_data.valid & seq.wr_data.ready):
-                m.d.sync += r.sub.eq(Mux(r.sub == bpw - 1, 0, r.sub + 1))
-                with m.If(store.payload.last & (r.sub == bpw - 1)):
-                    m.next = "STORE_WAIT"
-        with m.State("STORE_WAIT"):
-            with m.If(~seq.wr_busy):
-                m.next = "NEXT"
-        with m.State("LN_CMD"):
-            with m.If(self.read_dram(seq.weights_base + ins.dram0, ins.k_chunks * N * PARAM_BYTES // BEAT_BYTES)):
-                m.d.sync += [r.word.eq(0), r.sub.eq(0)]
-                m.next = "LN_PARAMS"
-        with m.State("LN_PARAMS"):
-            # Two records per beat, one LayerNorm parameter write per cycle.
-            rec = LNParams(seq.rd_data.payload.data.word_select(r.sub, LNParams.size))
-            p = seq.ln_params
-            m.d.comb += [seq.rd_data.ready.eq(r.sub == 1), p.valid.eq(seq.rd_data.valid),
-                         p.payload.index.eq(r.word), p.payload.gamma.eq(rec.gamma), p.payload.beta.eq(rec.beta)]
-            with m.If(seq.rd_data.valid):
-                m.d.sync += [r.sub.eq(r.sub ^ 1), r.word.eq(r.word + 1)]
-                with m.If(seq.rd_data.payload.last & (r.sub == 1)):
-                    self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
-                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
-                    self.set_sink(Sink.LAYERNORM, w=0, c=0, blocks=ins.k_chunks)
-                    self.set_columns(N)      # one tile per token block
-                    m.d.sync += seq.dma_owner.eq(0)
-                    self.start_tiles(0, self.n_blocks)
-                    m.next = "ISSUE"

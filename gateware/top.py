@@ -116,7 +116,8 @@ class Accelerator(wiring.Component):
         m.submodules.a_reader = ra = TileReader(N)
         m.submodules.w_reader = rw = TileReader(N, pack=BEAT_BYTES // N, half_words=self.kmax)
         m.submodules.residual = res = ResidualReader(N)
-        m.submodules.columns = cols = ColumnPath(N, cap.max_tokens, router=router.signature.members["i"].signature.flip(),
+        m.submodules.columns = cols = ColumnPath(N, cap.max_tokens,
+                                                 router=router.signature.members["i"].signature.flip(),
                                                  ln=ln.signature.members["o"].signature)
         m.submodules.writer = writer = Writer(cap)
 

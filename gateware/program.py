@@ -209,6 +209,98 @@ def _ln_params(gamma, beta):
     return pack_records(LNParams, gamma=gamma, beta=beta)
 
 
+class _Compiler:
+    """The DRAM image and the instructions of one frame, built step by step."""
+
+    def __init__(self, artifact, cap):
+        self.cfg, self.t, self.n = artifact.config, artifact.tensors, cap.lanes
+        self.regions, self.act_words = _regions(self.cfg, self.n)
+        self.img = _Image()
+        self.img.add(bytes(BEAT_BYTES))                       # header, filled in at the end
+        self.instrs, self.dense = [], 0
+        self.gate_bytes, self.expert_bytes = {}, {}
+
+    def emit(self, **fields):
+        self.instrs.append(fields)
+
+    def tiles(self, prefix, lead=()):
+        t = self.t
+        return _tiles(t[prefix + "w"][lead], t[prefix + "b"][lead], t[prefix + "mult"][lead],
+                      t[prefix + "shift"][lead], self.n)
+
+    def dense_object(self, blob):
+        self.dense += len(blob) + (-len(blob) % BEAT_BYTES)
+        return self.img.add(blob)
+
+    def region(self, name, key):
+        base, stride = self.regions[name]
+        return {f"{key}_base": base, f"{key}_stride": stride}
+
+    def prologue(self):
+        cfg, n, region = self.cfg, self.n, self.region
+        pos = self.dense_object(self.t["embed.pos"].astype("<i2").tobytes())
+        self.emit(op=Op.LOAD16, dram0=pos, rows=cfg.tokens, k_chunks=cfg.dim // n, **region("residual", "dst"))
+        self.emit(op=Op.LOAD_PATCHES, rows=cfg.num_patches, count=cfg.image_width // cfg.patch,
+                  stride0=cfg.image_width, stride1=cfg.image_height * cfg.image_width,
+                  k_chunks=cfg.patch_dim // n, n_out=cfg.in_chans, **region("pixels", "dst"))
+
+    def step(self, step):
+        cfg, t, n, region, p = self.cfg, self.t, self.n, self.region, step.params
+        d = cfg.dim // n
+        if step.op == "embed":
+            self.emit(op=Op.GEMM, out_mode=OutMode.RESIDUAL, narrow=0, dram0=self.dense_object(self.tiles("embed.")),
+                      rows=cfg.num_patches, row_offset=1, k_chunks=cfg.patch_dim // n, n_out=cfg.dim,
+                      **region("pixels", "src"), **region("residual", "dst"))
+        elif step.op == "layernorm":
+            self.emit(op=Op.LAYERNORM, dram0=self.dense_object(_ln_params(t[p + "gamma"], t[p + "beta"])),
+                      rows=cfg.tokens, k_chunks=d, shift=int(t[p + "shift"]), eps=int(t["ln.eps_term"]),
+                      **region("residual", "src"), **region("ln", "dst"))
+        elif step.op == "linear":
+            self.linear(step)
+        elif step.op == "attention":
+            hc, h = cfg.head_dim // n, step.head
+            self.emit(op=Op.ATTENTION, rows=cfg.tokens, k_chunks=hc, src_chunk=h * hc, aux_chunk=d + h * hc,
+                      v_chunk=2 * d + h * hc, dst_chunk=h * hc,
+                      mult=int(t[p + "score.mult"]), shift=int(t[p + "score.shift"]),
+                      mult2=int(t[p + "av.mult"]), shift2=int(t[p + "av.shift"]),
+                      **region("qkv", "src"), **region("attn", "dst"))
+        elif step.op == "moe":
+            self.moe(step)
+        elif step.op != "gelu":
+            raise ValueError(f"unknown schedule op {step.op!r}")
+
+    def linear(self, step):
+        t, p, region = self.t, step.params, self.region
+        fields = dict(op=Op.GEMM, dram0=self.dense_object(self.tiles(p)), rows=self.cfg.tokens,
+                      k_chunks=t[p + "w"].shape[1] // self.n, n_out=t[p + "w"].shape[0], **region(step.src, "src"))
+        if step.dst == "hidden16":
+            # fc1: golden's separate ``gelu`` step runs on the outputs on their way out
+            g = f"l{step.layer}.gelu."
+            self.emit(**fields, out_mode=OutMode.GELU, narrow=0, mult2=int(t[g + "mult"]),
+                      shift2=int(t[g + "shift"]), **region("hidden", "dst"))
+        elif step.add_residual:
+            self.emit(**fields, out_mode=OutMode.RESIDUAL, narrow=0, **region("residual", "dst"))
+        else:
+            self.emit(**fields, out_mode=OutMode.WRITE, narrow=1, **region(step.dst, "dst"))
+
+    def moe(self, step):
+        cfg, t, n, p, region = self.cfg, self.t, self.n, step.params, self.region
+        zeros = np.zeros(cfg.num_experts, np.int64)
+        gates = [_tiles(t[p + "gate.w"][task], zeros, zeros + t[p + "gate.mult"][task],
+                        zeros + t[p + "gate.shift"][task], n) for task in range(cfg.num_tasks)]
+        experts = [(self.tiles(p + "expert_fc1.", (e,)), self.tiles(p + "expert_fc2.", (e,)))
+                   for e in range(cfg.num_experts)]
+        self.gate_bytes[step.layer] = len(gates[0])
+        self.expert_bytes[step.layer] = len(experts[0][0]) + len(experts[0][1])
+        g = f"l{step.layer}.gelu."
+        self.emit(op=Op.MOE, dram0=self.img.add(b"".join(gates)), stride0=len(gates[0]),
+                  dram1=self.img.add(b"".join(a + b for a, b in experts)), dram2=len(experts[0][0]),
+                  stride1=self.expert_bytes[step.layer], rows=cfg.tokens, k_chunks=cfg.dim // n,
+                  n_out=cfg.num_experts, count=cfg.expert_hidden // n, top_k=cfg.top_k, mult2=int(t[g + "mult"]),
+                  shift2=int(t[g + "shift"]), **region("ln", "src"), **region("residual", "dst"),
+                  **region("hidden", "aux"))
+
+
 def compile_frame(artifact, cap: Capacity):
     """Compile ``artifact``'s frame for an accelerator of capacity ``cap``.
 
@@ -217,99 +309,24 @@ def compile_frame(artifact, cap: Capacity):
     CapacityError
         When the config does not fit ``cap``.
     """
-    cfg, t = artifact.config, artifact.tensors
+    cfg = artifact.config
     check_capacity(cfg, cap)
-    n = cap.lanes
-    regions, act_words = _regions(cfg, n)
-    d = cfg.dim // n
-    img = _Image()
-    img.add(bytes(BEAT_BYTES))                       # header, filled in below
-    instrs = []
-    dense = 0
-    gate_bytes, expert_bytes = {}, {}
-
-    def emit(**fields):
-        instrs.append(fields)
-
-    def tiles(prefix, lead=()):
-        return _tiles(t[prefix + "w"][lead], t[prefix + "b"][lead], t[prefix + "mult"][lead],
-                      t[prefix + "shift"][lead], n)
-
-    def dense_object(blob):
-        nonlocal dense
-        dense += len(blob) + (-len(blob) % BEAT_BYTES)
-        return img.add(blob)
-
-    def region(name, key):
-        base, stride = regions[name]
-        return {f"{key}_base": base, f"{key}_stride": stride}
-
-    pos = dense_object(t["embed.pos"].astype("<i2").tobytes())
-    emit(op=Op.LOAD16, dram0=pos, rows=cfg.tokens, k_chunks=d, **region("residual", "dst"))
-    emit(op=Op.LOAD_PATCHES, rows=cfg.num_patches, count=cfg.image_width // cfg.patch,
-         stride0=cfg.image_width, stride1=cfg.image_height * cfg.image_width,
-         k_chunks=cfg.patch_dim // n, n_out=cfg.in_chans, **region("pixels", "dst"))
-    eps = int(t["ln.eps_term"])
+    c = _Compiler(artifact, cap)
+    c.prologue()
     for step in compile_schedule(cfg):
-        p = step.params
-        if step.op == "embed":
-            emit(op=Op.GEMM, out_mode=OutMode.RESIDUAL, narrow=0, dram0=dense_object(tiles("embed.")),
-                 rows=cfg.num_patches, row_offset=1, k_chunks=cfg.patch_dim // n, n_out=cfg.dim,
-                 **region("pixels", "src"), **region("residual", "dst"))
-        elif step.op == "layernorm":
-            emit(op=Op.LAYERNORM, dram0=dense_object(_ln_params(t[p + "gamma"], t[p + "beta"])),
-                 rows=cfg.tokens, k_chunks=d, shift=int(t[p + "shift"]), eps=eps,
-                 **region("residual", "src"), **region("ln", "dst"))
-        elif step.op == "linear":
-            fields = dict(op=Op.GEMM, dram0=dense_object(tiles(p)), rows=cfg.tokens,
-                          k_chunks=t[p + "w"].shape[1] // n, n_out=t[p + "w"].shape[0],
-                          **region(step.src, "src"))
-            if step.dst == "hidden16":
-                # fc1: golden's separate ``gelu`` step runs on the outputs on their way out
-                g = f"l{step.layer}.gelu."
-                emit(**fields, out_mode=OutMode.GELU, narrow=0, mult2=int(t[g + "mult"]),
-                     shift2=int(t[g + "shift"]), **region("hidden", "dst"))
-            elif step.add_residual:
-                emit(**fields, out_mode=OutMode.RESIDUAL, narrow=0, **region("residual", "dst"))
-            else:
-                emit(**fields, out_mode=OutMode.WRITE, narrow=1, **region(step.dst, "dst"))
-        elif step.op == "attention":
-            hc, h = cfg.head_dim // n, step.head
-            emit(op=Op.ATTENTION, rows=cfg.tokens, k_chunks=hc, src_chunk=h * hc, aux_chunk=d + h * hc,
-                 v_chunk=2 * d + h * hc, dst_chunk=h * hc,
-                 mult=int(t[p + "score.mult"]), shift=int(t[p + "score.shift"]),
-                 mult2=int(t[p + "av.mult"]), shift2=int(t[p + "av.shift"]),
-                 **region("qkv", "src"), **region("attn", "dst"))
-        elif step.op == "gelu":
-            continue
-        elif step.op == "moe":
-            zeros = np.zeros(cfg.num_experts, np.int64)
-            gates = [_tiles(t[p + "gate.w"][task], zeros, zeros + t[p + "gate.mult"][task],
-                            zeros + t[p + "gate.shift"][task], n) for task in range(cfg.num_tasks)]
-            experts = [(tiles(p + "expert_fc1.", (e,)), tiles(p + "expert_fc2.", (e,)))
-                       for e in range(cfg.num_experts)]
-            gate_bytes[step.layer] = len(gates[0])
-            expert_bytes[step.layer] = len(experts[0][0]) + len(experts[0][1])
-            g = f"l{step.layer}.gelu."
-            emit(op=Op.MOE, dram0=img.add(b"".join(gates)), stride0=len(gates[0]),
-                 dram1=img.add(b"".join(a + b for a, b in experts)), dram2=len(experts[0][0]),
-                 stride1=expert_bytes[step.layer], rows=cfg.tokens, k_chunks=d, n_out=cfg.num_experts,
-                 count=cfg.expert_hidden // n, top_k=cfg.top_k, mult2=int(t[g + "mult"]),
-                 shift2=int(t[g + "shift"]), **region("ln", "src"), **region("residual", "dst"),
-                 **region("hidden", "aux"))
-        else:
-            raise ValueError(f"unknown schedule op {step.op!r}")
-    emit(op=Op.STORE16, rows=cfg.tokens, k_chunks=d, **region("residual", "src"))
-    emit(op=Op.END)
+        c.step(step)
+    c.emit(op=Op.STORE16, rows=cfg.tokens, k_chunks=cfg.dim // cap.lanes, **c.region("residual", "src"))
+    c.emit(op=Op.END)
+    instrs = c.instrs
     if len(instrs) > cap.max_program:
         raise CapacityError(f"the program has {len(instrs)} instructions; this accelerator holds "
                             f"{cap.max_program}")
-    prog = img.add(b"".join(encode_instr(i) for i in instrs))
-    blob = bytearray(b"".join(img.chunks))
+    prog = c.img.add(b"".join(encode_instr(i) for i in instrs))
+    blob = bytearray(b"".join(c.img.chunks))
     blob[:BEAT_BYTES] = encode(Header, {"magic": PROGRAM_MAGIC, "count": len(instrs), "program": prog}, BEAT_BYTES)
     return Frame(weights=bytes(blob), instructions=instrs, output_bytes=cfg.tokens * cfg.dim * 2,
-                 regions=regions, act_words=act_words, dense_bytes=dense, gate_bytes=gate_bytes,
-                 expert_bytes=expert_bytes, program_offset=prog)
+                 regions=c.regions, act_words=c.act_words, dense_bytes=c.dense, gate_bytes=c.gate_bytes,
+                 expert_bytes=c.expert_bytes, program_offset=prog)
 
 
 def encode_instr(fields):

@@ -122,11 +122,13 @@ class Accelerator(wiring.Component):
         m.submodules.writer = writer = Writer(cap)
 
         # Descriptor queues, sequencer -> units.
-        for unit, sink, shape in (("a", ra, Tile), ("w", rw, Tile), ("c", cols, Tile), ("r", res, Tile),
-                                  ("o", writer, Tile), ("f", fetcher, Fetch)):
-            m.submodules[f"{unit}q"] = q = StreamQueue(shape, depth=4)
-            wiring.connect(m, seq.fetch if unit == "f" else getattr(seq, f"{unit}_tile"), q.i)
-            wiring.connect(m, q.o, sink.fetch if unit == "f" else sink.tiles)
+        queues_to = (("aq", seq.a_tile, ra.tiles, Tile), ("wq", seq.w_tile, rw.tiles, Tile),
+                     ("cq", seq.c_tile, cols.tiles, Tile), ("rq", seq.r_tile, res.tiles, Tile),
+                     ("oq", seq.o_tile, writer.tiles, Tile), ("fq", seq.fetch, fetcher.fetch, Fetch))
+        for name, source, sink, shape in queues_to:
+            m.submodules[name] = q = StreamQueue(shape, depth=4)
+            wiring.connect(m, source, q.i)
+            wiring.connect(m, q.o, sink)
         m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle)]
 
         self._control(m, regs, dma, seq, queues, ln)

@@ -129,7 +129,8 @@ class Accelerator(wiring.Component):
             m.submodules[name] = q = StreamQueue(shape, depth=4)
             wiring.connect(m, source, q.i)
             wiring.connect(m, q.o, sink)
-        m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle)]
+        m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle),
+                     fetcher.weights_base.eq(regs.weights_base)]
 
         self._control(m, regs, dma, seq, queues, ln)
         self._dma_read(m, dma, seq, fetcher)

@@ -8,14 +8,13 @@ are three ATTENTION instructions writing one ``attn`` buffer.
 
 DRAM (byte addresses relative to the ``weights_base`` register):
 
-- offset 0: a 16-byte header: ``PROGRAM_MAGIC`` (u32), instruction count (u32), program offset
-  (u64); the program is ``count`` instructions of ``INSTR_BYTES`` little-endian bytes each (the
-  :data:`Instr` layout), after all the data.
+- offset 0: a 16-byte :data:`~gateware.records.Header` naming the program: ``count``
+  :data:`~gateware.records.Instr` records of ``INSTR_BYTES`` each, after all the data.
 - parameters and weight *tiles*. A tile is one block of ``lanes`` output channels of a linear
-  layer: ``lanes`` 8-byte records (bias int32 | mult u16 << 32 | shift << 48), then for each input
-  element ``k`` the ``lanes`` int8 weights of the block's channels. The MAC array reads a tile in
+  layer: ``lanes`` :data:`~gateware.records.TileParams` records, then for each input element
+  ``k`` the ``lanes`` int8 weights of the block's channels. The MAC array reads a tile in
   exactly this order, so a tile streams in one burst and is reused for every token block.
-- LayerNorm parameters: per channel one 8-byte record (gamma int16 | beta int32 << 32).
+- LayerNorm parameters: per channel one :data:`~gateware.records.LNParams` record.
 - the position embedding, int16 ``[tokens, dim]`` row-major.
 
 The image (int8 ``[C, H, W]``, at ``image_base``) is read in place; the features (int16
@@ -25,67 +24,17 @@ On chip, every tensor lives in one activation memory of ``lanes``-wide int16 wor
 channels ``[c * lanes, (c + 1) * lanes)`` are word ``base + t * stride + c`` of its region.
 """
 
-import enum
 from dataclasses import dataclass, field
 
 import numpy as np
-from amaranth.lib import data
 
 from golden.schedule import compile_schedule
 
-__all__ = ["Op", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "Capacity", "CapacityError", "Frame",
-           "compile_frame", "tile_bytes"]
+from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr, LNParams, Op,
+                      OutMode, TileParams, encode, pack_records)
 
-ADDR_BITS = 40
-PROGRAM_MAGIC = 0x4D33_5649   # "M3VI"
-#: DRAM beat (AXI data width) in bytes; every DRAM object is aligned to it.
-BEAT_BYTES = 16
-
-
-class Op(enum.IntEnum):
-    """Instruction opcodes."""
-    END = 0
-    LOAD_PATCHES = 1    # image -> pixels region (patch vectors), int8 sign-extended
-    LOAD16 = 2          # DRAM int16 [rows, chunks*lanes] -> region
-    STORE16 = 3         # region -> DRAM int16
-    LAYERNORM = 4
-    GEMM = 5            # region x DRAM tiles -> region (write, residual add, or fused GELU)
-    ATTENTION = 6       # one head: QK^T, softmax, A.V
-    MOE = 7             # gate, top-k, queues, the active experts, weighted combine
-
-
-class OutMode(enum.IntEnum):
-    """What a GEMM does with its post-processed outputs."""
-    WRITE = 0
-    RESIDUAL = 1        # add the destination's value before saturating
-    GELU = 2            # GELU (mult2/shift2) then write
-
-
-#: One instruction. Fields unused by an opcode are zero.
-Instr = data.StructLayout({
-    "op": 4,
-    "out_mode": 2,
-    "narrow": 1,                    # saturate to ACT_BITS, else 16 bits
-    "dram0": ADDR_BITS,             # tiles / parameters / source, relative to its base
-    "dram1": ADDR_BITS,
-    "dram2": ADDR_BITS,
-    "stride0": 32,                  # DRAM bytes between tasks' gates; image row (LOAD_PATCHES)
-    "stride1": 32,                  # DRAM bytes between experts; image plane (LOAD_PATCHES)
-    "src_base": 24, "src_stride": 8, "src_chunk": 8,
-    "dst_base": 24, "dst_stride": 8, "dst_chunk": 8,
-    "aux_base": 24, "aux_stride": 8, "aux_chunk": 8,
-    "v_chunk": 8,                   # ATTENTION: V's first word in the source row
-    "rows": 16,                     # tokens processed
-    "row_offset": 8,                # destination token = source token + row_offset
-    "k_chunks": 8,                  # inner dimension in words
-    "n_out": 16,                    # output channels
-    "mult": 16, "shift": 6,
-    "mult2": 16, "shift2": 6,
-    "eps": 48,
-    "count": 16,                    # experts (MOE), patches per row (LOAD_PATCHES)
-    "top_k": 4,
-})
-INSTR_BYTES = -(-Instr.size // (8 * BEAT_BYTES)) * BEAT_BYTES
+__all__ = ["Op", "OutMode", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "ADDR_BITS", "BEAT_BYTES", "Capacity",
+           "CapacityError", "Frame", "compile_frame", "tile_bytes", "encode_instr"]
 
 
 class CapacityError(ValueError):
@@ -142,7 +91,7 @@ class Capacity:
 
 def tile_bytes(k, lanes):
     """DRAM bytes of one tile with inner dimension ``k``."""
-    return 8 * lanes + k * lanes
+    return PARAM_BYTES * lanes + k * lanes
 
 
 def _regions(cfg, lanes):
@@ -246,21 +195,110 @@ def _tiles(w, b, mult, shift, lanes):
     blocks = -(-n_out // lanes)
     out = bytearray()
     for cb in range(blocks):
-        rec = np.zeros(lanes, dtype=np.uint64)
+        ch = slice(cb * lanes, min((cb + 1) * lanes, n_out))
+        pad = lanes - (ch.stop - ch.start)
+        rec = {name: np.pad(np.asarray(v[ch], np.int64), (0, pad)) for name, v in
+               (("bias", b), ("mult", mult), ("shift", shift))}
         wt = np.zeros((k, lanes), dtype=np.int8)
-        for j in range(lanes):
-            ch = cb * lanes + j
-            if ch < n_out:
-                rec[j] = (np.uint64(int(b[ch]) & 0xFFFFFFFF) | np.uint64(int(mult[ch]) << 32)
-                          | np.uint64(int(shift[ch]) << 48))
-                wt[:, j] = w[ch]
-        out += rec.astype("<u8").tobytes() + wt.tobytes()
+        wt[:, :lanes - pad] = w[ch].T
+        out += pack_records(TileParams, **rec) + wt.tobytes()
     return bytes(out)
 
 
 def _ln_params(gamma, beta):
-    rec = (gamma.astype(np.int64) & 0xFFFF) | ((beta.astype(np.int64) & 0xFFFFFFFF) << 32)
-    return rec.astype("<u8").tobytes()
+    return pack_records(LNParams, gamma=gamma, beta=beta)
+
+
+class _Compiler:
+    """The DRAM image and the instructions of one frame, built step by step."""
+
+    def __init__(self, artifact, cap):
+        self.cfg, self.t, self.n = artifact.config, artifact.tensors, cap.lanes
+        self.regions, self.act_words = _regions(self.cfg, self.n)
+        self.img = _Image()
+        self.img.add(bytes(BEAT_BYTES))                       # header, filled in at the end
+        self.instrs, self.dense = [], 0
+        self.gate_bytes, self.expert_bytes = {}, {}
+
+    def emit(self, **fields):
+        self.instrs.append(fields)
+
+    def tiles(self, prefix, lead=()):
+        t = self.t
+        return _tiles(t[prefix + "w"][lead], t[prefix + "b"][lead], t[prefix + "mult"][lead],
+                      t[prefix + "shift"][lead], self.n)
+
+    def dense_object(self, blob):
+        self.dense += len(blob) + (-len(blob) % BEAT_BYTES)
+        return self.img.add(blob)
+
+    def region(self, name, key):
+        base, stride = self.regions[name]
+        return {f"{key}_base": base, f"{key}_stride": stride}
+
+    def prologue(self):
+        cfg, n, region = self.cfg, self.n, self.region
+        pos = self.dense_object(self.t["embed.pos"].astype("<i2").tobytes())
+        self.emit(op=Op.LOAD16, dram0=pos, rows=cfg.tokens, k_chunks=cfg.dim // n, **region("residual", "dst"))
+        self.emit(op=Op.LOAD_PATCHES, rows=cfg.num_patches, count=cfg.image_width // cfg.patch,
+                  stride0=cfg.image_width, stride1=cfg.image_height * cfg.image_width,
+                  k_chunks=cfg.patch_dim // n, n_out=cfg.in_chans, **region("pixels", "dst"))
+
+    def step(self, step):
+        cfg, t, n, region, p = self.cfg, self.t, self.n, self.region, step.params
+        d = cfg.dim // n
+        if step.op == "embed":
+            self.emit(op=Op.GEMM, out_mode=OutMode.RESIDUAL, narrow=0, dram0=self.dense_object(self.tiles("embed.")),
+                      rows=cfg.num_patches, row_offset=1, k_chunks=cfg.patch_dim // n, n_out=cfg.dim,
+                      **region("pixels", "src"), **region("residual", "dst"))
+        elif step.op == "layernorm":
+            self.emit(op=Op.LAYERNORM, dram0=self.dense_object(_ln_params(t[p + "gamma"], t[p + "beta"])),
+                      rows=cfg.tokens, k_chunks=d, shift=int(t[p + "shift"]), eps=int(t["ln.eps_term"]),
+                      **region("residual", "src"), **region("ln", "dst"))
+        elif step.op == "linear":
+            self.linear(step)
+        elif step.op == "attention":
+            hc, h = cfg.head_dim // n, step.head
+            self.emit(op=Op.ATTENTION, rows=cfg.tokens, k_chunks=hc, src_chunk=h * hc, aux_chunk=d + h * hc,
+                      v_chunk=2 * d + h * hc, dst_chunk=h * hc,
+                      mult=int(t[p + "score.mult"]), shift=int(t[p + "score.shift"]),
+                      mult2=int(t[p + "av.mult"]), shift2=int(t[p + "av.shift"]),
+                      **region("qkv", "src"), **region("attn", "dst"))
+        elif step.op == "moe":
+            self.moe(step)
+        elif step.op != "gelu":
+            raise ValueError(f"unknown schedule op {step.op!r}")
+
+    def linear(self, step):
+        t, p, region = self.t, step.params, self.region
+        fields = dict(op=Op.GEMM, dram0=self.dense_object(self.tiles(p)), rows=self.cfg.tokens,
+                      k_chunks=t[p + "w"].shape[1] // self.n, n_out=t[p + "w"].shape[0], **region(step.src, "src"))
+        if step.dst == "hidden16":
+            # fc1: golden's separate ``gelu`` step runs on the outputs on their way out
+            g = f"l{step.layer}.gelu."
+            self.emit(**fields, out_mode=OutMode.GELU, narrow=0, mult2=int(t[g + "mult"]),
+                      shift2=int(t[g + "shift"]), **region("hidden", "dst"))
+        elif step.add_residual:
+            self.emit(**fields, out_mode=OutMode.RESIDUAL, narrow=0, **region("residual", "dst"))
+        else:
+            self.emit(**fields, out_mode=OutMode.WRITE, narrow=1, **region(step.dst, "dst"))
+
+    def moe(self, step):
+        cfg, t, n, p, region = self.cfg, self.t, self.n, step.params, self.region
+        zeros = np.zeros(cfg.num_experts, np.int64)
+        gates = [_tiles(t[p + "gate.w"][task], zeros, zeros + t[p + "gate.mult"][task],
+                        zeros + t[p + "gate.shift"][task], n) for task in range(cfg.num_tasks)]
+        experts = [(self.tiles(p + "expert_fc1.", (e,)), self.tiles(p + "expert_fc2.", (e,)))
+                   for e in range(cfg.num_experts)]
+        self.gate_bytes[step.layer] = len(gates[0])
+        self.expert_bytes[step.layer] = len(experts[0][0]) + len(experts[0][1])
+        g = f"l{step.layer}.gelu."
+        self.emit(op=Op.MOE, dram0=self.img.add(b"".join(gates)), stride0=len(gates[0]),
+                  dram1=self.img.add(b"".join(a + b for a, b in experts)), dram2=len(experts[0][0]),
+                  stride1=self.expert_bytes[step.layer], rows=cfg.tokens, k_chunks=cfg.dim // n,
+                  n_out=cfg.num_experts, count=cfg.expert_hidden // n, top_k=cfg.top_k, mult2=int(t[g + "mult"]),
+                  shift2=int(t[g + "shift"]), **region("ln", "src"), **region("residual", "dst"),
+                  **region("hidden", "aux"))
 
 
 def compile_frame(artifact, cap: Capacity):
@@ -271,108 +309,29 @@ def compile_frame(artifact, cap: Capacity):
     CapacityError
         When the config does not fit ``cap``.
     """
-    cfg, t = artifact.config, artifact.tensors
+    cfg = artifact.config
     check_capacity(cfg, cap)
-    n = cap.lanes
-    regions, act_words = _regions(cfg, n)
-    d = cfg.dim // n
-    img = _Image()
-    img.add(bytes(BEAT_BYTES))                       # header, filled in below
-    instrs = []
-    dense = 0
-    gate_bytes, expert_bytes = {}, {}
-
-    def emit(**fields):
-        instrs.append(fields)
-
-    def tiles(prefix, lead=()):
-        return _tiles(t[prefix + "w"][lead], t[prefix + "b"][lead], t[prefix + "mult"][lead],
-                      t[prefix + "shift"][lead], n)
-
-    def dense_object(blob):
-        nonlocal dense
-        dense += len(blob) + (-len(blob) % BEAT_BYTES)
-        return img.add(blob)
-
-    def region(name, key):
-        base, stride = regions[name]
-        return {f"{key}_base": base, f"{key}_stride": stride}
-
-    pos = dense_object(t["embed.pos"].astype("<i2").tobytes())
-    emit(op=Op.LOAD16, dram0=pos, rows=cfg.tokens, k_chunks=d, **region("residual", "dst"))
-    emit(op=Op.LOAD_PATCHES, rows=cfg.num_patches, count=cfg.image_width // cfg.patch,
-         stride0=cfg.image_width, stride1=cfg.image_height * cfg.image_width,
-         k_chunks=cfg.patch_dim // n, n_out=cfg.in_chans, **region("pixels", "dst"))
-    eps = int(t["ln.eps_term"])
+    c = _Compiler(artifact, cap)
+    c.prologue()
     for step in compile_schedule(cfg):
-        p = step.params
-        if step.op == "embed":
-            emit(op=Op.GEMM, out_mode=OutMode.RESIDUAL, narrow=0, dram0=dense_object(tiles("embed.")),
-                 rows=cfg.num_patches, row_offset=1, k_chunks=cfg.patch_dim // n, n_out=cfg.dim,
-                 **region("pixels", "src"), **region("residual", "dst"))
-        elif step.op == "layernorm":
-            emit(op=Op.LAYERNORM, dram0=dense_object(_ln_params(t[p + "gamma"], t[p + "beta"])),
-                 rows=cfg.tokens, k_chunks=d, shift=int(t[p + "shift"]), eps=eps,
-                 **region("residual", "src"), **region("ln", "dst"))
-        elif step.op == "linear":
-            fields = dict(op=Op.GEMM, dram0=dense_object(tiles(p)), rows=cfg.tokens,
-                          k_chunks=t[p + "w"].shape[1] // n, n_out=t[p + "w"].shape[0],
-                          **region(step.src, "src"))
-            if step.dst == "hidden16":
-                # fc1: golden's separate ``gelu`` step runs on the outputs on their way out
-                g = f"l{step.layer}.gelu."
-                emit(**fields, out_mode=OutMode.GELU, narrow=0, mult2=int(t[g + "mult"]),
-                     shift2=int(t[g + "shift"]), **region("hidden", "dst"))
-            elif step.add_residual:
-                emit(**fields, out_mode=OutMode.RESIDUAL, narrow=0, **region("residual", "dst"))
-            else:
-                emit(**fields, out_mode=OutMode.WRITE, narrow=1, **region(step.dst, "dst"))
-        elif step.op == "attention":
-            hc, h = cfg.head_dim // n, step.head
-            emit(op=Op.ATTENTION, rows=cfg.tokens, k_chunks=hc, src_chunk=h * hc, aux_chunk=d + h * hc,
-                 v_chunk=2 * d + h * hc, dst_chunk=h * hc,
-                 mult=int(t[p + "score.mult"]), shift=int(t[p + "score.shift"]),
-                 mult2=int(t[p + "av.mult"]), shift2=int(t[p + "av.shift"]),
-                 **region("qkv", "src"), **region("attn", "dst"))
-        elif step.op == "gelu":
-            continue
-        elif step.op == "moe":
-            zeros = np.zeros(cfg.num_experts, np.int64)
-            gates = [_tiles(t[p + "gate.w"][task], zeros, zeros + t[p + "gate.mult"][task],
-                            zeros + t[p + "gate.shift"][task], n) for task in range(cfg.num_tasks)]
-            experts = [(tiles(p + "expert_fc1.", (e,)), tiles(p + "expert_fc2.", (e,)))
-                       for e in range(cfg.num_experts)]
-            gate_bytes[step.layer] = len(gates[0])
-            expert_bytes[step.layer] = len(experts[0][0]) + len(experts[0][1])
-            g = f"l{step.layer}.gelu."
-            emit(op=Op.MOE, dram0=img.add(b"".join(gates)), stride0=len(gates[0]),
-                 dram1=img.add(b"".join(a + b for a, b in experts)), dram2=len(experts[0][0]),
-                 stride1=expert_bytes[step.layer], rows=cfg.tokens, k_chunks=d, n_out=cfg.num_experts,
-                 count=cfg.expert_hidden // n, top_k=cfg.top_k, mult2=int(t[g + "mult"]),
-                 shift2=int(t[g + "shift"]), **region("ln", "src"), **region("residual", "dst"),
-                 **region("hidden", "aux"))
-        else:
-            raise ValueError(f"unknown schedule op {step.op!r}")
-    emit(op=Op.STORE16, rows=cfg.tokens, k_chunks=d, **region("residual", "src"))
-    emit(op=Op.END)
+        c.step(step)
+    c.emit(op=Op.STORE16, rows=cfg.tokens, k_chunks=cfg.dim // cap.lanes, **c.region("residual", "src"))
+    c.emit(op=Op.END)
+    instrs = c.instrs
     if len(instrs) > cap.max_program:
         raise CapacityError(f"the program has {len(instrs)} instructions; this accelerator holds "
                             f"{cap.max_program}")
-    prog = img.add(b"".join(encode(i) for i in instrs))
-    blob = bytearray(b"".join(img.chunks))
-    blob[:16] = np.array([PROGRAM_MAGIC, len(instrs)], "<u4").tobytes() + np.array([prog], "<u8").tobytes()
+    prog = c.img.add(b"".join(encode_instr(i) for i in instrs))
+    blob = bytearray(b"".join(c.img.chunks))
+    blob[:BEAT_BYTES] = encode(Header, {"magic": PROGRAM_MAGIC, "count": len(instrs), "program": prog}, BEAT_BYTES)
     return Frame(weights=bytes(blob), instructions=instrs, output_bytes=cfg.tokens * cfg.dim * 2,
-                 regions=regions, act_words=act_words, dense_bytes=dense, gate_bytes=gate_bytes,
-                 expert_bytes=expert_bytes, program_offset=prog)
+                 regions=c.regions, act_words=c.act_words, dense_bytes=c.dense, gate_bytes=c.gate_bytes,
+                 expert_bytes=c.expert_bytes, program_offset=prog)
 
 
-def encode(fields):
+def encode_instr(fields):
     """The little-endian bytes of one instruction given as a dict of field values."""
-    value = 0
-    for name, v in fields.items():
-        offset, width = Instr[name].offset, Instr[name].width
-        v = int(v)
-        if not 0 <= v < (1 << width):
-            raise CapacityError(f"instruction field {name} = {v} does not fit {width} bits")
-        value |= v << offset
-    return value.to_bytes(INSTR_BYTES, "little")
+    try:
+        return encode(Instr, fields, INSTR_BYTES)
+    except ValueError as e:
+        raise CapacityError(f"instruction {e}") from None

@@ -3,7 +3,7 @@
 from amaranth.sim import Simulator
 
 __all__ = ["run_simulation", "stream_put", "stream_get", "stream_get_timed", "stream_send",
-           "stream_receive"]
+           "stream_receive", "stream_through"]
 
 
 def run_simulation(dut, *testbenches, processes=(), vcd=None):
@@ -96,3 +96,25 @@ async def stream_receive(ctx, stream, count, *, stalls=None, stall_rate=0.3, cyc
                 cycles.append(edge)
     ctx.set(stream.ready, 0)
     return payloads
+
+
+def stream_through(dut, beats, count, *, settings=(), in_gaps=None, out_stalls=None):
+    """Send ``beats`` into ``dut.i`` and take ``count`` payloads from ``dut.o``, concurrently.
+
+    ``settings`` is ``(signal, value)`` pairs for the DUT's static inputs, set before the first beat;
+    ``in_gaps``/``out_stalls`` are seeded generators (see :func:`stream_send` and
+    :func:`stream_receive`). Returns the payloads and the edge numbers of every input and output
+    transfer, counted from the same start.
+    """
+    in_cycles, out_cycles, outs = [], [], []
+
+    async def producer(ctx):
+        for signal, value in settings:
+            ctx.set(signal, value)
+        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
+
+    async def consumer(ctx):
+        outs.extend(await stream_receive(ctx, dut.o, count, stalls=out_stalls, cycles=out_cycles))
+
+    run_simulation(dut, producer, consumer)
+    return outs, in_cycles, out_cycles

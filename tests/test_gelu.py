@@ -5,23 +5,15 @@ import pytest
 
 from gateware.gelu import GELU
 from golden.gelu import gelu
-from tests.sim_helpers import run_simulation, stream_receive, stream_send
+from tests.sim_helpers import stream_through
 
 
 def _simulate(dut, x, mult, shift, *, in_gaps=None, out_stalls=None):
     """Stream ``x`` (transfers, lanes) through ``dut``; return outputs and transfer cycles."""
     beats = [[int(v) for v in row] for row in x]
-    in_cycles, out_cycles, payloads = [], [], []
-
-    async def producer(ctx):
-        ctx.set(dut.mult, mult)
-        ctx.set(dut.shift, shift)
-        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
-
-    async def consumer(ctx):
-        payloads.extend(await stream_receive(ctx, dut.o, len(beats), stalls=out_stalls, cycles=out_cycles))
-
-    run_simulation(dut, producer, consumer)
+    payloads, in_cycles, out_cycles = stream_through(dut, beats, len(beats),
+                                                     settings=[(dut.mult, mult), (dut.shift, shift)],
+                                                     in_gaps=in_gaps, out_stalls=out_stalls)
     return np.array([[int(v) for v in q] for q in payloads], dtype=np.int64), in_cycles, out_cycles
 
 

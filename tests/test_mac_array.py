@@ -7,7 +7,7 @@ import pytest
 from gateware.mac_array import MACArray
 from golden.fixedpoint import ACT_BITS, PROB_OPERAND_BITS
 from golden.mac_array import matmul
-from tests.sim_helpers import run_simulation, stream_receive, stream_send
+from tests.sim_helpers import stream_through
 
 
 def _transfers(tiles):
@@ -23,16 +23,8 @@ def _simulate(dut, tiles, *, in_gaps=None, out_stalls=None):
     """Run ``tiles`` through ``dut``; return the output tiles ``[R, C]`` and the edge numbers of
     every input and output transfer (counted from the same start)."""
     beats = list(_transfers(tiles))
-    in_cycles, out_cycles, outs = [], [], []
-
-    async def producer(ctx):
-        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
-
-    async def consumer(ctx):
-        outs.extend(await stream_receive(ctx, dut.o, len(tiles) * dut.cols, stalls=out_stalls,
-                                         cycles=out_cycles))
-
-    run_simulation(dut, producer, consumer)
+    outs, in_cycles, out_cycles = stream_through(dut, beats, len(tiles) * dut.cols, in_gaps=in_gaps,
+                                                 out_stalls=out_stalls)
     cols = np.array([[int(v) for v in p.data] for p in outs], dtype=np.int64)
     lasts = [int(p.last) for p in outs]
     assert lasts == ([0] * (dut.cols - 1) + [1]) * len(tiles)

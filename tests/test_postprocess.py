@@ -7,7 +7,7 @@ import pytest
 from gateware.postprocess import PostProcess
 from golden.fixedpoint import ACT_BITS, RES_BITS
 from golden.postprocess import postprocess
-from tests.sim_helpers import run_simulation, stream_receive, stream_send
+from tests.sim_helpers import stream_through
 
 I32 = (-(1 << 31), (1 << 31) - 1)
 
@@ -19,18 +19,9 @@ def _golden(t, narrow_bits=ACT_BITS):
 
 
 def _simulate(dut, transfers, *, in_gaps=None, out_stalls=None):
-    in_cycles, out_cycles, outs = [], [], []
     beats = [{**t, "acc": [int(v) for v in t["acc"]],
               "residual": [int(v) for v in t["residual"]]} for t in transfers]
-
-    async def producer(ctx):
-        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
-
-    async def consumer(ctx):
-        outs.extend(await stream_receive(ctx, dut.o, len(beats), stalls=out_stalls,
-                                         cycles=out_cycles))
-
-    run_simulation(dut, producer, consumer)
+    outs, in_cycles, out_cycles = stream_through(dut, beats, len(beats), in_gaps=in_gaps, out_stalls=out_stalls)
     assert [int(p.last) for p in outs] == [int(t["last"]) for t in transfers]
     return [[int(v) for v in p.data] for p in outs], in_cycles, out_cycles
 

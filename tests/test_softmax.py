@@ -5,7 +5,7 @@ import pytest
 
 from gateware.softmax import Softmax
 from golden.softmax import EXP_IN_FRAC, softmax
-from tests.sim_helpers import run_simulation, stream_receive, stream_send
+from tests.sim_helpers import stream_through
 
 
 def _simulate(dut, rows, *, in_gaps=None, out_stalls=None):
@@ -17,15 +17,7 @@ def _simulate(dut, rows, *, in_gaps=None, out_stalls=None):
     groups, lanes, n = rows.shape
     beats = [{"u": [int(v) for v in rows[g, :, e]], "last": int(e == n - 1)}
              for g in range(groups) for e in range(n)]
-    in_cycles, out_cycles, payloads = [], [], []
-
-    async def producer(ctx):
-        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
-
-    async def consumer(ctx):
-        payloads.extend(await stream_receive(ctx, dut.o, len(beats), stalls=out_stalls, cycles=out_cycles))
-
-    run_simulation(dut, producer, consumer)
+    payloads, in_cycles, out_cycles = stream_through(dut, beats, len(beats), in_gaps=in_gaps, out_stalls=out_stalls)
     outs = [([int(q.p[k]) for k in range(lanes)], int(q.last)) for q in payloads]
     p = np.array([o[0] for o in outs], dtype=np.int64).reshape(groups, n, lanes).transpose(0, 2, 1)
     last = np.array([o[1] for o in outs]).reshape(groups, n)

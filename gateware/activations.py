@@ -1,0 +1,52 @@
+"""The activation memory: every on-chip tensor of the frame, in words of ``lanes`` int16."""
+
+from amaranth import Module, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .sequencer import act_write_layout
+
+__all__ = ["ActivationStore", "read_port_signature"]
+
+
+def read_port_signature(lanes):
+    """A synchronous read port, seen from its reader: ``data`` the cycle after an enabled read."""
+    return wiring.Signature({"addr": Out(24), "en": Out(1), "data": In(data.ArrayLayout(signed(16), lanes))})
+
+
+class ActivationStore(wiring.Component):
+    """``depth`` words of ``lanes`` int16, one write port and three read ports.
+
+    The memory is held once per reader, all copies written together: the three readers each
+    take a word every cycle, and a URAM288 has two ports (one goes to the write). In URAM a
+    16 K-word copy is 4 x 4 blocks, so the board build's three take 48 of the 96.
+
+    Parameters
+    ----------
+    lanes, depth : int
+
+    Attributes
+    ----------
+    write : In(stream.Signature(act_write_layout(lanes), always_ready=True))
+    a, w, r : In(read_port_signature(lanes))
+        The A reader's, the W reader's and the residual reader's ports; latency 1 cycle.
+    """
+
+    def __init__(self, lanes, depth):
+        self.lanes, self.depth = lanes, depth
+        super().__init__({
+            "write": In(stream.Signature(act_write_layout(lanes), always_ready=True)),
+            **{name: In(read_port_signature(lanes)) for name in "awr"},
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        for name in "awr":
+            m.submodules[f"act_{name}"] = copy = Memory(shape=data.ArrayLayout(signed(16), self.lanes),
+                                                        depth=self.depth, init=[], attrs={"ram_style": "ultra"})
+            read, write, port = copy.read_port(), copy.write_port(), getattr(self, name)
+            m.d.comb += [read.addr.eq(port.addr), read.en.eq(port.en), port.data.eq(read.data),
+                         write.addr.eq(self.write.payload.addr), write.data.eq(self.write.payload.data),
+                         write.en.eq(self.write.valid)]
+        return m

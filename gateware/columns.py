@@ -1,0 +1,168 @@
+"""The column path: the MAC array's output columns to the router, or through the vector units."""
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.attention import PROB_FRAC
+from golden.mac_array import ACC_BITS
+
+from .gelu import GELU
+from .phase import Phase, Sink, Tile
+from .postprocess import PostProcess
+from .reader import clamp_rows
+from .records import TileParams
+from .softmax import Softmax
+from .transpose import Transpose
+
+__all__ = ["ColumnPath"]
+
+
+class ColumnPath(wiring.Component):
+    """Routes each tile's output columns by the phase's sink and turns results back into words.
+
+    A column is one output channel of ``lanes`` tokens. Columns past ``phase.n_cols`` are
+    dropped. For the router (gate logits) they go out on ``router`` with the tile's token block;
+    otherwise through the post-processor (the tile's bias and requantisation, or the phase's
+    fixed one; the residual's column added for ``RESIDUAL``), then GELU, the softmax (whose rows
+    go into the probability buffer, ``probs_write``) or straight on. Results, and LayerNorm's
+    output (``ln``), are transposed back into token words on ``o``.
+
+    Parameters
+    ----------
+    lanes, max_tokens : int
+    router, ln : wiring.Signature
+        The router's ``i`` and LayerNorm's ``o`` stream signatures.
+
+    Attributes
+    ----------
+    i : In(stream.Signature({"data": ArrayLayout(signed(ACC_BITS), lanes), "last": 1}))
+        The MAC array's columns.
+    tiles : In(stream.Signature(Tile))
+        Taken with a tile's ``lanes``-th column.
+    phase : In(Phase)
+    param_half, param_col : Out, param : In(TileParams)
+        The weight buffer's record of the column's channel, read combinationally.
+    residual : In(stream.Signature({"data": ArrayLayout(signed(16), lanes), "last": 1}))
+    release : Out(2)
+        Pulses, per weight-buffer half, when a tile that releases it is done.
+    retire : Out(1)
+        Pulses with a tile's last column when nothing is written (softmax, router).
+    probs_write : Out(stream.Signature({"addr": 16, "data": ...}, always_ready=True))
+    probs_arm : In(1), probs_pending : Out(1)
+        ``probs_pending`` is set by ``probs_arm`` and cleared when the softmax's last row is in
+        the probability buffer.
+    o : Out(stream.Signature({"data": ArrayLayout(signed(16), lanes), "last": 1}))
+
+    Latency: ``PostProcess.latency`` (+ ``GELU``'s) + 1 cycles from a column to the
+    transposer, which emits a tile's token words after its last column. Throughput: one column
+    per cycle.
+    """
+
+    def __init__(self, lanes, max_tokens, *, router, ln):
+        self.lanes, self.max_tokens = lanes, max_tokens
+        word = data.StructLayout({"data": data.ArrayLayout(signed(16), lanes), "last": 1})
+        probs = data.StructLayout({"addr": 16, "data": data.ArrayLayout(unsigned(PROB_FRAC + 1), lanes)})
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({"data": data.ArrayLayout(signed(ACC_BITS), lanes),
+                                                        "last": 1}))),
+            "tiles": In(stream.Signature(Tile)), "phase": In(Phase),
+            "param_half": Out(1), "param_col": Out(range(lanes)), "param": In(TileParams),
+            "residual": In(stream.Signature(word)),
+            "release": Out(2), "retire": Out(1),
+            "router": Out(router), "ln": In(ln),
+            "probs_write": Out(stream.Signature(probs, always_ready=True)),
+            "probs_arm": In(1), "probs_pending": Out(1),
+            "o": Out(stream.Signature(word)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N = self.lanes
+        m.submodules.post = post = PostProcess(N)
+        m.submodules.gelu = gelu = GELU(N)
+        m.submodules.softmax = softmax = Softmax(N, self.max_tokens, PROB_FRAC)
+        m.submodules.transpose = tp = Transpose(N, signed(16))
+        wiring.connect(m, tp.o, wiring.flipped(self.o))
+        self._columns(m, post)
+        self._units(m, post, gelu, softmax, tp)
+        return m
+
+    def _columns(self, m, post):
+        """The MAC array's columns, one per cycle, to the router or the post-processor."""
+        N, ph, t, mac, res = self.lanes, self.phase, self.tiles.payload, self.i, self.residual
+        col = Signal(range(N))
+        cols_valid = Signal(range(N + 1))
+        rem_cols = Signal(signed(18))
+        m.d.comb += [rem_cols.eq(ph.n_cols - t.cb * N),
+                     cols_valid.eq(Mux(rem_cols >= N, N, Mux(rem_cols < 0, 0, rem_cols)))]
+        keep = col < cols_valid
+        m.d.comb += [self.param_half.eq(t.half), self.param_col.eq(col)]
+        record, router = self.param, self.router
+        col_taken = Signal()
+        with m.If(ph.sink == Sink.ROUTER):
+            m.d.comb += [router.valid.eq(mac.valid & self.tiles.valid & keep),
+                         router.payload.last.eq((t.cb == ph.n_cb - 1) & (col == cols_valid - 1)),
+                         router.payload.token_base.eq(t.tb * N),
+                         router.payload.valid_lanes.eq(clamp_rows(m, N, ph.d.rows, t.tb)),
+                         router.payload.final.eq(t.last),
+                         mac.ready.eq(self.tiles.valid & (router.ready | ~keep)),
+                         col_taken.eq(mac.valid & self.tiles.valid & (router.ready | ~keep))]
+            m.d.comb += [router.payload.logits[i].eq(mac.payload.data[i]) for i in range(N)]
+        with m.Elif(ph.sink != Sink.LAYERNORM):
+            need_r = ph.sink == Sink.RESIDUAL
+            ok = mac.valid & self.tiles.valid & (~need_r | res.valid)
+            m.d.comb += [post.i.valid.eq(ok & keep),
+                         post.i.payload.acc.eq(mac.payload.data),
+                         post.i.payload.bias.eq(Mux(ph.fix_params, 0, record.bias)),
+                         post.i.payload.mult.eq(Mux(ph.fix_params, ph.fix_mult, record.mult)),
+                         post.i.payload.shift.eq(Mux(ph.fix_params, ph.fix_shift, record.shift)),
+                         post.i.payload.add_residual.eq(need_r),
+                         post.i.payload.narrow.eq(ph.narrow),
+                         col_taken.eq(ok & (post.i.ready | ~keep)),
+                         mac.ready.eq(col_taken),
+                         res.ready.eq(col_taken & need_r)]
+            m.d.comb += [post.i.payload.residual[i].eq(res.payload.data[i]) for i in range(N)]
+        with m.If(col_taken):
+            m.d.sync += col.eq(col + 1)
+            with m.If(col == N - 1):
+                m.d.sync += col.eq(0)
+                m.d.comb += self.tiles.ready.eq(1)
+                with m.If(t.release):
+                    m.d.comb += self.release.eq(1 << t.half)
+                with m.If(ph.sink.as_value().matches(Sink.SOFTMAX, Sink.ROUTER)):
+                    m.d.comb += self.retire.eq(1)
+
+    def _units(self, m, post, gelu, softmax, tp):
+        """Post-processed columns (or LayerNorm's rows) through GELU or the softmax, into words."""
+        N, ph = self.lanes, self.phase
+        key, prob_j = Signal(16), Signal(16)
+        src_valid, src_data, src_ready = Signal(), Signal(data.ArrayLayout(signed(16), N)), Signal()
+        with m.Switch(ph.sink):
+            with m.Case(Sink.GELU):
+                m.d.comb += [gelu.i.valid.eq(post.o.valid), gelu.i.payload.eq(post.o.payload.data),
+                             post.o.ready.eq(gelu.i.ready), gelu.mult.eq(ph.fix_mult), gelu.shift.eq(ph.fix_shift),
+                             src_valid.eq(gelu.o.valid), gelu.o.ready.eq(src_ready)]
+                m.d.comb += [src_data[i].eq(gelu.o.payload[i]) for i in range(N)]
+            with m.Case(Sink.SOFTMAX):
+                m.d.comb += [softmax.i.valid.eq(post.o.valid), softmax.i.payload.u.eq(post.o.payload.data),
+                             softmax.i.payload.last.eq(key == ph.a.rows - 1), post.o.ready.eq(softmax.i.ready)]
+                with m.If(softmax.i.valid & softmax.i.ready):
+                    m.d.sync += key.eq(Mux(key == ph.a.rows - 1, 0, key + 1))
+            with m.Case(Sink.LAYERNORM):
+                m.d.comb += [src_valid.eq(self.ln.valid), self.ln.ready.eq(src_ready)]
+                m.d.comb += [src_data[i].eq(self.ln.payload.y[i]) for i in range(N)]
+            with m.Case(Sink.WRITE, Sink.RESIDUAL, Sink.COMBINE):
+                m.d.comb += [src_valid.eq(post.o.valid), src_data.eq(post.o.payload.data),
+                             post.o.ready.eq(src_ready)]
+        # Softmax rows go straight into the probability buffer: word j is key j of every query.
+        pw = self.probs_write
+        m.d.comb += [softmax.o.ready.eq(1), pw.valid.eq(softmax.o.valid), pw.payload.addr.eq(prob_j),
+                     pw.payload.data.eq(softmax.o.payload.p)]
+        with m.If(softmax.o.valid):
+            m.d.sync += prob_j.eq(prob_j + 1)
+            with m.If(softmax.o.payload.last):
+                m.d.sync += [prob_j.eq(0), self.probs_pending.eq(0)]
+        with m.If(self.probs_arm):
+            m.d.sync += self.probs_pending.eq(1)
+        m.d.comb += [tp.i.valid.eq(src_valid), tp.i.payload.data.eq(src_data), src_ready.eq(tp.i.ready)]

@@ -1,0 +1,71 @@
+"""What the sequencer tells the datapath: the phase settings and the per-tile descriptors.
+
+A *phase* is one matrix product (or LayerNorm pass, or store) between two barriers; its settings
+(:data:`Phase`) hold still while its tiles run. Each tile is one :data:`Tile` descriptor on the
+queue of every unit the phase uses; weight tiles are fetched from DRAM on :data:`Fetch`
+descriptors.
+"""
+
+from amaranth.lib import data, enum
+
+from .records import ADDR_BITS
+
+__all__ = ["AMode", "WMode", "Sink", "Tile", "Fetch", "ARead", "WRead", "Dest", "Phase"]
+
+
+class AMode(enum.Enum, shape=2):
+    """What the A reader streams."""
+    ROWS = 0      # tokens row0.. of a region, transposed
+    LIST = 1      # tokens named by the current expert queue, transposed
+    PROBS = 2     # the probability buffer, as stored
+    WORDS = 3     # region words in address order (for the store)
+
+
+class WMode(enum.Enum, shape=2):
+    """What the W reader streams."""
+    TILE = 0      # the weight-tile buffer
+    TRANS = 1     # tokens of a region, transposed (K for QK^T)
+    DIRECT = 2    # one word per token (V for A.V)
+
+
+class Sink(enum.Enum, shape=3):
+    """Where the MAC array's columns go in a phase."""
+    WRITE = 0
+    RESIDUAL = 1
+    GELU = 2
+    SOFTMAX = 3
+    ROUTER = 4
+    COMBINE = 5
+    LAYERNORM = 6   # no MAC: the A reader feeds the LayerNorm unit
+
+
+#: One tile: token block ``tb`` by output-channel block ``cb``, its weights in buffer half
+#: ``half``; ``release`` on the last tile to use that half, ``last`` on the phase's last tile.
+Tile = data.StructLayout({"tb": 12, "cb": 12, "half": 1, "release": 1, "last": 1})
+#: One weight-tile fetch: DRAM offset (from ``weights_base``), beats, the buffer half it fills.
+Fetch = data.StructLayout({"addr": ADDR_BITS, "beats": 16, "half": 1})
+
+#: The A reader's walk: ``rows`` tokens (from ``base``, ``stride`` words apart) by ``chunks``
+#: words from word ``chunk0`` of each.
+ARead = data.StructLayout({"mode": AMode, "base": 24, "stride": 8, "chunk0": 8, "chunks": 8, "rows": 16})
+#: The W reader's walk: ``len`` elements of a tile, or ``rows`` tokens of a region like ``ARead``.
+WRead = data.StructLayout({"mode": WMode, "base": 24, "stride": 8, "chunk0": 8, "len": 16, "rows": 16})
+#: Where results go: token ``t`` of ``rows`` is written at ``base + (t + offset) * stride + chunk0``.
+Dest = data.StructLayout({"base": 24, "stride": 8, "chunk0": 8, "rows": 16, "offset": 8})
+
+#: The settings of one phase.
+Phase = data.StructLayout({
+    "sink": Sink,
+    "a": ARead,
+    "w": WRead,
+    "d": Dest,
+    "n_cols": 16,               # output channels
+    "n_cb": 12,                 # output-channel blocks, ceil(n_cols / lanes)
+    "narrow": 1,                # post-processor saturates to ACT_BITS
+    "fix_params": 1,            # one (mult, shift) for all channels, no bias, instead of the tile's
+    "fix_mult": 16,             # that (mult, shift); GELU's requantisation
+    "fix_shift": 6,
+    "blocks_per_tile": 8,       # token words per column of a tile (LayerNorm: the row's chunks)
+    "ln_shift": 6,              # LayerNorm affine shift and epsilon term
+    "ln_eps": 48,
+})

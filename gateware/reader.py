@@ -1,0 +1,128 @@
+"""A tile reader: walks one operand of a tile through a memory, into the MAC array's order."""
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .phase import Tile
+from .transpose import Transpose
+
+__all__ = ["Walk", "TileReader", "clamp_rows"]
+
+#: How a reader walks a tile. A *transposed* walk reads, for each of ``chunks`` words from word
+#: ``chunk0``, the ``lanes`` tokens of the tile's token block (its ``tb``, or its ``cb`` with
+#: ``by_cb``; from the token list with ``list``) at ``base + token * stride``; tokens past
+#: ``rows`` read as zero. A *plain* walk reads ``count`` elements ``c`` at ``base + c * stride
+#: + chunk0`` (plus the tile's ``cb`` with ``by_cb``, plus ``half * half_words`` with
+#: ``by_half``), as they are stored.
+Walk = data.StructLayout({
+    "transposed": 1, "list": 1, "by_cb": 1, "by_half": 1, "packed": 1,
+    "base": 24, "stride": 8, "chunk0": 8, "chunks": 8, "rows": 16, "count": 24,
+})
+
+
+def clamp_rows(m, lanes, total, block):
+    """Valid rows of token block ``block`` out of ``total`` (0..lanes)."""
+    rem = Signal(signed(18))
+    m.d.comb += rem.eq(total - block * lanes)
+    return Mux(rem >= lanes, lanes, Mux(rem < 0, 0, rem))
+
+
+class TileReader(wiring.Component):
+    """Streams one operand of each tile from a memory with one cycle of read latency.
+
+    Each descriptor on ``tiles`` is one walk (:data:`Walk`, from ``walk``, which holds still
+    while a tile is read). A transposed walk goes through a block transposer, so a word of
+    ``lanes`` tokens' channel ``c`` comes out as ``lanes`` elements, one token each.
+
+    Parameters
+    ----------
+    lanes : int
+    pack : int
+        Elements per memory word in a ``packed`` walk (the weight buffer holds ``pack`` words of
+        int8 per DRAM beat): the memory address is the element address ``// pack``, and
+        ``sub`` says which one of the word's elements was read.
+    half_words : int
+        Elements per half of a double-buffered memory (``by_half``).
+
+    Attributes
+    ----------
+    tiles : In(stream.Signature(Tile))
+        Taken with the tile's last read.
+    walk : In(Walk)
+    go : In(1)
+        The tile's data is there to read (the weight buffer's half is full); reads wait for it.
+    mem_addr, mem_en : Out(24), Out(1)
+        The memory's read port; ``mem_data`` is expected the cycle after an enabled read, with
+        the element ``sub`` selected for a packed walk.
+    list_addr : Out(16), list_token : In(16)
+        The token list (the expert's queue): entry ``list_addr``, read combinationally.
+    o : Out(stream.Signature({"data": ArrayLayout(signed(16), lanes), "last": 1}))
+        ``last`` on the tile's last element. Latency: 1 cycle from a read (2 through the
+        transposer, which emits a block's first element after its last word). Throughput: one
+        word per cycle, i.e. one element per cycle on a plain walk.
+    """
+
+    def __init__(self, lanes, *, pack=1, half_words=0):
+        self.lanes, self.pack, self.half_words = lanes, pack, half_words
+        word = data.ArrayLayout(signed(16), lanes)
+        super().__init__({
+            "tiles": In(stream.Signature(Tile)), "walk": In(Walk), "go": In(1, init=1),
+            "mem_addr": Out(24), "mem_en": Out(1), "mem_data": In(word), "sub": Out(range(max(pack, 2))),
+            "list_addr": Out(16), "list_token": In(16),
+            "o": Out(stream.Signature(data.StructLayout({"data": word, "last": 1}))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N, w, t = self.lanes, self.walk, self.tiles.payload
+        m.submodules.transpose = tp = Transpose(N, signed(16))
+        c, r = Signal(16), Signal(range(N))
+        valid, zero_q, last_q = Signal(), Signal(), Signal()     # beside the memory's read data
+        dst_ready, en = Signal(), Signal()
+        m.d.comb += [en.eq(~valid | dst_ready), self.mem_en.eq(en)]
+
+        block = Mux(w.by_cb, t.cb, t.tb)
+        m.d.comb += self.list_addr.eq(block * N + r)
+        token = Mux(w.list, self.list_token, block * N + r)
+        gen_zero, gen_last, addr = Signal(), Signal(), Signal(24)
+        with m.If(w.transposed):
+            m.d.comb += [addr.eq(w.base + token * w.stride + w.chunk0 + c),
+                         gen_zero.eq(r >= clamp_rows(m, N, w.rows, block)),
+                         gen_last.eq((c == w.chunks - 1) & (r == N - 1))]
+        with m.Else():
+            m.d.comb += [addr.eq(w.base + c * w.stride + w.chunk0 + Mux(w.by_cb, t.cb, 0)
+                                 + Mux(w.by_half, t.half * self.half_words, 0)),
+                         gen_last.eq(c == w.count - 1)]
+        m.d.comb += self.mem_addr.eq(Mux(w.packed, addr // self.pack, addr))
+
+        read = self.tiles.valid & self.go & en
+        with m.If(read):
+            m.d.sync += [valid.eq(1), zero_q.eq(gen_zero), last_q.eq(gen_last)]
+            if self.pack > 1:
+                m.d.sync += self.sub.eq(addr % self.pack)
+            # A transposed walk reads the N tokens of a chunk before the next chunk.
+            with m.If(w.transposed):
+                with m.If(r == N - 1):
+                    m.d.sync += [r.eq(0), c.eq(c + 1)]
+                with m.Else():
+                    m.d.sync += r.eq(r + 1)
+            with m.Else():
+                m.d.sync += c.eq(c + 1)
+            with m.If(gen_last):
+                m.d.sync += [c.eq(0), r.eq(0)]
+                m.d.comb += self.tiles.ready.eq(1)
+        with m.Elif(en):
+            m.d.sync += valid.eq(0)
+
+        word = Signal.like(self.mem_data)
+        with m.If(~zero_q):
+            m.d.comb += word.eq(self.mem_data)
+        m.d.comb += [tp.i.payload.data.eq(word), tp.i.payload.last.eq(last_q), tp.i.valid.eq(valid & w.transposed)]
+        with m.If(w.transposed):
+            m.d.comb += [dst_ready.eq(tp.i.ready), self.o.valid.eq(tp.o.valid),
+                         self.o.payload.eq(tp.o.payload), tp.o.ready.eq(self.o.ready)]
+        with m.Else():
+            m.d.comb += [self.o.valid.eq(valid), self.o.payload.data.eq(word),
+                         self.o.payload.last.eq(last_q), dst_ready.eq(self.o.ready)]
+        return m

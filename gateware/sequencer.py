@@ -1,0 +1,624 @@
+"""The sequencer: runs the frame's program, one phase of tiles at a time."""
+
+from types import SimpleNamespace
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .dma import command_layout
+from .phase import AMode, Fetch, Phase, Sink, Tile, WMode
+from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr,
+                      LNParams, Op, OutMode)
+
+__all__ = ["Sequencer", "Final"]
+
+DATA_WIDTH = 8 * BEAT_BYTES
+
+#: The MoE combine's last pass: while ``active``, word ``addr`` of the accumulator and the
+#: residual is read, and (``valid``) word ``word`` is written back.
+Final = data.StructLayout({"active": 1, "valid": 1, "addr": 24, "word": 24})
+
+
+def act_write_layout(lanes):
+    """One activation-memory write: a word of ``lanes`` int16."""
+    return data.StructLayout({"addr": 24, "data": data.ArrayLayout(signed(16), lanes)})
+
+
+def queue_write_layout(cap):
+    """One write of the current expert's queue: entry ``addr`` is ``token`` with gate ``weight``."""
+    return data.StructLayout({"addr": range(cap.max_tokens + 1), "token": range(cap.max_tokens), "weight": 16})
+
+
+class Sequencer(wiring.Component):
+    """Fetches the program from DRAM and runs it, cutting each matrix product into tiles.
+
+    Per phase it writes the settings (``phase``), then pushes one :data:`~gateware.phase.Tile`
+    per tile onto the descriptor stream of every unit the phase uses (all in one cycle, when all
+    of them are ready) and one :data:`~gateware.phase.Fetch` per weight tile; then it waits at a
+    barrier until every tile has retired. Instructions that only move data (LOAD16,
+    LOAD_PATCHES, STORE16, LayerNorm parameters) it runs itself over the DMA.
+
+    Parameters
+    ----------
+    cap : Capacity
+
+    Attributes
+    ----------
+    start : In(1)
+        Starts a frame (from the control registers); ``task``, ``weights_base``,
+        ``image_base``, ``output_base`` are read while it runs.
+    busy, done : Out(1)
+        ``busy`` from start to the END instruction; ``done`` pulses at the end.
+    cycles, stalls : Out(64)
+        Cycles of the frame, and cycles in which ``stall`` was high (the W reader waiting for
+        a weight tile).
+    phase : Out(Phase)
+        The current phase's settings; they change only while no tile is in flight.
+    a_tile, w_tile, c_tile, r_tile, o_tile : Out(stream.Signature(Tile))
+        Tile descriptors for the A reader, W reader, column stage, residual reader and writer.
+        ``valid`` of each waits for ``ready`` of all the phase uses (they move together).
+    a_busy : In(1)
+        The A reader holds a descriptor.
+    retire : In(1)
+        A tile has left the datapath (its last column or word stored).
+    probs_pending : In(1), probs_arm : Out(1)
+        ``probs_arm`` pulses when a phase starts filling the probability buffer;
+        ``probs_pending`` stays high until the softmax has written its last row.
+    fetch : Out(stream.Signature(Fetch))
+        Weight-tile fetches; ``fetch_idle`` says no fetch is queued or in flight.
+    dma_owner : Out(1)
+        The sequencer uses the DMA read channel (``rd_cmd``, ``rd_data``); else the fetcher does.
+    rd_cmd, rd_data, wr_cmd, wr_data, wr_busy
+        The DMA's channels, as ``gateware.dma.DMA`` names them, flipped.
+    act_write : Out(stream.Signature(act_write_layout(lanes), always_ready=True))
+        Activation-memory writes of LOAD16 and LOAD_PATCHES; they take the port from the writer.
+    store : In(stream.Signature({"data": ArrayLayout(signed(16), lanes), "last": 1}))
+        The A reader's words during STORE16.
+    experts, read, queue, clear
+        The expert queue builder's ports, flipped; ``queue_write`` copies the current expert's
+        queue into the queue memory the A reader and the combine read.
+    ln_params : Out(stream.Signature(...))
+        LayerNorm parameters, one channel per transfer.
+    final : Out(Final)
+        The MoE combine's last pass, rounding the accumulator into the residual stream.
+
+    Latency: an instruction takes 3 cycles from its fetch to its first tile; a barrier adds
+    2 cycles after the last tile retires. Throughput: one tile per cycle.
+    """
+
+    def __init__(self, cap, *, queues, ln_params):
+        # ``queues``: the expert queue builder's signature; ``ln_params``: LayerNorm's ``params``.
+        self.cap = cap
+        N = cap.lanes
+        word = data.StructLayout({"data": data.ArrayLayout(signed(16), N), "last": 1})
+        super().__init__({
+            "start": In(1), "task": In(8),
+            "weights_base": In(ADDR_BITS), "image_base": In(ADDR_BITS), "output_base": In(ADDR_BITS),
+            "busy": Out(1), "done": Out(1), "cycles": Out(64), "stalls": Out(64), "stall": In(1),
+            "phase": Out(Phase),
+            **{f"{unit}_tile": Out(stream.Signature(Tile)) for unit in "awcro"},
+            "a_busy": In(1), "retire": In(1), "probs_pending": In(1), "probs_arm": Out(1),
+            "fetch": Out(stream.Signature(Fetch)), "fetch_idle": In(1),
+            "dma_owner": Out(1),
+            "rd_cmd": Out(stream.Signature(command_layout(ADDR_BITS))),
+            "rd_data": In(stream.Signature(data.StructLayout({"data": unsigned(DATA_WIDTH), "last": 1}))),
+            "wr_cmd": Out(stream.Signature(command_layout(ADDR_BITS))),
+            "wr_data": Out(stream.Signature(unsigned(DATA_WIDTH))),
+            "wr_busy": In(1),
+            "act_write": Out(stream.Signature(act_write_layout(N), always_ready=True)),
+            "store": In(stream.Signature(word)),
+            "experts": In(queues.members["experts"].signature),
+            "read": Out(queues.members["read"].signature.flip()),
+            "queue": In(queues.members["queue"].signature),
+            "clear": Out(1),
+            "queue_write": Out(stream.Signature(queue_write_layout(cap), always_ready=True)),
+            "ln_params": Out(ln_params.flip()),
+            "final": Out(Final),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        _Build(self, m).build()
+        return m
+
+class _Settings:
+    """Writing the phase settings, and DMA reads, from inside the sequencer's states."""
+
+    def start_tiles(self, tb0, tb1, outer=0):
+        r = self.r
+        self.m.d.sync += [r.tb.eq(tb0), r.tb_end.eq(tb1), r.n_tb.eq(tb1), r.cb.eq(0), r.tb_outer.eq(outer)]
+
+    def set_a(self, mode, base, stride, chunk0, chunks, rows):
+        a = self.ph.a
+        self.m.d.sync += [a.mode.eq(mode), a.base.eq(base), a.stride.eq(stride), a.chunk0.eq(chunk0),
+                          a.chunks.eq(chunks), a.rows.eq(rows)]
+
+    def set_w(self, mode, base=0, stride=0, chunk0=0, length=0, rows=0):
+        w = self.ph.w
+        self.m.d.sync += [w.mode.eq(mode), w.base.eq(base), w.stride.eq(stride), w.chunk0.eq(chunk0),
+                          w.len.eq(length), w.rows.eq(rows)]
+
+    def set_d(self, base, stride, chunk0, rows, offset=0):
+        d = self.ph.d
+        self.m.d.sync += [d.base.eq(base), d.stride.eq(stride), d.chunk0.eq(chunk0), d.rows.eq(rows),
+                          d.offset.eq(offset)]
+
+    def set_sink(self, sink, w=1, c=1, r=0, o=1, blocks=1):
+        regs = self.r
+        self.m.d.sync += [self.ph.sink.eq(sink), regs.use_w.eq(w), regs.use_c.eq(c), regs.use_r.eq(r),
+                          regs.use_o.eq(o), self.ph.blocks_per_tile.eq(blocks)]
+
+    def set_tiles(self, k_chunks, dram):
+        r, N = self.r, self.N
+        bytes_ = PARAM_BYTES * N + k_chunks * N * N
+        self.m.d.sync += [r.fetch_base.eq(dram), r.tile_bytes.eq(bytes_), r.fetch_beats.eq(bytes_ // BEAT_BYTES)]
+
+    def set_columns(self, n_cols, narrow=None, fix_params=None, mult=None, shift=None):
+        ph, stmts = self.ph, [self.ph.n_cols.eq(n_cols)]
+        for field, value in (("narrow", narrow), ("fix_params", fix_params), ("fix_mult", mult),
+                             ("fix_shift", shift)):
+            if value is not None:
+                stmts.append(ph[field].eq(value))
+        self.m.d.sync += stmts
+
+    def read_dram(self, addr, beats):
+        seq = self.seq
+        self.m.d.comb += [seq.rd_cmd.valid.eq(1), seq.rd_cmd.payload.addr.eq(addr), seq.rd_cmd.payload.beats.eq(beats)]
+        return seq.rd_cmd.ready
+
+    def gather(self, acc, beat, per_word, index):
+        """Take DRAM beats into ``acc``, the newest at the top; every ``per_word`` beats a word
+        is complete: returns the word and that condition, and steps ``index``."""
+        m, seq = self.m, self.seq
+        new, complete = Cat(acc[DATA_WIDTH:], seq.rd_data.payload.data), Signal()
+        m.d.comb += seq.rd_data.ready.eq(1)
+        with m.If(seq.rd_data.valid):
+            m.d.sync += [acc.eq(new), beat.eq(beat + 1)]
+            with m.If(beat == per_word - 1):
+                m.d.sync += [beat.eq(0), index.eq(index + 1)]
+                m.d.comb += complete.eq(1)
+        return new, complete
+
+
+class _PhaseStates(_Settings):
+    """The states of ATTENTION and MOE between their tile phases."""
+
+    def _attention(self):
+        """Per query block: scores + softmax into the probability buffer, then A.V."""
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        with m.State("ATT_QK"):
+            self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, ins.src_chunk, ins.k_chunks, ins.rows)
+            self.set_w(WMode.TRANS, ins.src_base, ins.src_stride, ins.aux_chunk, rows=ins.rows)
+            self.set_sink(Sink.SOFTMAX, o=0)
+            self.set_columns(ins.rows, 0, 1, ins.mult, ins.shift)
+            m.d.comb += seq.probs_arm.eq(1)
+            m.d.sync += seq.dma_owner.eq(0)
+            self.start_tiles(r.att_tb, r.att_tb + 1, outer=1)
+            m.d.sync += r.n_tb.eq(1)
+            m.next = "ISSUE"
+        with m.State("ATT_AV"):
+            self.set_a(AMode.PROBS, 0, 0, 0, 0, ins.rows)
+            self.set_w(WMode.DIRECT, ins.src_base, ins.src_stride, ins.v_chunk, length=ins.rows)
+            self.set_d(ins.dst_base, ins.dst_stride, ins.dst_chunk, ins.rows)
+            self.set_sink(Sink.WRITE)
+            self.set_columns(ins.k_chunks * N, narrow=1, mult=ins.mult2, shift=ins.shift2)
+            self.start_tiles(r.att_tb, r.att_tb + 1)
+            m.d.sync += r.n_tb.eq(1)
+            m.next = "ISSUE"
+
+    def _moe(self):
+        """Gate, then for each active expert: its queue, fc1 (+GELU), fc2 into the combine."""
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        with m.State("MOE_GATE"):
+            self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
+            self.set_w(WMode.TILE, length=ins.k_chunks * N)
+            self.set_tiles(ins.k_chunks, ins.dram0 + seq.task * ins.stride0)
+            self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
+            self.set_sink(Sink.ROUTER, o=0)
+            self.set_columns(ins.n_out)
+            m.d.sync += seq.dma_owner.eq(0)
+            # With more experts than lanes, each token block needs every gate tile in turn.
+            self.start_tiles(0, self.n_blocks, outer=ins.n_out > N)
+            m.next = "ISSUE"
+        with m.State("MOE_EXPERT"):
+            m.d.comb += seq.experts.ready.eq(1)
+            with m.If(seq.experts.valid):
+                p = seq.experts.payload
+                m.d.sync += [r.expert.eq(p.expert), r.ecount.eq(p.count), r.elast.eq(p.last), r.qpos.eq(0)]
+                m.next = "MOE_QREAD"
+        with m.State("MOE_QREAD"):
+            m.d.comb += [seq.read.valid.eq(1), seq.read.payload.eq(r.expert)]
+            with m.If(seq.read.ready):
+                m.next = "MOE_QLOAD"
+        with m.State("MOE_QLOAD"):
+            m.d.comb += seq.queue.ready.eq(1)
+            with m.If(seq.queue.valid):
+                q = seq.queue_write
+                m.d.comb += [q.valid.eq(1), q.payload.addr.eq(r.qpos), q.payload.token.eq(seq.queue.payload.token),
+                             q.payload.weight.eq(seq.queue.payload.weight)]
+                m.d.sync += r.qpos.eq(r.qpos + 1)
+                with m.If(seq.queue.payload.last):
+                    m.next = "MOE_FC1"
+        eb = (r.ecount + N - 1) // N
+        with m.State("MOE_FC1"):
+            self.set_a(AMode.LIST, ins.src_base, ins.src_stride, 0, ins.k_chunks, r.ecount)
+            self.set_w(WMode.TILE, length=ins.k_chunks * N)
+            self.set_tiles(ins.k_chunks, ins.dram1 + r.expert * ins.stride1)
+            self.set_d(ins.aux_base, ins.aux_stride, 0, r.ecount)
+            self.set_sink(Sink.GELU)
+            self.set_columns(ins.count * N, 0, 0, ins.mult2, ins.shift2)
+            self.start_tiles(0, eb)
+            m.next = "ISSUE"
+        with m.State("MOE_FC2"):
+            self.set_a(AMode.ROWS, ins.aux_base, ins.aux_stride, 0, ins.count, r.ecount)
+            self.set_w(WMode.TILE, length=ins.count * N)
+            self.set_tiles(ins.count, ins.dram1 + r.expert * ins.stride1 + ins.dram2)
+            self.set_d(0, ins.dst_stride, 0, r.ecount)
+            self.set_sink(Sink.COMBINE)
+            self.set_columns(ins.k_chunks * N, narrow=0)
+            self.start_tiles(0, eb)
+            m.next = "ISSUE"
+        with m.State("MOE_FINAL"):
+            total = ins.rows * ins.k_chunks
+            fin = seq.final
+            m.d.sync += [fin.valid.eq(r.word < total), fin.word.eq(r.word)]
+            with m.If(r.word < total):
+                m.d.sync += [r.word.eq(r.word + 1), fin.addr.eq(r.word + 1)]
+            with m.Elif(~fin.valid):
+                m.d.sync += fin.active.eq(0)
+                m.d.comb += seq.clear.eq(1)
+                m.next = "NEXT"
+
+
+class _DataStates(_Settings):
+    """The instructions the sequencer runs itself over the DMA."""
+
+    def _loads(self):
+        """LOAD16 (DRAM int16 words) and LOAD_PATCHES (the image), into the activation memory."""
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        wpb, bpw = self.words_per_beat, self.beats_per_word16
+        act = seq.act_write
+        with m.State("LOAD16"):
+            with m.If(self.read_dram(seq.weights_base + ins.dram0, ins.rows * ins.k_chunks * bpw)):
+                m.next = "LOAD16_DATA"
+        with m.State("LOAD16_DATA"):
+            new, complete = self.gather(r.wdata, r.sub, bpw, r.word)
+            with m.If(complete):
+                m.d.comb += [act.valid.eq(1), act.payload.addr.eq(self.ph.d.base + r.word),
+                             act.payload.data.eq(new[-N * 16:])]
+            with m.If(seq.rd_data.valid & seq.rd_data.payload.last):
+                m.next = "NEXT"
+        with m.State("PATCH_CMD"):
+            # One command per image row of a band of patches: its beats go to consecutive patches.
+            with m.If(self.read_dram(r.img_row, ins.count)):
+                m.d.sync += [r.sub.eq(0), r.beat_addr.eq(r.dst_row)]
+                m.next = "PATCH_DATA"
+        with m.State("PATCH_DATA"):
+            m.d.comb += seq.rd_data.ready.eq(r.sub == wpb - 1)
+            with m.If(seq.rd_data.valid):
+                m.d.comb += [act.valid.eq(1), act.payload.addr.eq(r.beat_addr + r.sub)]
+                bytes_ = seq.rd_data.payload.data
+                for i in range(N):
+                    m.d.comb += act.payload.data[i].eq(bytes_.word_select(r.sub * N + i, 8).as_signed())
+                m.d.sync += r.sub.eq(r.sub + 1)
+                with m.If(r.sub == wpb - 1):
+                    m.d.sync += [r.sub.eq(0), r.beat_addr.eq(r.beat_addr + ins.dst_stride)]
+                    with m.If(seq.rd_data.payload.last):
+                        m.next = "PATCH_NEXT"
+        with m.State("PATCH_NEXT"):
+            # Rows of a channel, then channels, then the next band of patches; a patch's words
+            # hold its rows channel by channel, so each image row is the next words_per_beat.
+            m.next = "PATCH_CMD"
+            m.d.sync += r.dst_row.eq(r.dst_row + wpb)
+            with m.If(r.yy != 15):
+                m.d.sync += [r.yy.eq(r.yy + 1), r.img_row.eq(r.img_row + ins.stride0)]
+            with m.Elif(r.ch != ins.n_out - 1):
+                m.d.sync += [r.yy.eq(0), r.ch.eq(r.ch + 1), r.img_plane.eq(r.img_plane + ins.stride1),
+                             r.img_row.eq(r.img_plane + ins.stride1)]
+            with m.Else():
+                next_band = r.img_band + (ins.stride0 << 4)
+                m.d.sync += [r.yy.eq(0), r.ch.eq(0), r.band_first.eq(r.band_first + ins.count),
+                             r.img_band.eq(next_band), r.img_plane.eq(next_band), r.img_row.eq(next_band),
+                             r.dst_band.eq(r.dst_band + r.band_words), r.dst_row.eq(r.dst_band + r.band_words)]
+                with m.If(r.band_first + ins.count >= ins.rows):
+                    m.next = "NEXT"
+
+    def _store_and_layernorm(self):
+        """STORE16 (the A reader's words to DRAM) and LAYERNORM's parameters, then its tiles."""
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        bpw = self.beats_per_word16
+        with m.State("STORE_CMD"):
+            m.d.comb += [seq.wr_cmd.valid.eq(1), seq.wr_cmd.payload.addr.eq(seq.output_base),
+                         seq.wr_cmd.payload.beats.eq(ins.rows * ins.k_chunks * bpw)]
+            with m.If(seq.wr_cmd.ready):
+                m.d.comb += seq.a_tile.valid.eq(1)
+                m.d.sync += r.sub.eq(0)
+                m.next = "STORE_DATA"
+        with m.State("STORE_DATA"):
+            store = seq.store
+            m.d.comb += [seq.wr_data.valid.eq(store.valid),
+                         seq.wr_data.payload.eq(store.payload.data.as_value().word_select(r.sub, DATA_WIDTH)),
+                         store.ready.eq(seq.wr_data.ready & (r.sub == bpw - 1))]
+            with m.If(seq.wr_data.valid & seq.wr_data.ready):
+                m.d.sync += r.sub.eq(Mux(r.sub == bpw - 1, 0, r.sub + 1))
+                with m.If(store.payload.last & (r.sub == bpw - 1)):
+                    m.next = "STORE_WAIT"
+        with m.State("STORE_WAIT"):
+            with m.If(~seq.wr_busy):
+                m.next = "NEXT"
+        with m.State("LN_CMD"):
+            with m.If(self.read_dram(seq.weights_base + ins.dram0, ins.k_chunks * N * PARAM_BYTES // BEAT_BYTES)):
+                m.d.sync += [r.word.eq(0), r.sub.eq(0)]
+                m.next = "LN_PARAMS"
+        with m.State("LN_PARAMS"):
+            # Two records per beat, one LayerNorm parameter write per cycle.
+            rec = LNParams(seq.rd_data.payload.data.word_select(r.sub, LNParams.size))
+            p = seq.ln_params
+            m.d.comb += [seq.rd_data.ready.eq(r.sub == 1), p.valid.eq(seq.rd_data.valid),
+                         p.payload.index.eq(r.word), p.payload.gamma.eq(rec.gamma), p.payload.beta.eq(rec.beta)]
+            with m.If(seq.rd_data.valid):
+                m.d.sync += [r.sub.eq(r.sub ^ 1), r.word.eq(r.word + 1)]
+                with m.If(seq.rd_data.payload.last & (r.sub == 1)):
+                    self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
+                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
+                    self.set_sink(Sink.LAYERNORM, w=0, c=0, blocks=ins.k_chunks)
+                    self.set_columns(N)      # one tile per token block
+                    m.d.sync += seq.dma_owner.eq(0)
+                    self.start_tiles(0, self.n_blocks)
+                    m.next = "ISSUE"
+
+
+class _Build(_PhaseStates, _DataStates):
+    """The sequencer's registers and its FSM, one method per group of states."""
+
+    def __init__(self, seq, m):
+        self.seq, self.m, self.cap, self.N = seq, m, seq.cap, seq.cap.lanes
+        self.words_per_beat = BEAT_BYTES // self.N         # int8 words (N lanes) per DRAM beat
+        self.beats_per_word16 = 2 * self.N // BEAT_BYTES   # DRAM beats per int16 word
+        cap = self.cap
+        self.ins, self.ph = Signal(Instr), Signal(Phase)
+        self.n_cb = Signal(12)
+        self.r = SimpleNamespace(
+            pc=Signal(16), n_instr=Signal(16), prog_off=Signal(ADDR_BITS), beat=Signal(24),
+            acc=Signal(INSTR_BYTES * 8),
+            tb=Signal(12), cb=Signal(12), tb_end=Signal(12), n_tb=Signal(12),
+            tb_outer=Signal(), fetch_base=Signal(ADDR_BITS), fetch_beats=Signal(16), tile_bytes=Signal(32),
+            use_w=Signal(), use_c=Signal(), use_r=Signal(), use_o=Signal(),
+            half=Signal(),           # the half the next fetch fills
+            cur_half=Signal(),
+            # MoE: the next phase's first tile (this expert's fc2, or the next expert's fc1) is
+            # fetched while the current phase drains, so experts follow each other without
+            # waiting for DRAM.
+            prefetched=Signal(), pre_half=Signal(), prefetch=Signal(),
+            att_tb=Signal(12),
+            expert=Signal(range(cap.num_experts)), ecount=Signal(range(cap.max_tokens + 1)), elast=Signal(),
+            qpos=Signal(range(cap.max_tokens + 1)),
+            word=Signal(24), sub=Signal(4),
+            # LOAD_PATCHES walks the image a row of pixels at a time with running addresses (no
+            # multiplier or divider between the instruction and the DRAM/activation addresses).
+            ch=Signal(8), yy=Signal(5),
+            img_row=Signal(ADDR_BITS), img_plane=Signal(ADDR_BITS), img_band=Signal(ADDR_BITS),
+            dst_row=Signal(24), dst_band=Signal(24), beat_addr=Signal(24),
+            band_first=Signal(16), band_words=Signal(24),
+            wdata=Signal(2 * self.N * 16),
+            outstanding=Signal(16), issue=Signal(), need_fetch=Signal(), last_tile=Signal(),
+        )
+        m.submodules.prog = prog = Memory(shape=Instr, depth=cap.max_program, init=[])
+        self.prog_rd, self.prog_wr = prog.read_port(), prog.write_port()
+        self.n_blocks = (self.ins.rows + self.N - 1) // self.N
+
+    def build(self):
+        m, seq, r, N = self.m, self.seq, self.r, self.N
+        m.d.comb += [self.n_cb.eq((self.ph.n_cols + N - 1) // N), seq.phase.eq(self.ph),
+                     seq.phase.n_cb.eq(self.n_cb)]
+        m.d.sync += r.outstanding.eq(r.outstanding + r.issue - seq.retire)
+        with m.If(seq.busy):
+            m.d.sync += seq.cycles.eq(seq.cycles + 1)
+        with m.If(seq.stall & seq.busy):
+            m.d.sync += seq.stalls.eq(seq.stalls + 1)
+        self._descriptors()
+        with m.FSM():
+            self._program()
+            self._dispatch()
+            self._tiles()
+            self._attention()
+            self._moe()
+            self._loads()
+            self._store_and_layernorm()
+
+    def _descriptors(self):
+        """The tile and fetch descriptors the ISSUE state pushes, and the MoE prefetch."""
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        first_tb = r.tb == 0
+        m.d.comb += r.need_fetch.eq(r.use_w & (self.ph.w.mode == WMode.TILE) & (r.tb_outer | first_tb))
+        m.d.comb += r.last_tile.eq(Mux(r.tb_outer, (r.tb == r.tb_end - 1) & (r.cb == self.n_cb - 1),
+                                       (r.cb == self.n_cb - 1) & (r.tb == r.tb_end - 1)))
+        tile = Signal(Tile)
+        m.d.comb += [tile.tb.eq(r.tb), tile.cb.eq(r.cb),
+                     tile.half.eq(Mux(r.need_fetch, Mux(r.prefetched, r.pre_half, r.half), r.cur_half)),
+                     tile.release.eq(r.tb_outer | (r.tb == r.tb_end - 1)), tile.last.eq(r.last_tile)]
+        for unit in "awcro":
+            m.d.comb += getattr(seq, f"{unit}_tile").payload.eq(tile)
+        m.d.comb += [seq.fetch.payload.addr.eq(r.fetch_base + r.cb * r.tile_bytes),
+                     seq.fetch.payload.beats.eq(r.fetch_beats), seq.fetch.payload.half.eq(r.half)]
+        prefetch = Signal(Fetch)
+        next_expert = seq.experts.payload.expert
+        with m.If(self.ph.sink == Sink.GELU):
+            m.d.comb += [prefetch.addr.eq(ins.dram1 + r.expert * ins.stride1 + ins.dram2),
+                         prefetch.beats.eq((PARAM_BYTES * N + ins.count * N * N) // BEAT_BYTES)]
+        with m.Else():
+            m.d.comb += [prefetch.addr.eq(ins.dram1 + next_expert * ins.stride1),
+                         prefetch.beats.eq((PARAM_BYTES * N + ins.k_chunks * N * N) // BEAT_BYTES)]
+        m.d.comb += prefetch.half.eq(r.half)
+        with m.If(r.prefetch):
+            m.d.comb += [seq.fetch.payload.eq(prefetch), seq.fetch.valid.eq(1)]
+            m.d.sync += [r.half.eq(~r.half), r.pre_half.eq(r.half), r.prefetched.eq(1)]
+
+    def _program(self):
+        """Start, the header and the program into the program memory, then each instruction."""
+        m, seq, r, cap = self.m, self.seq, self.r, self.cap
+        beats_per_instr = INSTR_BYTES // BEAT_BYTES
+        with m.State("IDLE"):
+            with m.If(seq.start):
+                m.d.sync += [seq.busy.eq(1), seq.cycles.eq(0), seq.stalls.eq(0), seq.dma_owner.eq(1), r.pc.eq(0)]
+                m.next = "HEADER"
+        with m.State("HEADER"):
+            with m.If(self.read_dram(seq.weights_base, 1)):
+                m.next = "HEADER_DATA"
+        with m.State("HEADER_DATA"):
+            m.d.comb += seq.rd_data.ready.eq(1)
+            with m.If(seq.rd_data.valid):
+                h = Header(seq.rd_data.payload.data)
+                m.d.sync += [r.n_instr.eq(h.count), r.prog_off.eq(h.program)]
+                with m.If((h.magic != PROGRAM_MAGIC) | (h.count > cap.max_program) | (h.count == 0)):
+                    m.next = "FAULT"
+                with m.Else():
+                    m.next = "PROGRAM"
+        with m.State("PROGRAM"):
+            with m.If(self.read_dram(seq.weights_base + r.prog_off, r.n_instr * beats_per_instr)):
+                m.d.sync += [r.beat.eq(0), r.pc.eq(0)]
+                m.next = "PROGRAM_DATA"
+        with m.State("PROGRAM_DATA"):
+            new, complete = self.gather(r.acc, r.beat, beats_per_instr, r.pc)
+            with m.If(complete):
+                m.d.comb += [self.prog_wr.en.eq(1), self.prog_wr.addr.eq(r.pc), self.prog_wr.data.eq(new)]
+            with m.If(seq.rd_data.valid & seq.rd_data.payload.last):
+                m.d.sync += r.pc.eq(0)
+                m.next = "FETCH"
+        with m.State("FETCH"):
+            m.d.comb += [self.prog_rd.addr.eq(r.pc), self.prog_rd.en.eq(1)]
+            m.next = "DECODE"
+        with m.State("DECODE"):
+            m.d.sync += [self.ins.eq(self.prog_rd.data), self.ph.ln_shift.eq(self.prog_rd.data.shift),
+                         self.ph.ln_eps.eq(self.prog_rd.data.eps)]
+            m.next = "DISPATCH"
+        with m.State("NEXT"):
+            m.d.sync += [r.pc.eq(r.pc + 1), seq.dma_owner.eq(1)]
+            m.next = "FETCH"
+        with m.State("FINISH"):
+            m.d.sync += seq.busy.eq(0)
+            m.d.comb += seq.done.eq(1)
+            m.next = "IDLE"
+        with m.State("FAULT"):
+            # A program this hardware cannot run: stop, never report done.
+            m.d.sync += seq.busy.eq(0)
+
+    def _dispatch(self):
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        with m.State("DISPATCH"):
+            with m.Switch(ins.op):
+                with m.Case(Op.END):
+                    m.next = "FINISH"
+                with m.Case(Op.LOAD16):
+                    m.d.sync += [r.word.eq(0), r.sub.eq(0)]
+                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
+                    m.next = "LOAD16"
+                with m.Case(Op.LOAD_PATCHES):
+                    m.d.sync += [r.ch.eq(0), r.yy.eq(0), r.band_first.eq(0),
+                                 r.img_row.eq(seq.image_base), r.img_plane.eq(seq.image_base),
+                                 r.img_band.eq(seq.image_base), r.dst_row.eq(ins.dst_base),
+                                 r.dst_band.eq(ins.dst_base), r.band_words.eq(ins.count * ins.dst_stride)]
+                    m.next = "PATCH_CMD"
+                with m.Case(Op.STORE16):
+                    self.set_a(AMode.WORDS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
+                    self.set_sink(Sink.WRITE, w=0, c=0, o=0)
+                    m.next = "STORE_CMD"
+                with m.Case(Op.LAYERNORM):
+                    m.d.sync += r.word.eq(0)
+                    m.next = "LN_CMD"
+                with m.Case(Op.GEMM):
+                    self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
+                    self.set_w(WMode.TILE, length=ins.k_chunks * N)
+                    self.set_tiles(ins.k_chunks, ins.dram0)
+                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows, ins.row_offset)
+                    self.set_columns(ins.n_out, ins.narrow, 0, ins.mult2, ins.shift2)
+                    m.d.sync += seq.dma_owner.eq(0)
+                    with m.Switch(ins.out_mode):
+                        with m.Case(OutMode.WRITE):
+                            self.set_sink(Sink.WRITE)
+                        with m.Case(OutMode.RESIDUAL):
+                            self.set_sink(Sink.RESIDUAL, r=1)
+                        with m.Case(OutMode.GELU):
+                            self.set_sink(Sink.GELU)
+                    self.start_tiles(0, self.n_blocks)
+                    m.next = "ISSUE"
+                with m.Case(Op.ATTENTION):
+                    m.d.sync += r.att_tb.eq(0)
+                    m.next = "ATT_QK"
+                with m.Case(Op.MOE):
+                    m.next = "MOE_GATE"
+                with m.Default():
+                    m.next = "FAULT"
+
+    def _tiles(self):
+        """The tile issue loop shared by every MAC and LayerNorm phase, and its barrier."""
+        m, seq, r = self.m, self.seq, self.r
+        with m.State("ISSUE"):
+            tiles_ready = (seq.a_tile.ready & (~r.use_w | seq.w_tile.ready) & (~r.use_c | seq.c_tile.ready)
+                           & (~r.use_r | seq.r_tile.ready) & (~r.use_o | seq.o_tile.ready))
+            can = tiles_ready & (~r.need_fetch | r.prefetched | seq.fetch.ready)
+            with m.If(can):
+                m.d.comb += [seq.a_tile.valid.eq(1), seq.w_tile.valid.eq(r.use_w), seq.c_tile.valid.eq(r.use_c),
+                             seq.r_tile.valid.eq(r.use_r), seq.o_tile.valid.eq(r.use_o),
+                             r.issue.eq(r.use_o | r.use_c), seq.fetch.valid.eq(r.need_fetch & ~r.prefetched)]
+                with m.If(r.need_fetch & r.prefetched):
+                    m.d.sync += [r.cur_half.eq(r.pre_half), r.prefetched.eq(0)]
+                with m.Elif(r.need_fetch):
+                    m.d.sync += [r.half.eq(~r.half), r.cur_half.eq(r.half)]
+                with m.If(r.last_tile):
+                    m.next = "BARRIER"
+                with m.If(r.tb_outer):
+                    with m.If(r.cb == self.n_cb - 1):
+                        m.d.sync += [r.cb.eq(0), r.tb.eq(r.tb + 1)]
+                    with m.Else():
+                        m.d.sync += r.cb.eq(r.cb + 1)
+                with m.Else():
+                    with m.If(r.tb == r.tb_end - 1):
+                        m.d.sync += [r.tb.eq(r.tb_end - r.n_tb), r.cb.eq(r.cb + 1)]
+                    with m.Else():
+                        m.d.sync += r.tb.eq(r.tb + 1)
+        with m.State("BARRIER"):
+            # A prefetch may still be in flight; every other fetch has been used by a retired tile.
+            sink = self.ph.sink
+            fetched = r.prefetched | seq.fetch_idle
+            m.d.comb += r.prefetch.eq((self.ins.op == Op.MOE) & ~r.prefetched & seq.fetch.ready
+                                      & ((sink == Sink.GELU) | (sink == Sink.COMBINE) & ~r.elast
+                                         & seq.experts.valid))
+            quiet = ((r.outstanding == 0) & ~seq.probs_pending & ~seq.a_busy & fetched
+                     & (sink != Sink.ROUTER) | (r.outstanding == 0) & (sink == Sink.ROUTER) & seq.experts.valid)
+            with m.If(quiet):
+                m.next = "AFTER"
+        with m.State("AFTER"):
+            self._after()
+
+    def _after(self):
+        """Where a phase's barrier leads: the next part of ATTENTION or MOE, or the next instruction."""
+        m, r, ins = self.m, self.r, self.ins
+        with m.Switch(ins.op):
+            with m.Case(Op.ATTENTION):
+                with m.If(self.ph.a.mode == AMode.PROBS):
+                    m.d.sync += r.att_tb.eq(r.att_tb + 1)
+                    with m.If(r.att_tb == self.n_blocks - 1):
+                        m.next = "NEXT"
+                    with m.Else():
+                        m.next = "ATT_QK"
+                with m.Else():
+                    m.next = "ATT_AV"
+            with m.Case(Op.MOE):
+                with m.Switch(self.ph.sink):
+                    with m.Case(Sink.ROUTER):
+                        m.next = "MOE_EXPERT"
+                    with m.Case(Sink.GELU):
+                        m.next = "MOE_FC2"
+                    with m.Default():
+                        with m.If(r.elast):
+                            fin = self.seq.final
+                            m.d.sync += [r.word.eq(0), fin.active.eq(1), fin.addr.eq(0)]
+                            self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
+                            m.next = "MOE_FINAL"
+                        with m.Else():
+                            m.next = "MOE_EXPERT"
+            with m.Default():
+                m.next = "NEXT"

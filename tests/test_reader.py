@@ -1,0 +1,75 @@
+"""The tile reader on its own: its walks over a memory against numpy, with back-pressure."""
+
+import numpy as np
+import pytest
+
+from gateware.reader import TileReader
+
+from tests.sim_helpers import run_simulation, stream_put, stream_receive
+
+N = 4
+
+
+def _memory(dut, mem):
+    """A read port with one cycle of latency over ``mem`` ``[words, N]``."""
+    async def process(ctx):
+        while True:
+            *_, en, addr = await ctx.tick().sample(dut.mem_en, dut.mem_addr)
+            if en:
+                ctx.set(dut.mem_data, [int(v) for v in mem[addr % len(mem)]])
+    return process
+
+
+def _run(walk, tiles, mem, count, tokens=None, stalls=True):
+    dut = TileReader(N)
+    out = []
+
+    async def testbench(ctx):
+        for field, value in walk.items():
+            ctx.set(getattr(dut.walk, field), value)
+        for tile in tiles:
+            await stream_put(ctx, dut.tiles, {"tb": tile[0], "cb": tile[1]})
+
+    async def sink(ctx):
+        rng = np.random.default_rng(1) if stalls else None
+        out.extend(await stream_receive(ctx, dut.o, count, stalls=rng))
+
+    async def token_list(ctx):
+        # The list is read combinationally, as from the queue memory's comb read port.
+        async for addr, in ctx.changed(dut.list_addr):
+            if tokens is not None:
+                ctx.set(dut.list_token, int(tokens[addr % len(tokens)]))
+
+    run_simulation(dut, testbench, sink, processes=[_memory(dut, mem), token_list])
+    return np.array([[p.data[i] for i in range(N)] for p in out]), [p.last for p in out]
+
+
+@pytest.mark.parametrize("use_list", [False, True])
+def test_transposed_walk(use_list):
+    """Chunk by chunk, element j carries channel j of the block's tokens; tokens past ``rows`` are 0."""
+    rng = np.random.default_rng(0)
+    mem = rng.integers(-3000, 3000, size=(64, N))
+    tokens = np.array([9, 2, 7, 0, 5, 3, 1, 8])
+    base, stride, chunk0, chunks, rows, tb = 3, 2, 1, 2, 6, 1
+    walk = dict(transposed=1, list=int(use_list), base=base, stride=stride, chunk0=chunk0, chunks=chunks, rows=rows)
+    data, last = _run(walk, [(tb, 0)], mem, chunks * N, tokens=tokens)
+    want = np.zeros((chunks * N, N), np.int64)
+    for c in range(chunks):
+        for i in range(N):
+            t = tb * N + i
+            if t < rows:
+                token = tokens[t] if use_list else t
+                want[c * N:(c + 1) * N, i] = mem[base + token * stride + chunk0 + c]
+    np.testing.assert_array_equal(data, want)
+    assert last == [False] * (chunks * N - 1) + [True]
+
+
+def test_plain_walk_two_tiles():
+    """Elements in address order, offset by each tile's channel block; ``last`` per tile."""
+    rng = np.random.default_rng(2)
+    mem = rng.integers(-3000, 3000, size=(64, N))
+    base, stride, count = 7, 3, 5
+    data, last = _run(dict(by_cb=1, base=base, stride=stride, count=count), [(0, 2), (0, 4)], mem, 2 * count)
+    want = [mem[base + k * stride + cb] for cb in (2, 4) for k in range(count)]
+    np.testing.assert_array_equal(data, np.array(want))
+    assert last == ([False] * (count - 1) + [True]) * 2

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.image import pixels_from_image
+
 from .config import M3ViTConfig
 from .m3vit import expected_shapes
 
@@ -233,9 +235,6 @@ def load_image(path, cfg: M3ViTConfig):
 
 
 def image_to_pixels(image):
-    """Float image in [0, 1] -> int8 accelerator input ``round(256 * x) - 128``, clipped to 8 bits.
-
-    The accelerator takes 8-bit pixels; the offset of 128 is folded into the patch-embedding
-    bias, so the int8 value q stands for ``(q + 128) / 256`` exactly."""
-    k = np.clip(np.floor(np.asarray(image, dtype=np.float64) * 256.0 + 0.5), 0, 255).astype(np.int64)
-    return k - 128
+    """Float image in [0, 1] -> int8 accelerator input ``round(256 * x) - 128`` as int64 (the
+    runtime's conversion, ``runtime.image.pixels_from_image``, widened for golden's arithmetic)."""
+    return pixels_from_image(image).astype(np.int64)

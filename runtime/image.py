@@ -13,8 +13,8 @@ def pixels_from_image(image):
     """Float image in [0, 1] -> int8 accelerator input ``round(256 * x) - 128``, clipped to 8 bits.
 
     The accelerator takes 8-bit pixels; the offset of 128 is folded into the patch-embedding
-    bias, so the int8 value q stands for ``(q + 128) / 256`` exactly. (The conversion of
-    ``model.weights.image_to_pixels``, which the quantiser calibrates with.)
+    bias, so the int8 value q stands for ``(q + 128) / 256`` exactly. ``model.weights`` uses
+    this conversion too, so the quantiser calibrates on the pixels the board sees.
     """
     k = np.clip(np.floor(np.asarray(image, dtype=np.float64) * 256.0 + 0.5), 0, 255).astype(np.int64)
     return (k - 128).astype(np.int8)

@@ -173,10 +173,12 @@ def test_capacity_registers_report_the_build():
     gc.collect()     # the half-built object warns when collected; let that happen under the filter
 
 
-def test_pixels_match_the_quantiser():
-    image = np.random.default_rng(1).random((3, 32, 64)).astype(np.float32)
-    image[0, 0, :4] = [0.0, 1.0, 0.5 / 256, 1.5 / 256]
-    assert np.array_equal(pixels_from_image(image), image_to_pixels(image))
+def test_pixels_round_half_up_and_clip():
+    """q = round(256 x) - 128, halves up, 1.0 clipped to 127; int8 for the board, int64 for golden."""
+    image = np.array([0.0, 0.5 / 256, 1.5 / 256, 0.5, 255 / 256, 1.0], dtype=np.float32)
+    want = [-128, -127, -126, 0, 127, 127]
+    assert pixels_from_image(image).dtype == np.int8 and pixels_from_image(image).tolist() == want
+    assert image_to_pixels(image).dtype == np.int64 and image_to_pixels(image).tolist() == want
 
 
 class _Registers:

@@ -25,12 +25,8 @@ def _parser():
     sim.cli.register(sub)
     import runtime.cli
     runtime.cli.register(sub)
-    try:
-        import boards.cli
-    except ImportError:
-        pass
-    else:
-        boards.cli.register(sub)
+    import boards.cli
+    boards.cli.register(sub)
     return parser
 
 

@@ -5,10 +5,9 @@ import sys
 from pathlib import Path
 
 from cli import UserError
+from sim import ENGINES
 
 __all__ = ["register"]
-
-ENGINES = ("pysim", "verilator")
 
 
 def _capacity(cfg):

@@ -4,10 +4,9 @@ import sys
 import time
 
 from cli import UserError
+from . import ENGINES
 
 __all__ = ["register"]
-
-ENGINES = ("pysim", "verilator")
 
 
 def _run(args, tasks):

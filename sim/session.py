@@ -9,12 +9,12 @@ it: ``read``/``write`` of a register (one AXI4-Lite transfer), ``tick`` to let c
 from gateware.program import Capacity
 from gateware.top import Accelerator
 
+from . import ENGINES
 from .axil import VerilatorAXIL, axil_read, axil_write
 from .dram import VERILATOR_OPTIONS, DRAMModel, attach_verilator_dram
 
 __all__ = ["ENGINES", "open_session", "PysimSession", "VerilatorSession"]
 
-ENGINES = ("pysim", "verilator")
 
 
 class PysimSession:

@@ -1,7 +1,9 @@
 """The ``m3vit`` command: one entry point, one subcommand per job.
 
-Each package that offers a job exposes ``register(subparsers)``; a subcommand's handler returns the
-exit status. Errors meant for the user are raised as ``UserError`` and printed without a traceback.
+All command-line code lives here, one module per side (``model``: golden, numerics, quantize;
+``sim``: simulate, perf; ``runtime``: bundle, run; ``boards``: synth, build), each exposing
+``register(subparsers)``; the packages themselves import nothing from here. A subcommand's
+handler returns the exit status. Errors meant for the user are raised as ``UserError`` and printed without a traceback.
 """
 
 import argparse
@@ -19,14 +21,9 @@ def _parser():
         prog="m3vit",
         description="M3ViT mixture-of-experts ViT accelerator: model, golden reference, gateware, board.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    import model.cli
-    model.cli.register(sub)
-    import sim.cli
-    sim.cli.register(sub)
-    import runtime.cli
-    runtime.cli.register(sub)
-    import boards.cli
-    boards.cli.register(sub)
+    from . import boards, model, runtime, sim
+    for jobs in (model, sim, runtime, boards):
+        jobs.register(sub)
     return parser
 
 

@@ -8,7 +8,7 @@ Needs only numpy. The register map (:mod:`runtime.regs`) and the DRAM layout
 ``m3vit bundle``.
 
 The names below load their module on first use, so that ``m3vit --help`` (which registers
-``runtime.cli``) does not import numpy.
+``cli.runtime``) does not import numpy.
 """
 
 import importlib

@@ -239,7 +239,7 @@ sys.meta_path.insert(0, Blocker())
 def test_runtime_needs_neither_torch_nor_amaranth(tiny):
     script = _BLOCKER + textwrap.dedent(f"""
         import numpy as np
-        import cli, runtime.cli
+        import cli, cli.runtime
         from runtime import Accelerator, Bundle, PynqBackend, AcceleratorError
         from runtime.image import load_image
         from runtime.layout import dram_layout

@@ -110,13 +110,13 @@ def test_synth_top_config_picks_the_build(capsys):
     holds the model, and the build synthesised is printed; checked without running yosys."""
     from argparse import Namespace
 
-    from boards.cli import _synth_targets
+    from cli.boards import synth_targets
     from gateware.program import Capacity
     from model.config import get_config
 
     tiny = Capacity.for_config(get_config("tiny"), 8)
     for config, cap in [(None, Capacity()), ("edge-moe", Capacity()), ("tiny", tiny)]:
-        [(name, factory)] = _synth_targets(Namespace(top="accelerator", config=config, unit=None))
+        [(name, factory)] = synth_targets(Namespace(top="accelerator", config=config, unit=None))
         shell = factory()
         # Built to be inspected, not elaborated: say so, or Amaranth warns at garbage collection.
         shell._MustUse__silence = shell.core._MustUse__silence = True

@@ -30,10 +30,10 @@ def _bundle(args):
     import dataclasses
 
     from gateware.program import CapacityError, compile_frame
-    from model.cli import _inputs, _load_artifact
+    from cli.model import model_inputs, load_artifact
     from model.quantize import calibration_images, quantize_model
 
-    from .bundle import write_bundle
+    from runtime.bundle import write_bundle
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -42,9 +42,9 @@ def _bundle(args):
         raise UserError(f"cannot create {out}: its parent folder is missing or not writable")
     if args.bitstream and not Path(args.bitstream).is_file():
         raise UserError(f"bitstream {args.bitstream} does not exist")
-    cfg, weights, image = _inputs(args)
+    cfg, weights, image = model_inputs(args)
     cap = _capacity(cfg)
-    artifact = _load_artifact(args.artifact, cfg) or quantize_model(cfg, weights.tensors, calibration_images(image))
+    artifact = load_artifact(args.artifact, cfg) or quantize_model(cfg, weights.tensors, calibration_images(image))
     try:
         frame = compile_frame(artifact, cap)
     except CapacityError as err:
@@ -79,7 +79,7 @@ def _check_out(path):
 
 
 def _backend(args, bundle):
-    from .backends import PynqBackend, SimulatorBackend
+    from runtime.backends import PynqBackend, SimulatorBackend
 
     if not args.simulate:
         return PynqBackend()
@@ -101,11 +101,11 @@ def _backend(args, bundle):
 def _run(args):
     import numpy as np
 
-    from .bundle import Bundle
-    from .driver import Accelerator
-    from .errors import AcceleratorError
-    from .image import load_image
-    from .regs import CLOCK_HZ
+    from runtime.bundle import Bundle
+    from runtime.driver import Accelerator
+    from runtime.errors import AcceleratorError
+    from runtime.image import load_image
+    from runtime.regs import CLOCK_HZ
 
     if (args.engine or args.sim_lanes) and not args.simulate:
         raise UserError("--engine and --sim-lanes apply only with --simulate")
@@ -158,10 +158,10 @@ def _run(args):
 
 def register(sub):
     """Add ``bundle`` and ``run`` to the ``m3vit`` parser."""
-    from model.cli import _common
+    from cli.model import add_model_options
 
     p = sub.add_parser("bundle", help="compile a model into a bundle (frame image, manifest, bitstream) to run")
-    _common(p)
+    add_model_options(p)
     p.add_argument("--out", metavar="DIR", required=True, help="bundle folder to write")
     p.add_argument("--artifact", metavar="FILE", help="quantised artifact from m3vit quantize (default: quantise now)")
     p.add_argument("--bitstream", metavar="FILE", help="top.bit from m3vit build (its top.hwh beside it comes too)")

@@ -4,7 +4,7 @@ import sys
 import time
 
 from cli import UserError
-from . import ENGINES
+from sim import ENGINES
 
 __all__ = ["register"]
 
@@ -18,21 +18,21 @@ def _run(args, tasks):
 
     from golden.backbone import run_backbone
     from gateware.program import Capacity, CapacityError
-    from model.cli import _check_task, _inputs, _load_artifact
+    from cli.model import check_task, model_inputs, load_artifact
     from model.quantize import calibration_images, quantize_model
     from model.weights import image_to_pixels
 
-    from .accelerator import SimulationError, frame_report, simulate_frames
+    from sim.accelerator import SimulationError, frame_report, simulate_frames
 
-    cfg, weights, image = _inputs(args)
+    cfg, weights, image = model_inputs(args)
     for task in tasks:
-        _check_task(cfg, task)
+        check_task(cfg, task)
     lanes = args.lanes or (8 if cfg.dim <= 64 else 16)
     try:
         cap = Capacity.for_config(cfg, lanes)
     except CapacityError as err:
         raise UserError(str(err)) from None
-    artifact = _load_artifact(args.artifact, cfg) or quantize_model(cfg, weights.tensors, calibration_images(image))
+    artifact = load_artifact(args.artifact, cfg) or quantize_model(cfg, weights.tensors, calibration_images(image))
     pixels = image_to_pixels(image)
     goldens = [run_backbone(artifact, pixels, task) for task in tasks]
     print(f"simulating config {cfg.name}, task{'s' * (len(tasks) > 1)} {', '.join(map(str, tasks))}, "
@@ -82,25 +82,25 @@ def _simulate(args):
 
 
 def _perf(args):
-    from model.cli import _write_json
+    from cli.model import write_json
 
     [(report, bad)] = _run(args, [args.task])
     _print(report, bad)
     if args.json:
-        _write_json(args.json, report)
+        write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0 if report["bit_exact"] else 1
 
 
 def register(sub):
     """Add ``simulate`` and ``perf`` to the ``m3vit`` parser."""
-    from model.cli import _common
+    from cli.model import add_model_options
 
     for name, handler, engine, text in (
             ("simulate", _simulate, "verilator", "run one frame through the simulated accelerator and compare with golden"),
             ("perf", _perf, "verilator", "simulate one frame cycle-accurately and report cycles, MAC use, DRAM traffic")):
         p = sub.add_parser(name, help=text)
-        _common(p)
+        add_model_options(p)
         if name == "simulate":
             p.add_argument("--task", type=int, nargs="+", default=[0], metavar="N",
                            help="task (selects the MoE gates; default 0); several run back to back on one "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cli import UserError
 
-from .config import CONFIGS, get_config
+from model.config import CONFIGS, get_config
 
 # The handlers import the model, golden and torch when they run, so that `m3vit --help` and the
 # hardware-side subcommands start without paying for torch.
@@ -15,9 +15,9 @@ from .config import CONFIGS, get_config
 __all__ = ["register"]
 
 
-def _inputs(args):
+def model_inputs(args):
     """Config, weights and image named by the common options (built-in defaults otherwise)."""
-    from .weights import WeightError, default_image, default_weights, load_image, load_weight_folder
+    from model.weights import WeightError, default_image, default_weights, load_image, load_weight_folder
 
     try:
         cfg = get_config(args.config)
@@ -39,19 +39,19 @@ def _inputs(args):
     return cfg, weights, image
 
 
-def _check_task(cfg, task):
+def check_task(cfg, task):
     if not 0 <= task < cfg.num_tasks:
         raise UserError(f"unknown task {task}: config {cfg.name!r} has tasks 0..{cfg.num_tasks - 1}")
 
 
-def _check_output_path(path):
+def check_output_path(path):
     """Refuse, before the long work, an output file whose folder does not exist."""
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise UserError(f"cannot write {path}: folder {parent} does not exist")
 
 
-def _write_json(path, data):
+def write_json(path, data):
     try:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
     except OSError as err:
@@ -69,9 +69,9 @@ def _print_layers(layers, routing):
             print(f"{row['layer']:>9} {row['task']:>4} {row['agreement']:18.3f} {row['experts_run']:>12}")
 
 
-def _load_artifact(path, cfg):
+def load_artifact(path, cfg):
     """The quantised artifact in ``path`` (None: none given), checked against ``cfg``."""
-    from .artifact import Artifact, ArtifactError
+    from model.artifact import Artifact, ArtifactError
 
     if not path:
         return None
@@ -85,11 +85,11 @@ def _load_artifact(path, cfg):
 
 
 def _golden(args):
-    from .numerics import compare
+    from model.numerics import compare
 
-    cfg, weights, image = _inputs(args)
-    _check_task(cfg, args.task)
-    artifact = _load_artifact(args.artifact, cfg)
+    cfg, weights, image = model_inputs(args)
+    check_task(cfg, args.task)
+    artifact = load_artifact(args.artifact, cfg)
     start = time.perf_counter()
     layers, routing, _ = compare(cfg, weights.tensors, image, artifact, tasks=[args.task])
     print(f"golden (integer) vs float M3ViT, config {cfg.name}, task {args.task}, weights {weights.source}")
@@ -103,8 +103,8 @@ def _golden(args):
 def _reference(args, cfg):
     """The independent reference named by ``--reference``, else the weight folder's
     ``reference/`` where it has one (for the edge-moe shape), else None."""
-    from .reference import load_reference
-    from .weights import WeightError
+    from model.reference import load_reference
+    from model.weights import WeightError
 
     folder = args.reference
     if folder is None and args.weights and (Path(args.weights) / "reference").is_dir() and cfg.name == "edge-moe":
@@ -118,12 +118,12 @@ def _reference(args, cfg):
 
 
 def _numerics(args):
-    from .numerics import numerics_report
+    from model.numerics import numerics_report
 
-    cfg, weights, image = _inputs(args)
+    cfg, weights, image = model_inputs(args)
     reference = _reference(args, cfg)
     if args.json:
-        _check_output_path(args.json)
+        check_output_path(args.json)
     report = numerics_report(cfg, weights.tensors, image, weights.source, reference, args.rounding)
     _print_layers(report["layers"], report["routing_agreement"])
     if reference is not None:
@@ -138,15 +138,15 @@ def _numerics(args):
     print(f"softmax max abs error vs exact softmax of the same integers: {report['softmax_max_abs_err']:.6f} "
           f"(2**-8 = {2 ** -8:.6f})")
     if args.json:
-        _write_json(args.json, report)
+        write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0
 
 
 def _quantize(args):
-    from .quantize import calibration_images, quantize_model
+    from model.quantize import calibration_images, quantize_model
 
-    cfg, weights, image = _inputs(args)
+    cfg, weights, image = model_inputs(args)
     artifact = quantize_model(cfg, weights.tensors, calibration_images(image))
     try:
         artifact.save(args.out)
@@ -157,7 +157,7 @@ def _quantize(args):
     return 0
 
 
-def _common(p):
+def add_model_options(p):
     p.add_argument("--config", default="edge-moe", help=f"model configuration ({', '.join(CONFIGS)}; default edge-moe)")
     p.add_argument("--weights", metavar="DIR", help="Edge-MoE weight folder (default: built-in deterministic weights)")
     p.add_argument("--image", metavar="FILE", help="image [C,H,W] float32 in [0,1], raw .bin or .npy "
@@ -168,13 +168,13 @@ def _common(p):
 def register(sub):
     """Add the software-side subcommands to the ``m3vit`` parser."""
     p = sub.add_parser("golden", help="run one frame through the integer golden model and compare with float")
-    _common(p)
+    add_model_options(p)
     p.add_argument("--task", type=int, default=0, help="task (selects the MoE gates; default 0)")
     p.add_argument("--artifact", metavar="FILE", help="quantised artifact (default: quantise now)")
     p.set_defaults(handler=_golden)
 
     p = sub.add_parser("numerics", help="golden vs float per layer and task, routing agreement, operator errors")
-    _common(p)
+    add_model_options(p)
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--rounding", choices=("error-feedback", "nearest"), default="error-feedback",
                    help="how weights are rounded to int8 (default error-feedback; nearest to compare)")
@@ -184,6 +184,6 @@ def register(sub):
     p.set_defaults(handler=_numerics)
 
     p = sub.add_parser("quantize", help="calibrate and write the quantised artifact (.npz)")
-    _common(p)
+    add_model_options(p)
     p.add_argument("--out", metavar="FILE", required=True, help="artifact file to write")
     p.set_defaults(handler=_quantize)

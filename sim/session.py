@@ -92,7 +92,7 @@ class VerilatorSession:
     """
 
     def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0):
-        from gateware.verilator_engine import VerilatorModel
+        from sim.verilator_engine import VerilatorModel
 
         self.dut = Accelerator(cap)
         self.model = VerilatorModel(self.dut, name="accelerator", **VERILATOR_OPTIONS)

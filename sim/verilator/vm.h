@@ -1,4 +1,4 @@
-// C interface of a Verilator model built by gateware/verilator_engine.py.
+// C interface of a Verilator model built by sim/verilator_engine.py.
 //
 // Python loads it through ctypes; extra C++ sources compiled into the same library
 // (device models such as a DRAM behind an AXI port) include this header and use the

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from cli import UserError
+from model.config import default_lanes
 
 __all__ = ["register"]
 
@@ -45,7 +46,7 @@ def _top_capacity(config):
         cfg = get_config(config)
     except KeyError as err:
         raise UserError(err.args[0]) from None
-    return Capacity.for_config(cfg, 8 if cfg.dim <= 64 else 16)
+    return Capacity.for_config(cfg, default_lanes(cfg))
 
 
 def _synth(args):

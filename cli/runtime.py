@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from cli import UserError
+from model.config import MAC_LANES, default_lanes
 from sim import ENGINES
 
 __all__ = ["register"]
@@ -21,7 +22,7 @@ def _capacity(cfg):
     except CapacityError:
         pass
     try:
-        return Capacity.for_config(cfg, 8 if cfg.dim <= 64 else 16)
+        return Capacity.for_config(cfg, default_lanes(cfg))
     except CapacityError as err:
         raise UserError(str(err)) from None
 
@@ -176,7 +177,7 @@ def register(sub):
     p.add_argument("--simulate", action="store_true", help="run on the simulated accelerator instead of the board")
     p.add_argument("--engine", choices=ENGINES, help="with --simulate: the simulator (default pysim for small "
                                                      "models such as tiny, else verilator)")
-    p.add_argument("--sim-lanes", type=int, choices=(8, 16),
+    p.add_argument("--sim-lanes", type=int, choices=MAC_LANES,
                    help="with --simulate: simulate the smallest build with this many lanes that holds the model, "
                         "instead of the bundle's own build")
     p.add_argument("--timeout", type=float, default=1.0,

@@ -4,6 +4,7 @@ import sys
 import time
 
 from cli import UserError
+from model.config import MAC_LANES, default_lanes
 from sim import ENGINES
 
 __all__ = ["register"]
@@ -27,7 +28,7 @@ def _run(args, tasks):
     cfg, weights, image = model_inputs(args)
     for task in tasks:
         check_task(cfg, task)
-    lanes = args.lanes or (8 if cfg.dim <= 64 else 16)
+    lanes = args.lanes or default_lanes(cfg)
     try:
         cap = Capacity.for_config(cfg, lanes)
     except CapacityError as err:
@@ -110,7 +111,7 @@ def register(sub):
         p.add_argument("--artifact", metavar="FILE", help="quantised artifact from m3vit quantize "
                                                           "(default: quantise now)")
         p.add_argument("--engine", choices=ENGINES, default=engine, help=f"simulator (default {engine})")
-        p.add_argument("--lanes", type=int, choices=(8, 16), help="MAC array rows and columns (default: 8 for "
+        p.add_argument("--lanes", type=int, choices=MAC_LANES, help="MAC array rows and columns (default: 8 for "
                                                                   "small models, else 16)")
         p.add_argument("--dram-latency", type=int, default=40, help="DRAM read latency in cycles (default 40)")
         if name == "perf":

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from golden.schedule import compile_schedule
+from model.config import MAC_LANES
 
 from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr, LNParams, Op,
                       OutMode, TileParams, encode, pack_records)
@@ -74,8 +75,8 @@ class Capacity:
 
     def __post_init__(self):
         # A DRAM beat must split into whole int8 words and build whole int16 words.
-        if self.lanes not in (8, 16):
-            raise CapacityError(f"lanes must be 8 or 16, not {self.lanes}")
+        if self.lanes not in MAC_LANES:
+            raise CapacityError(f"lanes must be one of {', '.join(map(str, MAC_LANES))}, not {self.lanes}")
 
     @classmethod
     def for_config(cls, cfg, lanes, **overrides):

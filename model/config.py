@@ -113,3 +113,14 @@ def get_config(name):
         return CONFIGS[name]
     except KeyError:
         raise KeyError(f"unknown config {name!r}; choose one of {', '.join(sorted(CONFIGS))}") from None
+
+
+#: Token lanes (= output channels) of the MAC arrays the accelerator is built with: a 16-byte DRAM
+#: beat must split into whole int8 weight words and build whole int16 token words.
+MAC_LANES = (8, 16)
+
+
+def default_lanes(cfg: M3ViTConfig):
+    """The MAC array a config is simulated on unless told otherwise: 8 lanes for small models
+    (dim <= 64, so that pysim stays fast), else 16."""
+    return 8 if cfg.dim <= 64 else 16

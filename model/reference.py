@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import M3ViTConfig
-from .weights import WeightError
+from .weights import WeightError, read_raw
 
 __all__ = ["Reference", "load_reference", "REFERENCE_LAYER"]
 
@@ -41,16 +41,6 @@ class Reference:
     source: str
 
 
-def _read(path, dtype, shape):
-    n = int(np.prod(shape))
-    if not path.is_file():
-        raise WeightError(f"missing reference file {path} (expected {n} {np.dtype(dtype).name} values)")
-    if path.stat().st_size != n * np.dtype(dtype).itemsize:
-        raise WeightError(f"{path} holds {path.stat().st_size} bytes, expected "
-                          f"{n * np.dtype(dtype).itemsize} ({np.dtype(dtype).name} {list(shape)})")
-    return np.fromfile(path, dtype=dtype).reshape(shape)
-
-
 def load_reference(folder, cfg: M3ViTConfig):
     """Read a ``reference/`` folder for ``cfg`` (the edge-moe shape: layer 1 is a MoE layer).
 
@@ -66,12 +56,14 @@ def load_reference(folder, cfg: M3ViTConfig):
         raise WeightError(f"config {cfg.name!r} is not the reference's shape (a top-2 MoE layer "
                           f"{REFERENCE_LAYER}): compare the edge-moe config with it")
     t, d, e = cfg.tokens, cfg.dim, cfg.num_experts
-    streams = {stem: _read(folder / f"{stem}.float32.bin", "<f4", (t, d)) for stem in STREAMS}
+    streams = {stem: read_raw(folder / f"{stem}.float32.bin", (t, d), "reference") for stem in STREAMS}
     tasks = range(cfg.num_tasks)
     return Reference(
         streams=streams,
-        logits=[_read(folder / f"l1_gate_logits_task{k}.float32.bin", "<f4", (t, e)) for k in tasks],
-        top2=[_read(folder / f"l1_top2_task{k}.int32.bin", "<i4", (t, 2)) for k in tasks],
-        gate_weights=[_read(folder / f"l1_gate_weights_task{k}.float32.bin", "<f4", (t, 2)) for k in tasks],
+        logits=[read_raw(folder / f"l1_gate_logits_task{k}.float32.bin", (t, e), "reference")
+                for k in tasks],
+        top2=[read_raw(folder / f"l1_top2_task{k}.int32.bin", (t, 2), "reference", "<i4") for k in tasks],
+        gate_weights=[read_raw(folder / f"l1_gate_weights_task{k}.float32.bin", (t, 2), "reference")
+                      for k in tasks],
         source=str(folder),
     )

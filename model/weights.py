@@ -90,16 +90,18 @@ class ImportedWeights:
     source: str = "built-in"
 
 
-def _read_bin(path: Path, shape, what):
-    expected = int(np.prod(shape))
+def read_raw(path: Path, shape, what, dtype="<f4"):
+    """A raw little-endian array file (C order, no header) of ``shape``; ``WeightError`` naming
+    the file, ``what`` it is and the expected size when it is missing or of another size."""
+    expected, kind = int(np.prod(shape)), np.dtype(dtype)
     if not path.is_file():
-        raise WeightError(f"missing {what} file {path} (expected {expected} float32 values, "
-                          f"{expected * 4} bytes, shape {list(shape)})")
+        raise WeightError(f"missing {what} file {path} (expected {expected} {kind.name} values, "
+                          f"{expected * kind.itemsize} bytes, shape {list(shape)})")
     size = path.stat().st_size
-    if size != expected * 4:
-        raise WeightError(f"{path} holds {size} bytes, expected {expected * 4} "
-                          f"({expected} float32 values, shape {list(shape)})")
-    return np.fromfile(path, dtype="<f4").reshape(shape)
+    if size != expected * kind.itemsize:
+        raise WeightError(f"{path} holds {size} bytes, expected {expected * kind.itemsize} "
+                          f"({expected} {kind.name} values, shape {list(shape)})")
+    return np.fromfile(path, dtype=kind).reshape(shape)
 
 
 def generated_expert_weights(cfg: M3ViTConfig, tensors, layer):
@@ -137,7 +139,7 @@ def _read_gate(folder, name, cfg):
         layout, path = GateLayout.M3VIT, m3vit
     else:
         layout, path = GateLayout.EDGE_MOE, edge_moe
-    w = _read_bin(path, layout.shape(cfg), f"{layout.value} gate")
+    w = read_raw(path, layout.shape(cfg), f"{layout.value} gate")
     return gate_to_edge_moe(w, layout, cfg, path.name)
 
 
@@ -167,7 +169,7 @@ def load_weight_folder(folder, cfg: M3ViTConfig):
         if name.endswith(_GENERATED_SUFFIXES) and not path.exists():
             generated.append(name)
             continue
-        tensors[name] = _read_bin(path, shape, "weight")
+        tensors[name] = read_raw(path, shape, "weight")
     for layer in sorted({int(n[1:n.index("_")]) for n in generated}):
         tensors.update(generated_expert_weights(cfg, tensors, layer))
     return ImportedWeights(tensors, generated, str(folder))
@@ -227,7 +229,7 @@ def load_image(path, cfg: M3ViTConfig):
                               f"expects {list(shape)}")
         img = img.astype(np.float32)
     else:
-        img = _read_bin(path, shape, "image")
+        img = read_raw(path, shape, "image")
     if not np.all(np.isfinite(img)) or img.min() < 0.0 or img.max() > 1.0:
         raise WeightError(f"image {path} must hold values in [0, 1] (8-bit pixels / 256), "
                           f"found [{np.nanmin(img):.3g}, {np.nanmax(img):.3g}]")

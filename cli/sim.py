@@ -70,6 +70,9 @@ def _print(report, bad):
     print(f"DRAM bytes {r['dram_bytes']} (read {r['dram_bytes_read']}, written {r['dram_bytes_written']}); "
           f"minimum {r['dram_bytes_min']} ({r['dram_bytes'] / r['dram_bytes_min']:.3f} x)")
     print("experts run per MoE layer: " + ", ".join(f"layer {e['layer']}: {e['count']}" for e in r["experts_run"]))
+    if r["experts_run"]:
+        print(f"routing written to DRAM: {r['routing_mismatches']} tokens' experts differ from golden: "
+              f"{'EQUAL' if r['routing_matches'] else 'MISMATCH'}")
     print(f"simulated in {r['wall_seconds']:.1f} s")
 
 
@@ -79,7 +82,7 @@ def _simulate(args):
         _print(report, bad)
     if len(frames) > 1:
         print("tasks switched by writing the TASK register only; weights, program and image stayed in DRAM")
-    return 0 if all(report["bit_exact"] for report, _ in frames) else 1
+    return 0 if all(report["bit_exact"] and report["routing_matches"] for report, _ in frames) else 1
 
 
 def _perf(args):
@@ -90,7 +93,7 @@ def _perf(args):
     if args.json:
         write_json(args.json, report)
         print(f"wrote {args.json}")
-    return 0 if report["bit_exact"] else 1
+    return 0 if report["bit_exact"] and report["routing_matches"] else 1
 
 
 def register(sub):

@@ -18,7 +18,9 @@ DRAM (byte addresses relative to the ``weights_base`` register):
 - the position embedding, int16 ``[tokens, dim]`` row-major.
 
 The image (int8 ``[C, H, W]``, at ``image_base``) is read in place; the features (int16
-``[tokens, dim]``) are written at ``output_base``.
+``[tokens, dim]``) are written at ``output_base``, and after each MoE layer a ROUTES instruction
+writes that layer's expert choices into the routing region that follows the output
+(``runtime.layout``: :func:`~runtime.layout.routing_offset`, :class:`~runtime.layout.RoutingLayout`).
 
 On chip, every tensor lives in one activation memory of ``lanes``-wide int16 words: token ``t``'s
 channels ``[c * lanes, (c + 1) * lanes)`` are word ``base + t * stride + c`` of its region.
@@ -30,12 +32,16 @@ import numpy as np
 
 from golden.schedule import compile_schedule
 from model.config import MAC_LANES
+from runtime.layout import BEAT, RoutingLayout, routing_offset
 
 from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr, LNParams, Op,
                       OutMode, TileParams, encode, pack_records)
 
 __all__ = ["Op", "OutMode", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "ADDR_BITS", "BEAT_BYTES", "Capacity",
            "CapacityError", "Frame", "compile_frame", "tile_bytes", "encode_instr"]
+
+# The routing layout counts in the beats the DMA writes.
+assert BEAT == BEAT_BYTES
 
 
 class CapacityError(ValueError):
@@ -112,7 +118,7 @@ def _regions(cfg, lanes):
 def _requirements(cfg, lanes):
     _, words = _regions(cfg, lanes)
     k = max(cfg.patch_dim, cfg.dim, cfg.mlp_hidden, cfg.expert_hidden) // lanes
-    program = 5 + cfg.depth * (6 + cfg.heads)
+    program = 5 + cfg.depth * (6 + cfg.heads) + len(cfg.moe_layers)     # a ROUTES per MoE layer
     return {"act_words": words, "k_chunks": k, "program": program}
 
 
@@ -137,6 +143,9 @@ def check_capacity(cfg, cap: Capacity):
         if cfg.moe_layers and want != have:
             raise CapacityError(f"config {cfg.name!r} routes to {cfg.top_k} of {cfg.num_experts} experts; this "
                                 f"accelerator's router takes {cap.top_k} of {cap.num_experts}")
+    if cfg.moe_layers and (cfg.num_experts > 256 or cfg.top_k > BEAT_BYTES):
+        raise CapacityError(f"config {cfg.name!r} routes to {cfg.top_k} of {cfg.num_experts} experts; the routing "
+                            f"recorder takes at most 256 experts (a byte per id) and top-k {BEAT_BYTES}")
     for what, want, have in limits:
         if want > have:
             raise CapacityError(f"config {cfg.name!r} needs {want} {what}; this accelerator holds {have}")
@@ -164,6 +173,9 @@ class Frame:
         Per MoE layer: DRAM bytes of one task's gate and of one expert (both linear layers).
     program_offset : int
         Where the instructions start.
+    routing : runtime.layout.RoutingLayout
+        The expert routing the accelerator writes after the output (its ``size`` is 0 without
+        MoE layers).
     """
 
     weights: bytes
@@ -175,6 +187,7 @@ class Frame:
     gate_bytes: dict = field(default_factory=dict)
     expert_bytes: dict = field(default_factory=dict)
     program_offset: int = 0
+    routing: RoutingLayout = None
 
 
 class _Image:
@@ -220,6 +233,7 @@ class _Compiler:
         self.img.add(bytes(BEAT_BYTES))                       # header, filled in at the end
         self.instrs, self.dense = [], 0
         self.gate_bytes, self.expert_bytes = {}, {}
+        self.routing = RoutingLayout(len(self.cfg.moe_layers), self.cfg.tokens, self.cfg.top_k)
 
     def emit(self, **fields):
         self.instrs.append(fields)
@@ -300,6 +314,11 @@ class _Compiler:
                   n_out=cfg.num_experts, count=cfg.expert_hidden // n, top_k=cfg.top_k, mult2=int(t[g + "mult"]),
                   shift2=int(t[g + "shift"]), **region("ln", "src"), **region("residual", "dst"),
                   **region("hidden", "aux"))
+        # The layer's routing, while the recorder holds it (the next gate overwrites it).
+        routes = self.routing
+        self.emit(op=Op.ROUTES, rows=cfg.tokens, count=routes.layer_bytes // BEAT_BYTES,
+                  dram0=routing_offset(cfg.tokens * cfg.dim * 2)
+                  + routes.layer_offset(cfg.moe_layers.index(step.layer)))
 
 
 def compile_frame(artifact, cap: Capacity):
@@ -327,7 +346,7 @@ def compile_frame(artifact, cap: Capacity):
     blob[:BEAT_BYTES] = encode(Header, {"magic": PROGRAM_MAGIC, "count": len(instrs), "program": prog}, BEAT_BYTES)
     return Frame(weights=bytes(blob), instructions=instrs, output_bytes=cfg.tokens * cfg.dim * 2,
                  regions=c.regions, act_words=c.act_words, dense_bytes=c.dense, gate_bytes=c.gate_bytes,
-                 expert_bytes=c.expert_bytes, program_offset=prog)
+                 expert_bytes=c.expert_bytes, program_offset=prog, routing=c.routing)
 
 
 def encode_instr(fields):

@@ -38,6 +38,7 @@ class Op(enum.IntEnum, shape=4):
     GEMM = 5            # region x DRAM tiles -> region (write, residual add, or fused GELU)
     ATTENTION = 6       # one head: QK^T, softmax, A.V
     MOE = 7             # gate, top-k, queues, the active experts, weighted combine
+    ROUTES = 8          # the last MOE's expert choices (routing recorder) -> DRAM at output_base + dram0
 
 
 class OutMode(enum.IntEnum, shape=2):
@@ -75,7 +76,7 @@ Instr = data.StructLayout({
     "mult": 16, "shift": 6,
     "mult2": 16, "shift2": 6,
     "eps": 48,
-    "count": 16,                    # experts (MOE), patches per row (LOAD_PATCHES)
+    "count": 16,                    # experts (MOE), patches per row (LOAD_PATCHES), beats (ROUTES)
     "top_k": 4,
 })
 INSTR_BYTES = -(-Instr.size // (8 * BEAT_BYTES)) * BEAT_BYTES

@@ -38,7 +38,7 @@ class Sequencer(wiring.Component):
     per tile onto the descriptor stream of every unit the phase uses (all in one cycle, when all
     of them are ready) and one :data:`~gateware.phase.Fetch` per weight tile; then it waits at a
     barrier until every tile has retired. Instructions that only move data (LOAD16,
-    LOAD_PATCHES, STORE16, LayerNorm parameters) it runs itself over the DMA.
+    LOAD_PATCHES, STORE16, LayerNorm parameters, ROUTES) it runs itself over the DMA.
 
     Parameters
     ----------
@@ -76,6 +76,9 @@ class Sequencer(wiring.Component):
         Activation-memory writes of LOAD16 and LOAD_PATCHES; they take the port from the writer.
     store : In(stream.Signature({"data": ArrayLayout(signed(16), lanes), "last": 1}))
         The A reader's words during STORE16.
+    routes : In(stream.Signature(unsigned(8 * BEAT_BYTES)))
+        The routing recorder's beats (``gateware.routing.RoutingRecorder``), taken during
+        ROUTES: as many as the instruction's ``count``, to DRAM at ``output_base + dram0``.
     experts, read, queue, clear
         The expert queue builder's ports, flipped; ``queue_write`` copies the current expert's
         queue into the queue memory the A reader and the combine read.
@@ -109,6 +112,7 @@ class Sequencer(wiring.Component):
             "wr_busy": In(1),
             "act_write": Out(stream.Signature(act_write_layout(N), always_ready=True)),
             "store": In(stream.Signature(word)),
+            "routes": In(stream.Signature(unsigned(DATA_WIDTH))),
             "experts": In(queues.members["experts"].signature),
             "read": Out(queues.members["read"].signature.flip()),
             "queue": In(queues.members["queue"].signature),
@@ -370,7 +374,32 @@ class _DataStates(_Settings):
                     m.next = "ISSUE"
 
 
-class _Build(_PhaseStates, _DataStates):
+class _RouteStates(_Settings):
+    """ROUTES: the routing recorder's beats to DRAM."""
+
+    def _routes(self):
+        """One write command of ``count`` beats at ``output_base + dram0``, the recorder's words
+        as its data; then the write's end (STORE_WAIT), so that a frame's routing is in DRAM
+        when the host sees done, whichever instruction comes last."""
+        m, seq, r, ins = self.m, self.seq, self.r, self.ins
+        with m.State("ROUTES_CMD"):
+            m.d.comb += [seq.wr_cmd.valid.eq(1), seq.wr_cmd.payload.addr.eq(seq.output_base + ins.dram0),
+                         seq.wr_cmd.payload.beats.eq(ins.count)]
+            with m.If(seq.wr_cmd.ready):
+                m.d.sync += r.word.eq(0)
+                m.next = "ROUTES_DATA"
+        with m.State("ROUTES_DATA"):
+            routes = seq.routes
+            m.d.comb += [seq.wr_data.valid.eq(routes.valid), seq.wr_data.payload.eq(routes.payload),
+                         routes.ready.eq(seq.wr_data.ready)]
+            with m.If(routes.valid & seq.wr_data.ready):
+                m.d.sync += r.word.eq(r.word + 1)
+                # The beat count is the instruction's, so the DMA gets exactly the beats it was promised.
+                with m.If(r.word == ins.count - 1):
+                    m.next = "STORE_WAIT"
+
+
+class _Build(_PhaseStates, _DataStates, _RouteStates):
     """The sequencer's registers and its FSM, one method per group of states."""
 
     def __init__(self, seq, m):
@@ -427,6 +456,7 @@ class _Build(_PhaseStates, _DataStates):
             self._moe()
             self._loads()
             self._store_and_layernorm()
+            self._routes()
 
     def _descriptors(self):
         """The tile and fetch descriptors the ISSUE state pushes, and the MoE prefetch."""
@@ -549,6 +579,8 @@ class _Build(_PhaseStates, _DataStates):
                     m.next = "ATT_QK"
                 with m.Case(Op.MOE):
                     m.next = "MOE_GATE"
+                with m.Case(Op.ROUTES):
+                    m.next = "ROUTES_CMD"
                 with m.Default():
                     m.next = "FAULT"
 

@@ -54,6 +54,7 @@ from .reader import TileReader
 from .records import ADDR_BITS, BEAT_BYTES
 from .residual import ResidualReader
 from .router import Router
+from .routing import RoutingRecorder
 from .sequencer import Sequencer
 from .stream_queue import StreamQueue
 from .writer import Writer
@@ -75,7 +76,7 @@ class Accelerator(wiring.Component):
     Attributes
     ----------
     axi : Out(AXI4Signature(addr_width=40, data_width=128))
-        Weights, program and image in; features out.
+        Weights, program and image in; features and each MoE layer's expert routing out.
     ctrl : In(AXI4LiteSignature(addr_width=12, data_width=32))
         ``gateware.control.ControlRegisters``: start, busy/done, task, base addresses, cycle and
         stall counters. A stall cycle is one in which the MAC array waits for a weight tile that
@@ -105,6 +106,12 @@ class Accelerator(wiring.Component):
         m.submodules.router = router = Router(N, cap.num_experts, cap.top_k, cap.max_tokens)
         m.submodules.queues = queues = ExpertQueueBuilder(cap.num_experts, cap.max_tokens, cap.top_k)
         wiring.connect(m, router.o, queues.i)
+        # The routing recorder watches the router's tokens go into the queues; ROUTES writes them out.
+        m.submodules.routing = routing = RoutingRecorder(cap.max_tokens, cap.num_experts, cap.top_k, BEAT_BYTES)
+        m.d.comb += [routing.i.valid.eq(router.o.valid & router.o.ready),
+                     routing.i.payload.token.eq(router.o.payload.token),
+                     routing.i.payload.expert.eq(router.o.payload.expert),
+                     routing.i.payload.last.eq(router.o.payload.last)]
 
         m.submodules.seq = seq = Sequencer(cap, queues=queues.signature,
                                            ln_params=ln.signature.members["params"].signature)
@@ -141,6 +148,7 @@ class Accelerator(wiring.Component):
         wiring.connect(m, mac.o, cols.i)
         wiring.connect(m, cols.router, router.i)
         wiring.connect(m, ln.o, cols.ln)
+        wiring.connect(m, routing.o, seq.routes)
         wiring.connect(m, res.o, cols.residual)
         wiring.connect(m, cols.o, writer.i)
         m.d.comb += [router.gate_mult.eq(fetcher.gate_mult), router.gate_shift.eq(fetcher.gate_shift)]

@@ -18,7 +18,7 @@ from runtime.regs import Reg
 from .session import ENGINES, open_session
 
 __all__ = ["FrameResult", "SimulationError", "dram_layout", "simulate_frame", "simulate_frames", "useful_macs",
-           "array_cycles", "frame_report"]
+           "array_cycles", "frame_report", "golden_routing"]
 
 #: Cycles between status polls; a poll is two register reads (Verilator: cheap to run far ahead).
 _POLL = 512
@@ -49,6 +49,9 @@ class FrameResult:
     read_log : list of (int, int) or None
         Every read burst as ``(byte address, bytes)`` relative to the weights base (pysim only;
         ``None`` under Verilator, whose DRAM model counts but does not log).
+    routing : ndarray or None
+        uint8 expert ids ``[moe_layers, tokens, top_k]`` the accelerator wrote (first choice
+        first), as ``runtime.layout.RoutingLayout`` lays them out.
     """
 
     output: np.ndarray
@@ -60,11 +63,12 @@ class FrameResult:
     wall_seconds: float
     frame: object
     read_log: list = None
+    routing: np.ndarray = None
 
 
 def dram_layout(frame, image_bytes):
-    """Byte addresses of the weights, image and output, and the DRAM size (``runtime.layout``'s)."""
-    return tuple(_region_layout(len(frame.weights), image_bytes, frame.output_bytes))
+    """Byte addresses of the weights, image, output and routing, and the DRAM size (``runtime.layout``'s)."""
+    return tuple(_region_layout(len(frame.weights), image_bytes, frame.output_bytes, frame.routing.size))
 
 
 def _register_writes(task, weights, image, output):
@@ -136,7 +140,7 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
     cap = cap or Capacity.for_config(cfg, lanes)
     frame = compile_frame(artifact, cap)
     image = pixels.astype(np.int8).tobytes()
-    w_addr, i_addr, o_addr, size = dram_layout(frame, len(image))
+    w_addr, i_addr, o_addr, r_addr, size = dram_layout(frame, len(image))
     contents = [(w_addr, frame.weights), (i_addr, image)]
     setup = _register_writes(tasks[0], w_addr, i_addr, o_addr)[:-2]
     writes = [[(Reg.TASK, task), (Reg.CONTROL, 1)] for task in tasks]
@@ -165,10 +169,11 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
             stalls = session.read(Reg.STALLS_LO)
             stalls |= session.read(Reg.STALLS_HI) << 32
             output = np.frombuffer(dram.read(o_addr, frame.output_bytes), dtype="<i2")
+            routing = frame.routing.decode(dram.read(r_addr, frame.routing.size))
             results.append(FrameResult(output.reshape(cfg.tokens, cfg.dim).astype(np.int64), cycles, stalls,
                                        dram.bytes_read - read, dram.bytes_written - written, engine,
                                        time.perf_counter() - start, frame,
-                                       None if logged is None else dram.read_log[logged:]))
+                                       None if logged is None else dram.read_log[logged:], routing))
     finally:
         session.close()
     return results
@@ -236,7 +241,8 @@ def frame_report(artifact, task, result, golden, cap):
     trace = {}
     for step, data in golden.trace:
         trace.setdefault(step.layer, {}).update(data)
-    minimum = frame.dense_bytes + cfg.in_chans * cfg.image_height * cfg.image_width + frame.output_bytes
+    minimum = (frame.dense_bytes + cfg.in_chans * cfg.image_height * cfg.image_width + frame.output_bytes
+               + frame.routing.size)
     for layer in cfg.moe_layers:
         active = [int(e) for e in trace[layer]["experts_run"]]
         experts_run.append({"layer": layer, "experts": active, "count": len(active)})
@@ -248,6 +254,9 @@ def frame_report(artifact, task, result, golden, cap):
     macs = useful_macs(cfg, queued)
     tile_cycles = array_cycles(cfg, n, counts)
     mismatches = int(np.count_nonzero(result.output != golden.output))
+    routing = golden_routing(cfg, golden)
+    # Tokens (per MoE layer) whose recorded experts differ from golden's, in rank order.
+    routing_mismatches = int(np.count_nonzero((result.routing != routing).any(axis=-1)))
     return {
         "config": cfg.name, "task": task, "engine": result.engine, "lanes": n,
         "bit_exact": mismatches == 0, "mismatches": mismatches,
@@ -258,5 +267,14 @@ def frame_report(artifact, task, result, golden, cap):
         "tile_fill": macs / (n * n * tile_cycles),
         "dram_bytes": result.dram_read + result.dram_written, "dram_bytes_read": result.dram_read,
         "dram_bytes_written": result.dram_written, "dram_bytes_min": minimum,
-        "experts_run": experts_run, "wall_seconds": result.wall_seconds,
+        "experts_run": experts_run, "routing_matches": routing_mismatches == 0,
+        "routing_mismatches": routing_mismatches, "wall_seconds": result.wall_seconds,
     }
+
+
+def golden_routing(cfg, golden):
+    """Golden's expert choices of a frame, ``[moe_layers, tokens, top_k]`` in rank order: what the
+    accelerator writes to its routing region (``golden``: a ``golden.backbone.GoldenRun``)."""
+    experts = {step.layer: data["experts"] for step, data in golden.trace if "experts" in data}
+    return np.array([experts[layer] for layer in cfg.moe_layers], dtype=np.int64).reshape(
+        len(cfg.moe_layers), cfg.tokens, cfg.top_k)

@@ -14,7 +14,7 @@ from gateware.program import Capacity, CapacityError, Op, check_capacity, compil
 from model.config import get_config
 from model.quantize import calibration_images, quantize_model
 from model.weights import default_image, default_weights, image_to_pixels, load_image, load_weight_folder
-from sim.accelerator import frame_report, simulate_frame, simulate_frames
+from sim.accelerator import frame_report, golden_routing, simulate_frame, simulate_frames
 
 
 def _artifact(cfg):
@@ -40,7 +40,14 @@ def test_tiny_frame_bit_exact_pysim(tiny):
     # Each weight byte the frame needs streams about once (plus the program and the gate's
     # re-reads); measured 1.0x-1.1x, see the README.
     assert report["dram_bytes_min"] <= report["dram_bytes"] <= 1.25 * report["dram_bytes_min"]
-    assert result.dram_written == artifact.config.tokens * artifact.config.dim * 2
+    # The features, and per MoE layer a block of whole beats of routing records.
+    cfg = artifact.config
+    assert result.dram_written == cfg.tokens * cfg.dim * 2 + result.frame.routing.size
+    assert result.frame.routing.size == len(cfg.moe_layers) * -(-cfg.tokens * 2 // 16) * 16
+    # The expert choices the accelerator wrote to DRAM are golden's, token for token, in rank order.
+    assert result.routing.dtype == np.uint8 and result.routing.shape == (len(cfg.moe_layers), cfg.tokens, cfg.top_k)
+    assert np.array_equal(result.routing, golden_routing(cfg, golden))
+    assert report["routing_matches"] and report["routing_mismatches"] == 0
 
 
 def test_capacity_errors(tiny):
@@ -95,6 +102,8 @@ def test_dram_cost_follows_experts_used(experts):
         trace.setdefault(step.layer, {}).update(data)
     # Per output channel an 8-byte parameter record plus one int8 weight per input: fc1 + fc2.
     per_expert = cfg.expert_hidden * (8 + cfg.dim) + cfg.dim * (8 + cfg.expert_hidden)
+    # Expert ids up to 63 recorded as bytes, equal to golden's.
+    assert np.array_equal(result.routing, golden_routing(cfg, golden))
     fetched = _expert_bytes_read(result)
     assert len(fetched) == len(cfg.moe_layers)
     for layer, read in zip(cfg.moe_layers, fetched):
@@ -115,6 +124,7 @@ def _check_frames(artifact, pixels, tasks, engine, **kwargs):
         report = frame_report(artifact, task, result, golden, cap)
         assert report["dram_bytes_min"] <= report["dram_bytes"] <= 1.1 * report["dram_bytes_min"]
         assert 0 < report["mac_utilization"] < 1
+        assert report["routing_matches"], f"task {task}: {report['routing_mismatches']} tokens' experts differ"
     return results
 
 

@@ -52,7 +52,8 @@ def _bundle(args):
         raise UserError(str(err)) from None
     try:
         write_bundle(out, config=dataclasses.asdict(cfg) | {"tokens": cfg.tokens}, capacity=dataclasses.asdict(cap),
-                     frame=frame.weights, output_scale=artifact.scales["residual"], bitstream=args.bitstream,
+                     frame=frame.weights, output_scale=artifact.scales["residual"], moe_layers=cfg.moe_layers,
+                     bitstream=args.bitstream,
                      note={"weights": str(weights.source), "artifact": args.artifact})
     except OSError as err:
         raise UserError(f"cannot write the bundle to {out}: {err.strerror}") from None
@@ -114,6 +115,12 @@ def _run(args):
         raise UserError(f"--timeout must be positive, not {args.timeout}")
     if args.out:
         _check_out(args.out)
+    if args.routing_layer is not None and not args.routing_map:
+        raise UserError("--routing-layer applies only with --routing-map")
+    if args.routing_map:
+        from cli.routing_map import check_layer, check_map_path
+
+        check_map_path(args.routing_map)
     try:
         bundle = Bundle.load(args.bundle)
         tasks = bundle.config["num_tasks"]
@@ -121,6 +128,7 @@ def _run(args):
             if not 0 <= task < tasks:
                 raise UserError(f"unknown task {task}: bundle {args.bundle} (config {bundle.name!r}) has tasks "
                                 f"0..{tasks - 1}")
+        map_layer = check_layer(bundle, args.routing_layer) if args.routing_map else None
         pixels = load_image(args.image, bundle.input_shape)
         where = "the simulated accelerator" if args.simulate else "the board"
         print(f"bundle {bundle.path}: config {bundle.name}, build {bundle.capacity['lanes']}x"
@@ -143,6 +151,10 @@ def _run(args):
         for f in results:
             arrays[f"features_task{f.task}"] = f.raw
             arrays[f"values_task{f.task}"] = f.values
+            if f.routing is not None:
+                arrays[f"routing_task{f.task}"] = f.routing
+        if bundle.routing is not None:
+            arrays["moe_layers"] = np.array(bundle.routing["moe_layers"], dtype=np.int64)
         out = Path(args.out)
         # Write beside and rename, so that an interrupted write leaves no half file under the name.
         partial = out.with_name(out.name + ".partial")
@@ -154,6 +166,11 @@ def _run(args):
             partial.unlink(missing_ok=True)
             raise UserError(f"cannot write {out}: {err.strerror}") from None
         print(f"wrote {out}")
+    if args.routing_map:
+        from cli.routing_map import draw_routing_map
+
+        draw_routing_map(args.routing_map, pixels, results, bundle, map_layer)
+        print(f"wrote {args.routing_map} (layer {map_layer})")
     return 0
 
 
@@ -183,5 +200,12 @@ def register(sub):
     p.add_argument("--timeout", type=float, default=1.0,
                    help="seconds of accelerator time a frame may take (default 1; simulated time at 300 MHz "
                         "with --simulate)")
-    p.add_argument("--out", metavar="FILE.npz", help="write features (int16 and float32), cycles and stalls")
+    p.add_argument("--out", metavar="FILE.npz", help="write features (int16 and float32), cycles, stalls and "
+                                                     "the expert routing (routing_task<N>: [MoE layers, tokens, "
+                                                     "top-k] expert ids, first choice first; moe_layers)")
+    p.add_argument("--routing-map", metavar="FILE.png",
+                   help="draw the image with each patch coloured by its first-choice expert, one panel per "
+                        "task, and the tokens per expert of every MoE layer (needs matplotlib)")
+    p.add_argument("--routing-layer", type=int, metavar="L",
+                   help="with --routing-map: the MoE layer to draw (a layer number, default the first MoE layer)")
     p.set_defaults(handler=_run)

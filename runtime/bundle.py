@@ -10,8 +10,9 @@ A bundle is a folder::
 ``manifest.json`` holds the bundle format and version, the model config (``config``: name and
 the sizes the host needs), the accelerator build it was compiled for (``capacity``: the fields of
 ``gateware.program.Capacity``), the register-map version it was compiled against, the input
-(``input``: shape, int8) and output (``output``: shape, int16, ``scale`` for dequantisation), and
-per file its size and sha256.
+(``input``: shape, int8) and output (``output``: shape, int16, ``scale`` for dequantisation), the
+expert routing the accelerator writes (``routing``: the MoE layers, ``top_k``, ``num_experts`` and
+the ``patch`` size that places a token on the image), and per file its size and sha256.
 """
 
 import hashlib
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BundleError
+from .layout import RoutingLayout
 from .regs import CAPACITY_FIELDS, VERSION
 
 __all__ = ["Bundle", "write_bundle", "MANIFEST", "FRAME_FILE", "BUNDLE_FORMAT", "BUNDLE_VERSION"]
@@ -65,6 +67,9 @@ class Bundle:
         The frame image.
     bitstream : pathlib.Path or None
         ``top.bit`` when the bundle has one.
+    routing : dict or None
+        ``moe_layers`` (list of layer numbers), ``top_k``, ``num_experts``, ``patch``; ``None``
+        for a bundle made before the accelerator wrote its routing.
     """
 
     path: Path
@@ -74,6 +79,7 @@ class Bundle:
     output_scale: float
     frame: bytes
     bitstream: Path = None
+    routing: dict = None
 
     @property
     def input_shape(self):
@@ -85,6 +91,13 @@ class Bundle:
     def output_shape(self):
         """Shape ``(tokens, dim)`` of the int16 features."""
         return (self.config["tokens"], self.config["dim"])
+
+    @property
+    def routing_layout(self):
+        """Where the accelerator writes the routing (``runtime.layout.RoutingLayout``); 0 layers
+        when the model has no MoE layer or the bundle predates the routing."""
+        r = self.routing or {"moe_layers": [], "top_k": 1}
+        return RoutingLayout(len(r["moe_layers"]), self.config["tokens"], r["top_k"])
 
     @property
     def name(self):
@@ -122,6 +135,10 @@ class Bundle:
             capacity = {name: int(manifest["capacity"][name]) for name in CAPACITY_FIELDS}
             register_map = tuple(int(v) for v in manifest["register_map"])
             output_scale = float(manifest["output"]["scale"])
+            routing = manifest.get("routing")
+            if routing is not None:
+                routing = {"moe_layers": [int(v) for v in routing["moe_layers"]], "top_k": int(routing["top_k"]),
+                           "num_experts": int(routing["num_experts"]), "patch": int(routing["patch"])}
         except (KeyError, TypeError, ValueError) as err:
             raise BundleError(f"{manifest_path} lacks or garbles an entry ({err})") from None
         if FRAME_FILE not in files:
@@ -138,10 +155,10 @@ class Bundle:
                 raise BundleError(f"bundle {path}: {name} does not match its sha256 in the manifest (corrupt)")
         frame = (path / FRAME_FILE).read_bytes()
         bitstream = path / "top.bit" if "top.bit" in files else None
-        return cls(path, config, capacity, register_map, output_scale, frame, bitstream)
+        return cls(path, config, capacity, register_map, output_scale, frame, bitstream, routing)
 
 
-def write_bundle(out, *, config, capacity, frame, output_scale, bitstream=None, note=None):
+def write_bundle(out, *, config, capacity, frame, output_scale, moe_layers=(), bitstream=None, note=None):
     """Write a bundle into folder ``out`` (created if needed) and return its path.
 
     Parameters
@@ -155,6 +172,9 @@ def write_bundle(out, *, config, capacity, frame, output_scale, bitstream=None, 
         The compiled frame image.
     output_scale : float
         Real value of one least significant bit of the features.
+    moe_layers : sequence of int
+        The model's MoE layers, in order: one routing block each (needs ``top_k``,
+        ``num_experts`` and ``patch`` in ``config``).
     bitstream : str or pathlib.Path, optional
         ``top.bit`` to include; its ``top.hwh`` (same folder, same stem) comes along when present.
     note : dict, optional
@@ -180,6 +200,8 @@ def write_bundle(out, *, config, capacity, frame, output_scale, bitstream=None, 
         "register_map": list(VERSION),
         "input": {"shape": [config["in_chans"], config["image_height"], config["image_width"]], "dtype": "int8"},
         "output": {"shape": [config["tokens"], config["dim"]], "dtype": "int16", "scale": float(output_scale)},
+        "routing": {"moe_layers": [int(v) for v in moe_layers], "top_k": int(config["top_k"]),
+                    "num_experts": int(config["num_experts"]), "patch": int(config["patch"])},
         "files": files,
     }
     if note:

@@ -31,6 +31,12 @@ class Features:
     cycles, stalls : int
         The accelerator's counters for the frame: cycles from start to done, and cycles the MAC
         array waited for DRAM.
+    routing : ndarray or None
+        uint8 ``[moe_layers, tokens, top_k]``: per MoE layer, each token's experts in rank order
+        (first choice first), as the accelerator wrote them; ``None`` for a bundle made before
+        the accelerator wrote its routing.
+    moe_layers : tuple of int
+        The layer number of each row of ``routing``.
     """
 
     task: int
@@ -38,6 +44,8 @@ class Features:
     values: np.ndarray
     cycles: int
     stalls: int
+    routing: np.ndarray = None
+    moe_layers: tuple = ()
 
     @property
     def latency_ms(self):
@@ -75,7 +83,8 @@ class Accelerator:
         b = self.bundle
         self._image_bytes = int(np.prod(b.input_shape))
         self._output_bytes = 2 * int(np.prod(b.output_shape))
-        self.layout = dram_layout(len(b.frame), self._image_bytes, self._output_bytes)
+        self._routing = b.routing_layout
+        self.layout = dram_layout(len(b.frame), self._image_bytes, self._output_bytes, self._routing.size)
         backend.open(b, self.layout.size)
         try:
             self._check_build()
@@ -127,6 +136,7 @@ class Accelerator:
         Returns
         -------
         Features
+            With the frame's expert routing when the bundle describes it.
 
         Raises
         ------
@@ -162,7 +172,11 @@ class Accelerator:
         raw = np.frombuffer(be.read_memory(self.layout.output, self._output_bytes), dtype="<i2")
         raw = raw.reshape(self.bundle.output_shape).astype(np.int16)
         values = (raw.astype(np.float64) * self.bundle.output_scale).astype(np.float32)
-        return Features(int(task), raw, values, cycles, stalls)
+        routing, layers = None, ()
+        if self.bundle.routing is not None:
+            routing = self._routing.decode(be.read_memory(self.layout.routing, self._routing.size))
+            layers = tuple(self.bundle.routing["moe_layers"])
+        return Features(int(task), raw, values, cycles, stalls, routing, layers)
 
     def close(self):
         """Release the DRAM buffer and the simulation, if any."""

@@ -23,6 +23,7 @@ from model.weights import default_image, default_weights, image_to_pixels
 from runtime import Accelerator, BuildMismatchError, InputError, PynqBackend
 from runtime.image import pixels_from_image
 from runtime.regs import CAPACITY_FIELDS, CAPACITY_REGS, CONTROL_START, CTRL_BASE, ID_VALUE, VERSION, Reg
+from sim.accelerator import golden_routing
 from sim.axil import axil_read
 from sim.session import PysimSession
 from tests.cli_helpers import run_m3vit
@@ -46,8 +47,10 @@ def tiny(tmp_path_factory):
                   str(tmp / "top.bit"), "--out", str(tmp / "bundle"))
     assert r.returncode == 0, r.stderr
     pixels = image_to_pixels(image)
-    golden = {task: run_backbone(artifact, pixels, task).output for task in range(cfg.num_tasks)}
-    return {"dir": tmp, "bundle": tmp / "bundle", "image": tmp / "image.npy", "golden": golden,
+    runs = {task: run_backbone(artifact, pixels, task) for task in range(cfg.num_tasks)}
+    return {"dir": tmp, "bundle": tmp / "bundle", "image": tmp / "image.npy",
+            "golden": {task: run.output for task, run in runs.items()},
+            "routing": {task: golden_routing(cfg, run) for task, run in runs.items()},
             "scale": artifact.scales["residual"], "cap": Capacity.for_config(cfg, 8)}
 
 
@@ -58,19 +61,35 @@ def test_bundle_contents(tiny):
     assert manifest["capacity"] == dataclasses.asdict(tiny["cap"])
     assert tuple(manifest["register_map"]) == VERSION
     assert manifest["output"]["scale"] == tiny["scale"]
+    cfg = get_config("tiny")
+    assert manifest["routing"] == {"moe_layers": cfg.moe_layers, "top_k": cfg.top_k, "num_experts": cfg.num_experts,
+                                   "patch": cfg.patch}
     assert set(manifest["files"]) == {"frame.bin", "top.bit", "top.hwh"}
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((b / name).read_bytes()).hexdigest() == entry["sha256"]
 
 
 def test_run_simulated_both_tasks_bit_exact(tiny):
-    out = tiny["dir"] / "features.npz"
+    """Features and routing equal golden's for both tasks on one load; the routing map drawn
+    from the same run."""
+    out, picture = tiny["dir"] / "features.npz", tiny["dir"] / "routing.png"
     r = run_m3vit("run", "--bundle", str(tiny["bundle"]), "--image", str(tiny["image"]), "--task", "0", "1",
-                  "--simulate", "--engine", "pysim", "--out", str(out))
+                  "--simulate", "--engine", "pysim", "--out", str(out), "--routing-map", str(picture))
     assert r.returncode == 0, r.stderr
     assert "TASK register only" in r.stdout
+    assert f"wrote {picture} (layer 1)" in r.stdout
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 10_000
+    assert not list(tiny["dir"].glob("*.partial"))
     with np.load(out) as f:
         assert list(f["tasks"]) == [0, 1]
+        assert list(f["moe_layers"]) == get_config("tiny").moe_layers
+        for task in (0, 1):
+            routing = f[f"routing_task{task}"]
+            assert routing.dtype == np.uint8 and routing.shape == tiny["routing"][task].shape
+            wrong = np.argwhere((routing != tiny["routing"][task]).any(axis=-1))
+            assert wrong.size == 0, f"task {task}: (layer, token) {wrong[:3].tolist()} routed unlike golden"
+        # What the map is there to show: the two tasks' gates route the same image differently.
+        assert not np.array_equal(f["routing_task0"], f["routing_task1"])
         for i, task in enumerate((0, 1)):
             raw = f[f"features_task{task}"]
             assert raw.dtype == np.int16
@@ -153,6 +172,7 @@ def test_pynq_backend_through_stand_in(tiny):
         assert pynq.writes == [(Reg.TASK, 1), (Reg.CONTROL, CONTROL_START)]
     assert pynq.freed
     assert np.array_equal(features.raw, tiny["golden"][1])
+    assert np.array_equal(features.routing, tiny["routing"][1]) and features.moe_layers == (1,)
     assert features.values.dtype == np.float32 and features.cycles > 0
 
 
@@ -289,6 +309,11 @@ def _truncate(bundle):
     ("engine without simulate", {"--engine": ["pysim"]}, "apply only with --simulate"),
     ("another build", {"--simulate": [], "--sim-lanes": ["16"]}, "was compiled for the build [lanes=8 "),
     ("timeout", {"--simulate": [], "--timeout": ["1e-6"]}, "did not finish task 0 within 1e-06 s"),
+    ("map layer", {"--routing-map": ["{tmp}/map.png"], "--routing-layer": ["0"]},
+     "--routing-layer 0 is not a MoE layer of config 'tiny'; its MoE layers are 1"),
+    ("map suffix", {"--routing-map": ["{tmp}/map.jpg"]}, "--routing-map {tmp}/map.jpg must name a .png file"),
+    ("map folder", {"--routing-map": ["{tmp}/no/such/map.png"]}, "its folder is missing"),
+    ("layer without map", {"--routing-layer": ["1"]}, "--routing-layer applies only with --routing-map"),
 ])
 def test_run_bad_input(tiny, tmp_path, case, args, message):
     bundle = tmp_path / "bundle"
@@ -299,6 +324,6 @@ def test_run_bad_input(tiny, tmp_path, case, args, message):
             "--out": [str(tmp_path / "f.npz")]} | args
     r = run_m3vit("run", *[a.format(tmp=tmp_path) for flag, values in argv.items() for a in (flag, *values)])
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert message in r.stderr, r.stderr
+    assert message.format(tmp=tmp_path) in r.stderr, r.stderr
     assert "Traceback" not in r.stderr + r.stdout and len(r.stderr.strip().splitlines()) == 1
-    assert not list(tmp_path.glob("**/f.npz*"))
+    assert not list(tmp_path.glob("**/f.npz*")) and not list(tmp_path.glob("**/map.*"))

@@ -26,6 +26,10 @@ class RoutingRecorder(wiring.Component):
     Words past the layer's last token hold what earlier layers left there (zero after
     configuration, for a fixed token count).
 
+    Its twin is ``runtime.layout.RoutingLayout.encode`` (the layout the host decodes, in numpy;
+    the layout is the whole specification, so it has no separate file in ``golden/``), and the
+    expert ids are golden's ``route`` indices (``golden/moe.py``) in the top-k unit's order.
+
     Parameters
     ----------
     max_tokens : int

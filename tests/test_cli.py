@@ -82,9 +82,10 @@ def test_perf_json_tiny_pysim(tmp_path):
     assert "BIT-EXACT" in r.stdout
     report = json.loads(out.read_text())
     for key in ("cycles", "latency_ms_at_300mhz", "mac_utilization", "dram_bytes", "dram_bytes_min",
-                "experts_run", "engine"):
+                "experts_run", "engine", "routing_matches", "routing_mismatches"):
         assert key in report
     assert report["engine"] == "pysim" and report["bit_exact"]
+    assert report["routing_matches"] and "routing written to DRAM: 0 tokens' experts differ" in r.stdout
     assert report["latency_ms_at_300mhz"] == pytest.approx(report["cycles"] / 300e3)
     assert report["dram_bytes_min"] <= report["dram_bytes"]
     assert report["mac_utilization"] == pytest.approx(report["tile_fill"] * report["array_busy_fraction"])

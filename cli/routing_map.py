@@ -53,18 +53,24 @@ def _colours(num_experts):
     import matplotlib
     from matplotlib.colors import ListedColormap
 
-    if num_experts <= _DISTINCT:
-        base = matplotlib.colormaps["tab20"]
+    if num_experts <= 10:
+        base = matplotlib.colormaps["tab10"]
         return ListedColormap([base(i) for i in range(num_experts)], name="experts")
+    if num_experts <= _DISTINCT:
+        # tab20's strong colours first, then their light partners.
+        base = matplotlib.colormaps["tab20"]
+        order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+        return ListedColormap([base(i) for i in order[:num_experts]], name="experts")
     return ListedColormap(matplotlib.colormaps["turbo"](np.linspace(0, 1, num_experts)), name="experts")
 
 
-def _rgb(pixels):
-    """int8 pixels ``[C, H, W]`` as an image matplotlib shows: ``[H, W, 3]`` in [0, 1]."""
+def _gray(pixels):
+    """int8 pixels ``[C, H, W]`` as a grey ``[H, W]`` image in [0, 1]: under the expert colours,
+    the image's own colours would read as experts."""
     x = (np.asarray(pixels, dtype=np.float64) + 128.0) / 255.0
     if x.shape[0] >= 3:
-        return x[:3].transpose(1, 2, 0)
-    return np.repeat(x[:1], 3, axis=0).transpose(1, 2, 0)
+        return 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+    return x[0]
 
 
 def draw_routing_map(path, pixels, results, bundle, layer):
@@ -85,19 +91,20 @@ def draw_routing_map(path, pixels, results, bundle, layer):
     c, h, w = pixels.shape
     grid = (h // patch, w // patch)
     cmap = _colours(experts)
-    image = _rgb(pixels)
+    image = _gray(pixels)
     counts = [np.stack([np.bincount(f.routing[i].ravel(), minlength=experts) for i in range(len(layers))])
               for f in results]
     top = max(int(max(cnt.max() for cnt in counts)), 1)
 
     n = len(results)
     panel_w = max(3.5, min(8.0, 3.0 * w / h))
-    fig, axes = plt.subplots(2, n, figsize=(panel_w * n + 1.5, panel_w * h / w + 0.6 * len(layers) + 2.5),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(2, n, figsize=(panel_w * n + 1.5, panel_w * h / w + 0.45 * len(layers) + 2.2),
+                             squeeze=False, layout="constrained",
+                             gridspec_kw={"height_ratios": [panel_w * h / w, 0.45 * len(layers) + 0.8]})
     for ax, f in zip(axes[0], results):
         first = f.routing[row, 1:, 0].reshape(grid)       # token 0 is the class token, not a patch
-        ax.imshow(image, interpolation="nearest")
-        shown = ax.imshow(first, cmap=cmap, vmin=-0.5, vmax=experts - 0.5, alpha=0.5, interpolation="nearest",
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest", extent=(0, w, h, 0))
+        shown = ax.imshow(first, cmap=cmap, vmin=-0.5, vmax=experts - 0.5, alpha=0.55, interpolation="nearest",
                           extent=(0, w, h, 0))
         if grid[0] * grid[1] <= 512:
             for (y, x), e in np.ndenumerate(first):

@@ -43,12 +43,16 @@ def _units():
         from .expert_queue import ExpertQueueBuilder
         return ExpertQueueBuilder(cfg.num_experts, cfg.tokens, cfg.top_k)
 
+    def routing():
+        from .routing import RoutingRecorder
+        return RoutingRecorder(cfg.tokens, cfg.num_experts, cfg.top_k)
+
     def control():
         from .control import ControlRegisters
         return ControlRegisters()
 
     return {f.__name__: f for f in (mac_array, postprocess, softmax, gelu, layernorm, topk, expert_queue,
-                                    control)}
+                                    routing, control)}
 
 
 #: Unit name -> zero-argument factory.

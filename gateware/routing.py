@@ -43,9 +43,10 @@ class RoutingRecorder(wiring.Component):
 
     Attributes
     ----------
-    i : In(stream.Signature(StructLayout({"token": range(max_tokens), "expert": ArrayLayout(range(num_experts), k), "last": 1}), always_ready=True))
+    i : In(stream.Signature(StructLayout({"token": range(max_tokens), "expert": ArrayLayout(range(num_experts), k), "last": 1})))
         The router's output as the expert queues take it (``valid`` is a transfer there): one
-        token's experts in rank order, ``last`` on the layer's final token.
+        token's experts in rank order, ``last`` on the layer's final token. Always ready (it
+        is a tap; ``ready`` is a port rather than ``always_ready`` so the unit synthesises alone).
     o : Out(stream.Signature(unsigned(8 * beat_bytes)))
         The completed layer's words from word 0; byte ``j`` of a word is bits ``8j..8j+7``
         (little-endian, as DRAM stores a beat).
@@ -69,7 +70,7 @@ class RoutingRecorder(wiring.Component):
                 "token": range(max_tokens),
                 "expert": data.ArrayLayout(range(num_experts), k),
                 "last": 1,
-            }), always_ready=True)),
+            }))),
             "o": Out(stream.Signature(unsigned(8 * beat_bytes))),
         })
 
@@ -83,6 +84,7 @@ class RoutingRecorder(wiring.Component):
         tap = Signal.like(self.i.payload)
         tap_valid = Signal()
         m.d.sync += [tap.eq(self.i.payload), tap_valid.eq(self.i.valid)]
+        m.d.comb += self.i.ready.eq(1)
 
         lane_bits = (per_word - 1).bit_length()
         token = Value.cast(tap.token)

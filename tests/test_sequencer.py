@@ -124,3 +124,48 @@ def test_gemm_tiles_fetches_and_barrier():
     tile_bytes = 8 * n + k * n * n
     assert fetches == [(0x100, tile_bytes // BEAT_BYTES, 0), (0x100 + tile_bytes, tile_bytes // BEAT_BYTES, 1)]
     assert tiles == [(0, 0, 0, 0, 0), (1, 0, 0, 1, 0), (0, 1, 1, 0, 0), (1, 1, 1, 1, 1)]
+
+
+def test_routes_writes_the_recorders_beats():
+    """ROUTES: one write command of ``count`` beats at ``output_base + dram0``, the routing
+    stream's words as its data (exactly ``count``, however many are offered), and done only
+    once the DMA's write has finished."""
+    dut = _sequencer()
+    image, _ = _image([dict(op=Op.ROUTES, dram0=0x1040, rows=9, count=3), dict(op=Op.END)])
+    rng = np.random.default_rng(15)
+    offered = [int(v) for v in rng.integers(0, 1 << 63, 5)]
+    offered = [v << 64 | v >> 7 for v in offered]
+    commands, written, log = [], [], {}
+
+    async def routes(ctx):
+        await stream_send(ctx, dut.routes, offered, gaps=rng)
+
+    async def testbench(ctx):
+        ctx.set(dut.output_base, 0x2_0000_0000)
+        ctx.set(dut.wr_cmd.ready, 1)
+        await _start(ctx, dut)
+        idle = None
+        for cycle in range(300):
+            ready = bool(rng.random() >= 0.3)
+            ctx.set(dut.wr_data.ready, ready)
+            _, _, c_valid, cmd, d_valid, beat, done = await ctx.tick().sample(
+                dut.wr_cmd.valid, dut.wr_cmd.payload, dut.wr_data.valid, dut.wr_data.payload, dut.done)
+            if done:
+                log["done"] = cycle
+                break
+            if c_valid:
+                commands.append((cmd.addr, cmd.beats))
+                ctx.set(dut.wr_busy, 1)     # as the DMA: busy from the command to its last response
+            if d_valid and ready:
+                written.append(beat)
+                if len(written) == 3:
+                    idle = cycle + 6
+            if idle is not None and cycle == idle:
+                log["idle"] = cycle
+                ctx.set(dut.wr_busy, 0)
+
+    run_simulation(dut, testbench, processes=[_dram(dut, image), routes])
+    assert commands == [(0x2_0000_0000 + 0x1040, 3)]
+    assert written == offered[:3]
+    assert "done" in log, "never done"
+    assert "idle" in log and log["done"] > log["idle"], "done before the write finished"

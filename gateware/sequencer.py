@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .dma import command_layout
-from .phase import AMode, Fetch, Phase, Sink, Tile, WMode
+from .phase import AMode, Fetch, Phase, Position, Sink, Tile, WMode
 from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr,
                       LNParams, Op, OutMode)
 
@@ -83,6 +83,8 @@ class Sequencer(wiring.Component):
         LayerNorm parameters, one channel per transfer.
     final : Out(Final)
         The MoE combine's last pass, rounding the accumulator into the residual stream.
+    position : Out(Position)
+        The instruction and expert being run, for a simulation's timeline.
 
     Latency: an instruction takes 3 cycles from its fetch to its first tile; a barrier adds
     2 cycles after the last tile retires. Throughput: one tile per cycle.
@@ -116,6 +118,7 @@ class Sequencer(wiring.Component):
             "queue_write": Out(stream.Signature(queue_write_layout(cap), always_ready=True)),
             "ln_params": Out(ln_params.flip()),
             "final": Out(Final),
+            "position": Out(Position),
         })
 
     def elaborate(self, platform):
@@ -404,6 +407,7 @@ class _Build(_PhaseStates, _DataStates):
             band_first=Signal(16), band_words=Signal(24),
             wdata=Signal(2 * self.N * 16),
             outstanding=Signal(16), issue=Signal(), need_fetch=Signal(), last_tile=Signal(),
+            running=Signal(),
         )
         m.submodules.prog = prog = Memory(shape=Instr, depth=cap.max_program, init=[])
         self.prog_rd, self.prog_wr = prog.read_port(), prog.write_port()
@@ -414,6 +418,7 @@ class _Build(_PhaseStates, _DataStates):
         m.d.comb += [self.n_cb.eq((self.ph.n_cols + N - 1) // N), seq.phase.eq(self.ph),
                      seq.phase.n_cb.eq(self.n_cb)]
         m.d.sync += r.outstanding.eq(r.outstanding + r.issue - seq.retire)
+        m.d.comb += [seq.position.running.eq(r.running), seq.position.pc.eq(r.pc), seq.position.expert.eq(r.expert)]
         with m.If(seq.busy):
             m.d.sync += seq.cycles.eq(seq.cycles + 1)
         with m.If(seq.stall & seq.busy):
@@ -485,7 +490,7 @@ class _Build(_PhaseStates, _DataStates):
             with m.If(complete):
                 m.d.comb += [self.prog_wr.en.eq(1), self.prog_wr.addr.eq(r.pc), self.prog_wr.data.eq(new)]
             with m.If(seq.rd_data.valid & seq.rd_data.payload.last):
-                m.d.sync += r.pc.eq(0)
+                m.d.sync += [r.pc.eq(0), r.running.eq(1)]
                 m.next = "FETCH"
         with m.State("FETCH"):
             m.d.comb += [self.prog_rd.addr.eq(r.pc), self.prog_rd.en.eq(1)]
@@ -498,12 +503,12 @@ class _Build(_PhaseStates, _DataStates):
             m.d.sync += [r.pc.eq(r.pc + 1), seq.dma_owner.eq(1)]
             m.next = "FETCH"
         with m.State("FINISH"):
-            m.d.sync += seq.busy.eq(0)
+            m.d.sync += [seq.busy.eq(0), r.running.eq(0)]
             m.d.comb += seq.done.eq(1)
             m.next = "IDLE"
         with m.State("FAULT"):
             # A program this hardware cannot run: stop, never report done.
-            m.d.sync += seq.busy.eq(0)
+            m.d.sync += [seq.busy.eq(0), r.running.eq(0)]
 
     def _dispatch(self):
         m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N

@@ -16,6 +16,7 @@ from runtime.layout import dram_layout as _region_layout
 from runtime.regs import Reg
 
 from .session import ENGINES, open_session
+from .trace import frame_timeline, phase_summary
 
 __all__ = ["FrameResult", "SimulationError", "dram_layout", "simulate_frame", "simulate_frames", "useful_macs",
            "array_cycles", "frame_report"]
@@ -49,6 +50,8 @@ class FrameResult:
     read_log : list of (int, int) or None
         Every read burst as ``(byte address, bytes)`` relative to the weights base (pysim only;
         ``None`` under Verilator, whose DRAM model counts but does not log).
+    timeline : list of sim.trace.Segment or None
+        Where the frame's cycles went, when simulated with ``trace``.
     """
 
     output: np.ndarray
@@ -60,6 +63,7 @@ class FrameResult:
     wall_seconds: float
     frame: object
     read_log: list = None
+    timeline: list = None
 
 
 def dram_layout(frame, image_bytes):
@@ -82,7 +86,7 @@ def simulate_frame(artifact, pixels, task, **kwargs):
 
 
 def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim", dram_latency=40,
-                    dram_beats_per_cycle=1.0, max_cycles=50_000_000, progress=None):
+                    dram_beats_per_cycle=1.0, max_cycles=50_000_000, progress=None, trace=False):
     """Run frames back to back on one accelerator, one per entry of ``tasks``.
 
     The first frame writes every register; each later one writes only TASK and CONTROL, as a
@@ -107,6 +111,8 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
         Give up (``SimulationError``) after this many cycles of one frame.
     progress : callable, optional
         Called with the frame's cycle count now and then.
+    trace : bool
+        Record each frame's timeline (``FrameResult.timeline``, ``sim.trace``).
 
     Returns
     -------
@@ -141,7 +147,8 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
     setup = _register_writes(tasks[0], w_addr, i_addr, o_addr)[:-2]
     writes = [[(Reg.TASK, task), (Reg.CONTROL, 1)] for task in tasks]
     writes[0] = setup + writes[0]
-    session = open_session(engine, cap, size, latency=dram_latency, beats_per_cycle=dram_beats_per_cycle)
+    session = open_session(engine, cap, size, latency=dram_latency, beats_per_cycle=dram_beats_per_cycle,
+                           trace=trace)
     dram = session.dram
     poll = _POLL if engine == "pysim" else _POLL_VERILATOR
     results = []
@@ -152,6 +159,7 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
             start = time.perf_counter()
             read, written = dram.bytes_read, dram.bytes_written
             logged = len(dram.read_log) if engine == "pysim" else None
+            since = session.cycle
             for reg, value in frame_writes:
                 session.write(reg, value)
             waited = 0
@@ -168,10 +176,17 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
             results.append(FrameResult(output.reshape(cfg.tokens, cfg.dim).astype(np.int64), cycles, stalls,
                                        dram.bytes_read - read, dram.bytes_written - written, engine,
                                        time.perf_counter() - start, frame,
-                                       None if logged is None else dram.read_log[logged:]))
+                                       None if logged is None else dram.read_log[logged:],
+                                       _timeline(session, frame, since)))
     finally:
         session.close()
     return results
+
+
+def _timeline(session, frame, since):
+    if session.recorder is None:
+        return None
+    return frame_timeline(session.recorder.segments(), session.cycle, frame.labels, since)
 
 
 def _finished(status, waited, max_cycles, progress):
@@ -259,4 +274,5 @@ def frame_report(artifact, task, result, golden, cap):
         "dram_bytes": result.dram_read + result.dram_written, "dram_bytes_read": result.dram_read,
         "dram_bytes_written": result.dram_written, "dram_bytes_min": minimum,
         "experts_run": experts_run, "wall_seconds": result.wall_seconds,
+        **({"phases": phase_summary(result.timeline)} if result.timeline else {}),
     }

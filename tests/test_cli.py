@@ -54,6 +54,8 @@ def test_numerics_json_and_quantize(tmp_path):
     (["simulate", "--config", "tiny", "--task", "0", "5"], "unknown task 5"),
     (["perf", "--config", "tiny", "--task", "-1"], "unknown task -1"),
     (["simulate", "--config", "tiny", "--artifact", "/no/such.npz"], "does not exist"),
+    (["perf", "--config", "tiny", "--timeline", "frame.pdf"], "must end in .png or .svg"),
+    (["perf", "--config", "tiny", "--timeline", "/no/such/folder/frame.png"], "does not exist"),
 ])
 def test_simulate_bad_input(args, message):
     r = run_m3vit(*args)
@@ -74,10 +76,10 @@ def test_simulate_rejects_malformed_or_foreign_artifact(tmp_path):
 
 def test_perf_json_tiny_pysim(tmp_path):
     """The perf report's keys, from a real (small) simulation of a saved artifact."""
-    artifact, out = tmp_path / "tiny.npz", tmp_path / "perf.json"
+    artifact, out, figure = tmp_path / "tiny.npz", tmp_path / "perf.json", tmp_path / "frame.png"
     assert run_m3vit("quantize", "--config", "tiny", "--out", str(artifact)).returncode == 0
     r = run_m3vit("perf", "--config", "tiny", "--task", "1", "--engine", "pysim", "--artifact", str(artifact),
-                  "--json", str(out))
+                  "--json", str(out), "--timeline", str(figure))
     assert r.returncode == 0, r.stderr
     assert "BIT-EXACT" in r.stdout
     report = json.loads(out.read_text())
@@ -88,3 +90,8 @@ def test_perf_json_tiny_pysim(tmp_path):
     assert report["latency_ms_at_300mhz"] == pytest.approx(report["cycles"] / 300e3)
     assert report["dram_bytes_min"] <= report["dram_bytes"]
     assert report["mac_utilization"] == pytest.approx(report["tile_fill"] * report["array_busy_fraction"])
+    phases = report["phases"]
+    assert sum(row["cycles"] for row in phases.values()) == report["cycles"]
+    assert sum(row["mac_cycles"] for row in phases.values()) == report["array_cycles"]
+    assert "cycles by phase" in r.stdout
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

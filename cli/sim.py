@@ -1,7 +1,5 @@
 """``m3vit simulate`` and ``m3vit perf``: a frame through the simulated accelerator."""
 
-import sys
-import time
 from pathlib import Path
 
 from cli import UserError
@@ -14,7 +12,7 @@ __all__ = ["register"]
 def _run(args, tasks, trace=False):
     """Quantise, compile, simulate ``tasks`` back to back and compare each frame with golden.
 
-    Returns a list of ``(report, mismatching indices)``, one per task.
+    Returns a list of ``(report, mismatching indices, timeline or None)``, one per task.
     """
     import numpy as np
 
@@ -24,6 +22,7 @@ def _run(args, tasks, trace=False):
     from model.quantize import calibration_images, quantize_model
     from model.weights import image_to_pixels
 
+    from cli.progress import Progress
     from sim.accelerator import SimulationError, frame_report, simulate_frames
 
     cfg, weights, image = model_inputs(args)
@@ -34,24 +33,22 @@ def _run(args, tasks, trace=False):
         cap = Capacity.for_config(cfg, lanes)
     except CapacityError as err:
         raise UserError(str(err)) from None
-    artifact = load_artifact(args.artifact, cfg) or quantize_model(cfg, weights.tensors, calibration_images(image))
+    progress = Progress()
+    artifact = load_artifact(args.artifact, cfg)
+    if artifact is None:
+        with progress.stage("quantising the model (calibration images)"):
+            artifact = quantize_model(cfg, weights.tensors, calibration_images(image))
     pixels = image_to_pixels(image)
-    goldens = [run_backbone(artifact, pixels, task) for task in tasks]
+    with progress.stage("golden (integer) model"):
+        goldens = [run_backbone(artifact, pixels, task) for task in tasks]
     print(f"simulating config {cfg.name}, task{'s' * (len(tasks) > 1)} {', '.join(map(str, tasks))}, "
           f"{lanes}x{lanes} MAC array, engine {args.engine} (weights {weights.source})", flush=True)
-    start = time.perf_counter()
-
-    def progress(cycles):
-        if sys.stderr.isatty():
-            print(f"\r  {cycles} cycles, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr, flush=True)
-
     try:
         results = simulate_frames(artifact, pixels, tasks, cap=cap, engine=args.engine,
-                                  dram_latency=args.dram_latency, progress=progress, trace=trace)
+                                  dram_latency=args.dram_latency, progress=progress.cycles, trace=trace,
+                                  stage=progress.stage)
     except (CapacityError, SimulationError) as err:
         raise UserError(str(err)) from None
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     return [(frame_report(artifact, task, result, golden, cap), np.argwhere(result.output != golden.output),
              result.timeline) for task, result, golden in zip(tasks, results, goldens)]
 

@@ -7,6 +7,7 @@ wait for done, read the features and the counters.
 """
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +87,7 @@ def simulate_frame(artifact, pixels, task, **kwargs):
 
 
 def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim", dram_latency=40,
-                    dram_beats_per_cycle=1.0, max_cycles=50_000_000, progress=None, trace=False):
+                    dram_beats_per_cycle=1.0, max_cycles=50_000_000, progress=None, trace=False, stage=None):
     """Run frames back to back on one accelerator, one per entry of ``tasks``.
 
     The first frame writes every register; each later one writes only TASK and CONTROL, as a
@@ -113,6 +114,9 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
         Called with the frame's cycle count now and then.
     trace : bool
         Record each frame's timeline (``FrameResult.timeline``, ``sim.trace``).
+    stage : callable, optional
+        ``stage(what, simulates)`` returns a context manager around each long step (building the
+        accelerator, each frame), as ``cli.progress.Progress.stage`` does.
 
     Returns
     -------
@@ -147,40 +151,53 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
     setup = _register_writes(tasks[0], w_addr, i_addr, o_addr)[:-2]
     writes = [[(Reg.TASK, task), (Reg.CONTROL, 1)] for task in tasks]
     writes[0] = setup + writes[0]
-    session = open_session(engine, cap, size, latency=dram_latency, beats_per_cycle=dram_beats_per_cycle,
-                           trace=trace)
-    dram = session.dram
-    poll = _POLL if engine == "pysim" else _POLL_VERILATOR
+    stage = stage or _no_stage
+    with stage(f"building the accelerator for {engine}", False):
+        session = open_session(engine, cap, size, latency=dram_latency, beats_per_cycle=dram_beats_per_cycle,
+                               trace=trace)
     results = []
     try:
         for addr, blob in contents:
-            dram.write(addr, blob)
-        for frame_writes in writes:
-            start = time.perf_counter()
-            read, written = dram.bytes_read, dram.bytes_written
-            logged = len(dram.read_log) if engine == "pysim" else None
-            since = session.cycle
-            for reg, value in frame_writes:
-                session.write(reg, value)
-            waited = 0
-            while True:
-                session.tick(poll)
-                waited += poll
-                if _finished(session.read(Reg.STATUS), waited, max_cycles, progress):
-                    break
-            cycles = session.read(Reg.CYCLES_LO)
-            cycles |= session.read(Reg.CYCLES_HI) << 32
-            stalls = session.read(Reg.STALLS_LO)
-            stalls |= session.read(Reg.STALLS_HI) << 32
-            output = np.frombuffer(dram.read(o_addr, frame.output_bytes), dtype="<i2")
-            results.append(FrameResult(output.reshape(cfg.tokens, cfg.dim).astype(np.int64), cycles, stalls,
-                                       dram.bytes_read - read, dram.bytes_written - written, engine,
-                                       time.perf_counter() - start, frame,
-                                       None if logged is None else dram.read_log[logged:],
-                                       _timeline(session, frame, since)))
+            session.dram.write(addr, blob)
+        for i, (task, frame_writes) in enumerate(zip(tasks, writes)):
+            with stage(f"frame {i + 1} of {len(tasks)}: task {task}", True):
+                results.append(_run_frame(session, engine, cfg, frame, frame_writes, o_addr, max_cycles,
+                                          progress))
     finally:
         session.close()
     return results
+
+
+def _run_frame(session, engine, cfg, frame, frame_writes, o_addr, max_cycles, progress):
+    """Write the registers, wait for done, and read back one frame's result."""
+    dram = session.dram
+    start = time.perf_counter()
+    read, written = dram.bytes_read, dram.bytes_written
+    logged = len(dram.read_log) if engine == "pysim" else None
+    since = session.cycle
+    for reg, value in frame_writes:
+        session.write(reg, value)
+    poll = _POLL if engine == "pysim" else _POLL_VERILATOR
+    waited = 0
+    while True:
+        session.tick(poll)
+        waited += poll
+        if _finished(session.read(Reg.STATUS), waited, max_cycles, progress):
+            break
+    cycles = session.read(Reg.CYCLES_LO)
+    cycles |= session.read(Reg.CYCLES_HI) << 32
+    stalls = session.read(Reg.STALLS_LO)
+    stalls |= session.read(Reg.STALLS_HI) << 32
+    output = np.frombuffer(dram.read(o_addr, frame.output_bytes), dtype="<i2")
+    return FrameResult(output.reshape(cfg.tokens, cfg.dim).astype(np.int64), cycles, stalls,
+                       dram.bytes_read - read, dram.bytes_written - written, engine,
+                       time.perf_counter() - start, frame,
+                       None if logged is None else dram.read_log[logged:], _timeline(session, frame, since))
+
+
+@contextmanager
+def _no_stage(what, simulates):
+    yield
 
 
 def _timeline(session, frame, since):

@@ -159,11 +159,12 @@ def _check_frames(artifact, pixels, tasks, engine, **kwargs):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("verilator-accelerator")
-def test_edge_moe_frames_verilator():
-    """Full-size model, built-in weights: task 0 then task 1, switched by the TASK register."""
+def test_edge_moe_frame_verilator():
+    """Full-size model, built-in weights, task 0 (both tasks back to back run through the host
+    runtime in ``tests/test_runtime.py``)."""
     cfg = get_config("edge-moe")
     artifact, pixels = _artifact(cfg)
-    _check_frames(artifact, pixels, [0, 1], "verilator")
+    _check_frames(artifact, pixels, [0], "verilator")
 
 
 @pytest.mark.slow

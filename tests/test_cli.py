@@ -1,10 +1,12 @@
 """The m3vit command on good and bad input: clear one-line errors, no tracebacks."""
 
+import io
 import json
 
 import numpy as np
 import pytest
 
+from cli.progress import Progress
 from tests.cli_helpers import run_m3vit
 
 
@@ -94,4 +96,31 @@ def test_perf_json_tiny_pysim(tmp_path):
     assert sum(row["cycles"] for row in phases.values()) == report["cycles"]
     assert sum(row["mac_cycles"] for row in phases.values()) == report["array_cycles"]
     assert "cycles by phase" in r.stdout
+    # Not a terminal: one plain line per stage on stderr.
+    for stage in ("quantising", "golden", "building the accelerator for pysim", "frame 1 of 1: task 1"):
+        assert any(line.startswith(stage) and " done in " in line for line in r.stderr.splitlines()), stage
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stream", [io.StringIO, _Terminal])
+def test_progress_one_line_per_stage(stream):
+    """A log gets ``what ... done in``/``failed in`` lines; a terminal gets tqdm's line per stage
+    with the simulated cycles."""
+    file = stream()
+    progress = Progress(file)
+    with progress.stage("frame 1 of 1", simulates=True):
+        progress.cycles(512)
+        progress.cycles(1024)
+    with pytest.raises(RuntimeError), progress.stage("building"):
+        raise RuntimeError("compiler failed")
+    text = file.getvalue()
+    if stream is _Terminal:
+        assert "frame 1 of 1: 1.02k cycles" in text and "building: " in text
+    else:
+        assert text.splitlines()[0].startswith("frame 1 of 1 ... done in ")
+        assert text.splitlines()[1].startswith("building ... failed in ")

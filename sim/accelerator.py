@@ -281,9 +281,9 @@ def frame_report(artifact, task, result, golden, cap):
     tile_cycles = array_cycles(cfg, n, counts)
     mismatches = int(np.count_nonzero(result.output != golden.output))
     return {
-        "config": cfg.name, "task": task, "engine": result.engine, "lanes": n,
+        "config": cfg.name, "task": task, "engine": result.engine, "lanes": n, "array": f"{n}x{n}", "ports": 1,
         "bit_exact": mismatches == 0, "mismatches": mismatches,
-        "cycles": result.cycles, "stall_cycles": result.stalls,
+        "cycles": result.cycles, "stall_cycles": result.stalls, "dram_stall_cycles": result.stalls,
         "latency_ms_at_300mhz": result.cycles / 300e6 * 1e3,
         "useful_macs": macs, "mac_utilization": macs / (n * n * result.cycles),
         "array_cycles": tile_cycles, "array_busy_fraction": tile_cycles / result.cycles,

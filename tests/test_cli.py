@@ -89,6 +89,8 @@ def test_perf_json_tiny_pysim(tmp_path):
                 "experts_run", "engine"):
         assert key in report
     assert report["engine"] == "pysim" and report["bit_exact"]
+    assert report["array"] == "8x8" and report["ports"] == 1
+    assert report["dram_stall_cycles"] == report["stall_cycles"] > 0
     assert report["latency_ms_at_300mhz"] == pytest.approx(report["cycles"] / 300e3)
     assert report["dram_bytes_min"] <= report["dram_bytes"]
     assert report["mac_utilization"] == pytest.approx(report["tile_fill"] * report["array_busy_fraction"])

@@ -1,7 +1,6 @@
 """One-pass integer LayerNorm over token lanes, the twin of ``golden/layernorm.py``."""
 
 import math
-from fractions import Fraction
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
@@ -12,7 +11,8 @@ from golden.layernorm import BETA_BITS, GAMMA_BITS, RSQRT_BITS, Z_FRAC
 
 from .fixedpoint import halve_round_saturate, rshift_round
 from .isqrt import SeqIsqrt
-from .row_bank import RowBank
+from .lanes import lane_layout
+from .row_bank import RowBank, steady_period
 from .seq_divider import SeqDivider
 
 __all__ = ["LayerNorm"]
@@ -99,14 +99,8 @@ class LayerNorm(wiring.Component):
         self.latency = _RECIP_BITS + (_RECIP_BITS + 1) // 2 + 10
         self.read_latency = 5
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({
-                "x": data.ArrayLayout(signed(RES_BITS), lanes),
-                "last": 1,
-            }))),
-            "o": Out(stream.Signature(data.StructLayout({
-                "y": data.ArrayLayout(signed(ACT_BITS), lanes),
-                "last": 1,
-            }))),
+            "i": In(stream.Signature(lane_layout(lanes, signed(RES_BITS), "x"))),
+            "o": Out(stream.Signature(lane_layout(lanes, signed(ACT_BITS), "y"))),
             "params": In(stream.Signature(data.StructLayout({
                 "index": range(max_dim),
                 "gamma": signed(GAMMA_BITS),
@@ -117,31 +111,18 @@ class LayerNorm(wiring.Component):
         })
 
     def steady_period(self, n):
-        """Average cycles per row group for back-to-back rows of ``n`` elements, ``o`` ready.
-
-        The largest of three limits: the input (``n``), the per-row divider
-        (``divider_period``), and the row buffer: a bank is held from a row's first input until
-        pass 2 has read its last element, ``2 * n + latency - read_latency - 1`` cycles
-        (``2 * n + 102``), so ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the
-        sum of any ``banks`` consecutive row periods) when one limit dominates.
-        """
-        held = 2 * n + self.latency - self.read_latency - 1
-        return max(Fraction(n), Fraction(self.divider_period), Fraction(held, self.banks))
+        """Average cycles per row group for back-to-back rows of ``n`` elements, ``o`` ready
+        (:func:`gateware.row_bank.steady_period`; a bank is held ``2 * n + 102`` cycles)."""
+        return steady_period(n, banks=self.banks, latency=self.latency,
+                             read_latency=self.read_latency, divider_period=self.divider_period)
 
     def elaborate(self, platform):
         m = Module()
-        lanes = self.lanes
         r_width = (_RECIP_BITS + 1) // 2
+        s1 = signed(self.s1_width)
         m.submodules.rows = bank = RowBank(
-            data.ArrayLayout(signed(RES_BITS), lanes), self.max_dim, self.banks,
-            stats=data.StructLayout({
-                "s1": data.ArrayLayout(signed(self.s1_width), lanes),
-                "s2": data.ArrayLayout(unsigned(self.s2_width), lanes),
-            }),
-            tag=data.StructLayout({
-                "s1": data.ArrayLayout(signed(self.s1_width), lanes),
-                "r": data.ArrayLayout(unsigned(r_width), lanes),
-            }))
+            self.lanes, ("x", signed(RES_BITS)), self.max_dim, self.banks,
+            stats={"s1": s1, "s2": unsigned(self.s2_width)}, tag={"s1": s1, "r": unsigned(r_width)})
         gamma_rd, beta_rd = self._parameters(m)
         self._sums(m, bank)
         self._rsqrt(m, bank)
@@ -169,12 +150,7 @@ class LayerNorm(wiring.Component):
     def _sums(self, m, bank):
         """Pass 1: the square at the input, then the two running sums in the bank's stage."""
         p, stage = self.i.payload, bank.stage
-        m.d.comb += [
-            bank.i.valid.eq(self.i.valid),
-            bank.i.payload.data.eq(p.x),
-            bank.i.payload.last.eq(p.last),
-            self.i.ready.eq(bank.i.ready),
-        ]
+        wiring.connect(m, wiring.flipped(self.i), bank.i)
         for k in range(self.lanes):
             x1 = Signal(signed(RES_BITS), name=f"x1_{k}")
             sq1 = Signal(2 * RES_BITS - 1, name=f"sq1_{k}")
@@ -252,7 +228,7 @@ class LayerNorm(wiring.Component):
             w_d = Signal(signed(max(self.z_width + GAMMA_BITS, BETA_BITS) + 1), name=f"w_d{k}")
             with m.If(advance):
                 m.d.sync += [
-                    d_b.eq(r.payload.n * r.payload.data[k] - r.payload.tag.s1[k]),
+                    d_b.eq(r.payload.n * r.payload.x[k] - r.payload.tag.s1[k]),
                     r_b.eq(r.payload.tag.r[k]),
                     z_c.eq(rshift_round(d_b * r_b, RSQRT_BITS - Z_FRAC)),
                     w_d.eq(z_c * gamma_c + beta_c),

@@ -1,16 +1,20 @@
 """The row buffer of a two-pass row unit, shared by softmax and LayerNorm."""
 
+from fractions import Fraction
+
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["RowBank"]
+from .lanes import lane_layout
+
+__all__ = ["RowBank", "steady_period"]
 
 
 class RowBank(wiring.Component):
     """Holds each row between a unit's pass 1 (statistics) and its pass 2 (the row again).
 
-    A two-pass unit (``Softmax``, ``LayerNorm``) forwards its input to ``i``. Every element is
+    A two-pass unit (``Softmax``, ``LayerNorm``) connects its input to ``i``. Every element is
     written to the row's bank, a row per bank, ``banks`` banks used in turn. One cycle after its
     transfer the element is in the unit's *stage* (``stage``), where the unit folds it into the
     row's running statistics; as the row's last element leaves the stage, the unit's ``stats``
@@ -22,20 +26,22 @@ class RowBank(wiring.Component):
 
     Parameters
     ----------
-    shape : shape-castable
-        One element transfer (an ``ArrayLayout`` of one element per lane).
+    lanes : int
+        Rows side by side (token lanes); an element transfer holds one element of each.
+    field : str, shape-castable
+        The name and shape of one lane's element, as in the unit's input (``"x", signed(16)``).
     max_len : int
         Longest row; each bank holds ``max_len`` elements.
     banks : int
         Rows held at once (a row is held from its first input until its last is read back).
-    stats : shape-castable
-        What pass 1 hands on per row.
-    tag : shape-castable
-        What pass 2 carries with every element of a row.
+    stats : dict of str to shape-castable
+        What pass 1 hands on per row, each field one value per lane.
+    tag : dict of str to shape-castable
+        What pass 2 carries with every element of a row, each field one value per lane.
 
     Attributes
     ----------
-    i : In(stream.Signature(StructLayout({"data": shape, "last": 1})))
+    i : In(stream.Signature(StructLayout({field: ArrayLayout(shape, lanes), "last": 1})))
         The row's elements, ``last`` on its final one (at most ``max_len``). Stalls while the
         first element of a row finds ``banks`` rows held, and while the stage holds a row's
         last element that the slot cannot take yet.
@@ -45,7 +51,7 @@ class RowBank(wiring.Component):
         The unit's statistics stage. ``advance``: it takes the element transferred on ``i``
         this cycle (or a bubble); ``update``: the element in it leaves this cycle, folded into
         the row's statistics; ``first``/``last``: that element starts/ends its row.
-    stats : In(stats)
+    stats : In(StructLayout({name: ArrayLayout(shape, lanes) for name, shape in stats}))
         The row's statistics including the element in the stage; latched as its last leaves.
     rows : Out(stream.Signature(StructLayout({"n": range(max_len + 1), "stats": stats})))
         One transfer per row, valid from the edge its last element leaves the stage (two edges
@@ -56,19 +62,25 @@ class RowBank(wiring.Component):
     index : Out(range(max_len))
         The element pass 2 reads this cycle (to address the unit's per-element parameters
         with the same enable).
-    o : Out(stream.Signature(StructLayout({"data": shape, "last": 1, "n": range(max_len + 1),
-        "tag": tag})))
+    o : Out(stream.Signature(StructLayout({field: ArrayLayout(shape, lanes), "last": 1,
+        "n": range(max_len + 1), "tag": tag})))
         Latency: when ``start`` transfers on edge ``t``, the row's first element is valid from
         edge ``t + 1`` on (``o.ready`` high); then one element per cycle while ``o.ready``.
     """
 
-    def __init__(self, shape, max_len, banks, *, stats, tag):
-        if max_len < 1 or banks < 1:
-            raise ValueError("max_len and banks must be positive")
-        self.shape, self.max_len, self.banks = shape, max_len, banks
+    def __init__(self, lanes, field, max_len, banks, *, stats, tag):
+        if lanes < 1 or max_len < 1 or banks < 1:
+            raise ValueError("lanes, max_len and banks must be positive")
+        self.field, self.max_len, self.banks = field[0], max_len, banks
+        self.shape = data.ArrayLayout(field[1], lanes)
         length = range(max_len + 1)
+
+        def per_lane(fields):
+            return data.StructLayout({name: data.ArrayLayout(shape, lanes)
+                                      for name, shape in fields.items()})
+        stats, tag = per_lane(stats), per_lane(tag)
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({"data": shape, "last": 1}))),
+            "i": In(stream.Signature(lane_layout(lanes, field[1], self.field))),
             "open": Out(1),
             "stage": Out(data.StructLayout({"advance": 1, "update": 1, "first": 1, "last": 1})),
             "stats": In(stats),
@@ -76,7 +88,7 @@ class RowBank(wiring.Component):
             "start": In(stream.Signature(data.StructLayout({"n": length, "tag": tag}))),
             "index": Out(range(max_len)),
             "o": Out(stream.Signature(data.StructLayout({
-                "data": shape, "last": 1, "n": length, "tag": tag}))),
+                self.field: self.shape, "last": 1, "n": length, "tag": tag}))),
         })
 
     def elaborate(self, platform):
@@ -109,7 +121,7 @@ class RowBank(wiring.Component):
             accept.eq(self.i.valid & self.i.ready),
             held_inc.eq(accept & ~self.open),
             wr.addr.eq(base + idx),
-            wr.data.eq(p.data),
+            wr.data.eq(p[self.field]),
             wr.en.eq(accept),
             self.stage.update.eq(v1 & self.stage.advance),
             self.stage.first.eq(first1),
@@ -149,7 +161,7 @@ class RowBank(wiring.Component):
             held_dec.eq(issue_last),
             rd.addr.eq(base + j),
             rd.en.eq(self.o.ready),
-            self.o.payload.data.eq(rd.data),
+            self.o.payload[self.field].eq(rd.data),
         ]
         with m.If(issue):
             m.d.sync += j.eq(j + 1)
@@ -167,3 +179,16 @@ class RowBank(wiring.Component):
                 self.o.payload.n.eq(n),
                 self.o.payload.tag.eq(tag),
             ]
+
+
+def steady_period(n, *, banks, latency, read_latency, divider_period):
+    """Average cycles per row group of a two-pass unit, back-to-back rows of ``n`` elements.
+
+    With the unit's output always ready, the largest of three limits: the input (``n``), the
+    per-row divider (``divider_period``), and the row buffer: a bank is held from a row's first
+    input until pass 2 has read its last element, ``2 * n + latency - read_latency - 1``
+    cycles, so ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the sum of
+    any ``banks`` consecutive row periods) when one limit dominates.
+    """
+    held = 2 * n + latency - read_latency - 1
+    return max(Fraction(n), Fraction(divider_period), Fraction(held, banks))

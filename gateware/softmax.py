@@ -1,15 +1,14 @@
 """Online-normaliser softmax over token lanes, the twin of ``golden/softmax.py``."""
 
-from fractions import Fraction
-
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.softmax import EXP_FRAC, EXP_IN_FRAC, EXP_LUT, MAX_ROW_LEN, RCP_BITS, _MAX_SHIFT
 
 from .fixedpoint import rshift_round
-from .row_bank import RowBank
+from .lanes import lane_layout
+from .row_bank import RowBank, steady_period
 from .seq_divider import SeqDivider
 
 __all__ = ["Softmax"]
@@ -91,41 +90,22 @@ class Softmax(wiring.Component):
         self.latency = _RCP_BITS_WIDTH + 7
         self.read_latency = 3
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({
-                "u": data.ArrayLayout(signed(_IN_BITS), lanes),
-                "last": 1,
-            }))),
-            "o": Out(stream.Signature(data.StructLayout({
-                "p": data.ArrayLayout(unsigned(out_frac + 1), lanes),
-                "last": 1,
-            }))),
+            "i": In(stream.Signature(lane_layout(lanes, signed(_IN_BITS), "u"))),
+            "o": Out(stream.Signature(lane_layout(lanes, unsigned(out_frac + 1), "p"))),
         })
 
     def steady_period(self, n):
-        """Average cycles per row group for back-to-back rows of ``n`` elements, ``o`` ready.
-
-        The largest of three limits: the input (``n``), the per-row divider
-        (``divider_period``), and the row buffer: a bank is held from a row's first input until
-        pass 2 has read its last element, ``2 * n + latency - read_latency - 1`` cycles
-        (``2 * n + 29``), so ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the
-        sum of any ``banks`` consecutive row periods) when one limit dominates.
-        """
-        held = 2 * n + self.latency - self.read_latency - 1
-        return max(Fraction(n), Fraction(self.divider_period), Fraction(held, self.banks))
+        """Average cycles per row group for back-to-back rows of ``n`` elements, ``o`` ready
+        (:func:`gateware.row_bank.steady_period`; a bank is held ``2 * n + 29`` cycles)."""
+        return steady_period(n, banks=self.banks, latency=self.latency,
+                             read_latency=self.read_latency, divider_period=self.divider_period)
 
     def elaborate(self, platform):
         m = Module()
-        lanes = self.lanes
+        lanes, x = self.lanes, signed(_IN_BITS)
         m.submodules.rows = bank = RowBank(
-            data.ArrayLayout(signed(_IN_BITS), lanes), self.max_len, self.banks,
-            stats=data.StructLayout({
-                "m": data.ArrayLayout(signed(_IN_BITS), lanes),
-                "s": data.ArrayLayout(unsigned(self.sum_width), lanes),
-            }),
-            tag=data.StructLayout({
-                "m": data.ArrayLayout(signed(_IN_BITS), lanes),
-                "rcp": data.ArrayLayout(unsigned(_RCP_BITS_WIDTH), lanes),
-            }))
+            lanes, ("u", x), self.max_len, self.banks,
+            stats={"m": x, "s": unsigned(self.sum_width)}, tag={"m": x, "rcp": unsigned(_RCP_BITS_WIDTH)})
         m.submodules.exp_lut = exp_lut = memory.Memory(
             shape=unsigned(EXP_FRAC + 1), depth=len(EXP_LUT), init=[int(v) for v in EXP_LUT])
         self._stats(m, bank, [exp_lut.read_port() for _ in range(lanes)])
@@ -136,12 +116,7 @@ class Softmax(wiring.Component):
     def _stats(self, m, bank, luts):
         """Pass 1: running max at the input, exp table read, then the running-sum update."""
         p, stage = self.i.payload, bank.stage
-        m.d.comb += [
-            bank.i.valid.eq(self.i.valid),
-            bank.i.payload.data.eq(p.u),
-            bank.i.payload.last.eq(p.last),
-            self.i.ready.eq(bank.i.ready),
-        ]
+        wiring.connect(m, wiring.flipped(self.i), bank.i)
         for k in range(self.lanes):
             x = p.u[k]
             m_run = Signal(signed(_IN_BITS), name=f"m_run{k}")
@@ -218,7 +193,7 @@ class Softmax(wiring.Component):
             rcpb = Signal(_RCP_BITS_WIDTH, name=f"rcpb{k}")
             e = rshift_round(luts[k].data, qb)
             m.d.comb += [
-                dist.eq(r.payload.tag.m[k] - r.payload.data[k]),
+                dist.eq(r.payload.tag.m[k] - r.payload.u[k]),
                 luts[k].addr.eq(dist[:EXP_IN_FRAC]),
                 luts[k].en.eq(advance),
             ]

@@ -12,7 +12,7 @@ from golden.layernorm import BETA_BITS, GAMMA_BITS, RSQRT_BITS, Z_FRAC
 from .fixedpoint import halve_round_saturate, rshift_round
 from .isqrt import SeqIsqrt
 from .lanes import lane_layout
-from .row_bank import RowBank, steady_period
+from .row_bank import RowBank, TwoPassTiming
 from .seq_divider import SeqDivider
 
 __all__ = ["LayerNorm"]
@@ -23,7 +23,7 @@ _RECIP_BITS = 2 * RSQRT_BITS + 1
 _MAX_AFFINE_SHIFT = 40
 
 
-class LayerNorm(wiring.Component):
+class LayerNorm(TwoPassTiming, wiring.Component):
     """``golden.layernorm.layernorm`` of ``lanes`` rows (tokens) in lockstep.
 
     Element ``j`` (channel ``j``) of every lane arrives in the same transfer, in increasing ``j``.
@@ -79,7 +79,7 @@ class LayerNorm(wiring.Component):
     cycle while ``o`` is ready and starts the next row on the cycle after the previous row's last
     when its ``R`` is ready. A lone row group of ``n`` elements spans ``2 * n + latency - 1``
     cycles from first input to last output. Steady state with back-to-back rows and ``o``
-    always ready: see ``steady_period``.
+    always ready: ``steady_period(n)`` (``TwoPassTiming``; a bank is held ``2 * n + 102`` cycles).
     """
 
     def __init__(self, lanes, max_dim, banks=2):
@@ -109,12 +109,6 @@ class LayerNorm(wiring.Component):
             "affine_shift": In(unsigned(_MAX_AFFINE_SHIFT.bit_length())),
             "eps_term": In(unsigned(self.var_width)),
         })
-
-    def steady_period(self, n):
-        """Average cycles per row group for back-to-back rows of ``n`` elements, ``o`` ready
-        (:func:`gateware.row_bank.steady_period`; a bank is held ``2 * n + 102`` cycles)."""
-        return steady_period(n, banks=self.banks, latency=self.latency,
-                             read_latency=self.read_latency, divider_period=self.divider_period)
 
     def elaborate(self, platform):
         m = Module()

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from .lanes import lane_layout
 
-__all__ = ["RowBank", "steady_period"]
+__all__ = ["RowBank", "TwoPassTiming"]
 
 
 class RowBank(wiring.Component):
@@ -181,14 +181,18 @@ class RowBank(wiring.Component):
             ]
 
 
-def steady_period(n, *, banks, latency, read_latency, divider_period):
-    """Average cycles per row group of a two-pass unit, back-to-back rows of ``n`` elements.
+class TwoPassTiming:
+    """The row rate of a two-pass unit built on a :class:`RowBank` (``Softmax``, ``LayerNorm``),
+    from its ``banks``, ``latency``, ``read_latency`` and ``divider_period``."""
 
-    With the unit's output always ready, the largest of three limits: the input (``n``), the
-    per-row divider (``divider_period``), and the row buffer: a bank is held from a row's first
-    input until pass 2 has read its last element, ``2 * n + latency - read_latency - 1``
-    cycles, so ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the sum of
-    any ``banks`` consecutive row periods) when one limit dominates.
-    """
-    held = 2 * n + latency - read_latency - 1
-    return max(Fraction(n), Fraction(divider_period), Fraction(held, banks))
+    def steady_period(self, n):
+        """Average cycles per row group for back-to-back rows of ``n`` elements, ``o`` ready.
+
+        The largest of three limits: the input (``n``), the per-row divider
+        (``divider_period``), and the row buffer: a bank is held from a row's first input until
+        pass 2 has read its last element, ``2 * n + latency - read_latency - 1`` cycles, so
+        ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the sum of any
+        ``banks`` consecutive row periods) when one limit dominates.
+        """
+        held = 2 * n + self.latency - self.read_latency - 1
+        return max(Fraction(n), Fraction(self.divider_period), Fraction(held, self.banks))

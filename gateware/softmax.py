@@ -8,7 +8,7 @@ from golden.softmax import EXP_FRAC, EXP_IN_FRAC, EXP_LUT, MAX_ROW_LEN, RCP_BITS
 
 from .fixedpoint import rshift_round
 from .lanes import lane_layout
-from .row_bank import RowBank, steady_period
+from .row_bank import RowBank, TwoPassTiming
 from .seq_divider import SeqDivider
 
 __all__ = ["Softmax"]
@@ -22,7 +22,7 @@ _DIST_BITS = _IN_BITS + 1
 _RCP_BITS_WIDTH = RCP_BITS - EXP_FRAC + 1
 
 
-class Softmax(wiring.Component):
+class Softmax(TwoPassTiming, wiring.Component):
     """Softmax of ``lanes`` rows in lockstep, bit-exact with ``golden.softmax.softmax``.
 
     Each lane carries one row (one token's scores, or one token's gate logits); element ``j`` of
@@ -70,7 +70,7 @@ class Softmax(wiring.Component):
     ``o`` always ready thus spans ``2 * n + latency - 1`` cycles from first input to last output.
     The divider, one per lane, takes ``divider_period`` (28) cycles per row, which bounds the
     row rate for short rows (the gate's 16 experts). Steady state with back-to-back rows and ``o``
-    always ready: see ``steady_period``.
+    always ready: ``steady_period(n)`` (``TwoPassTiming``; a bank is held ``2 * n + 29`` cycles).
     """
 
     def __init__(self, lanes, max_len, out_frac, banks=2):
@@ -93,12 +93,6 @@ class Softmax(wiring.Component):
             "i": In(stream.Signature(lane_layout(lanes, signed(_IN_BITS), "u"))),
             "o": Out(stream.Signature(lane_layout(lanes, unsigned(out_frac + 1), "p"))),
         })
-
-    def steady_period(self, n):
-        """Average cycles per row group for back-to-back rows of ``n`` elements, ``o`` ready
-        (:func:`gateware.row_bank.steady_period`; a bank is held ``2 * n + 29`` cycles)."""
-        return steady_period(n, banks=self.banks, latency=self.latency,
-                             read_latency=self.read_latency, divider_period=self.divider_period)
 
     def elaborate(self, platform):
         m = Module()

@@ -373,7 +373,110 @@ class _DataStates(_Settings):
                     m.next = "ISSUE"
 
 
-class _Build(_PhaseStates, _DataStates):
+class _TileStates(_Settings):
+    """The tile issue loop every MAC and LayerNorm phase runs, its descriptors and its barrier."""
+
+    def _descriptors(self):
+        """The tile and fetch descriptors the ISSUE state pushes, and the MoE prefetch."""
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        first_tb = r.tb == 0
+        m.d.comb += r.need_fetch.eq(r.use_w & (self.ph.w.mode == WMode.TILE) & (r.tb_outer | first_tb))
+        m.d.comb += r.last_tile.eq(Mux(r.tb_outer, (r.tb == r.tb_end - 1) & (r.cb == self.n_cb - 1),
+                                       (r.cb == self.n_cb - 1) & (r.tb == r.tb_end - 1)))
+        tile = Signal(Tile)
+        m.d.comb += [tile.tb.eq(r.tb), tile.cb.eq(r.cb),
+                     tile.half.eq(Mux(r.need_fetch, Mux(r.prefetched, r.pre_half, r.half), r.cur_half)),
+                     tile.release.eq(r.tb_outer | (r.tb == r.tb_end - 1)), tile.last.eq(r.last_tile)]
+        for unit in "awcro":
+            m.d.comb += getattr(seq, f"{unit}_tile").payload.eq(tile)
+        m.d.comb += [seq.fetch.payload.addr.eq(r.fetch_base + r.cb * r.tile_bytes),
+                     seq.fetch.payload.beats.eq(r.fetch_beats), seq.fetch.payload.half.eq(r.half)]
+        prefetch = Signal(Fetch)
+        next_expert = seq.experts.payload.expert
+        with m.If(self.ph.sink == Sink.GELU):
+            m.d.comb += [prefetch.addr.eq(ins.dram1 + r.expert * ins.stride1 + ins.dram2),
+                         prefetch.beats.eq((PARAM_BYTES * N + ins.count * N * N) // BEAT_BYTES)]
+        with m.Else():
+            m.d.comb += [prefetch.addr.eq(ins.dram1 + next_expert * ins.stride1),
+                         prefetch.beats.eq((PARAM_BYTES * N + ins.k_chunks * N * N) // BEAT_BYTES)]
+        m.d.comb += prefetch.half.eq(r.half)
+        with m.If(r.prefetch):
+            m.d.comb += [seq.fetch.payload.eq(prefetch), seq.fetch.valid.eq(1)]
+            m.d.sync += [r.half.eq(~r.half), r.pre_half.eq(r.half), r.prefetched.eq(1)]
+
+    def _tiles(self):
+        """The tile issue loop shared by every MAC and LayerNorm phase, and its barrier."""
+        m, seq, r = self.m, self.seq, self.r
+        with m.State("ISSUE"):
+            tiles_ready = (seq.a_tile.ready & (~r.use_w | seq.w_tile.ready) & (~r.use_c | seq.c_tile.ready)
+                           & (~r.use_r | seq.r_tile.ready) & (~r.use_o | seq.o_tile.ready))
+            can = tiles_ready & (~r.need_fetch | r.prefetched | seq.fetch.ready)
+            with m.If(can):
+                m.d.comb += [seq.a_tile.valid.eq(1), seq.w_tile.valid.eq(r.use_w), seq.c_tile.valid.eq(r.use_c),
+                             seq.r_tile.valid.eq(r.use_r), seq.o_tile.valid.eq(r.use_o),
+                             r.issue.eq(r.use_o | r.use_c), seq.fetch.valid.eq(r.need_fetch & ~r.prefetched)]
+                with m.If(r.need_fetch & r.prefetched):
+                    m.d.sync += [r.cur_half.eq(r.pre_half), r.prefetched.eq(0)]
+                with m.Elif(r.need_fetch):
+                    m.d.sync += [r.half.eq(~r.half), r.cur_half.eq(r.half)]
+                with m.If(r.last_tile):
+                    m.next = "BARRIER"
+                with m.If(r.tb_outer):
+                    with m.If(r.cb == self.n_cb - 1):
+                        m.d.sync += [r.cb.eq(0), r.tb.eq(r.tb + 1)]
+                    with m.Else():
+                        m.d.sync += r.cb.eq(r.cb + 1)
+                with m.Else():
+                    with m.If(r.tb == r.tb_end - 1):
+                        m.d.sync += [r.tb.eq(r.tb_end - r.n_tb), r.cb.eq(r.cb + 1)]
+                    with m.Else():
+                        m.d.sync += r.tb.eq(r.tb + 1)
+        with m.State("BARRIER"):
+            # A prefetch may still be in flight; every other fetch has been used by a retired tile.
+            sink = self.ph.sink
+            fetched = r.prefetched | seq.fetch_idle
+            m.d.comb += r.prefetch.eq((self.ins.op == Op.MOE) & ~r.prefetched & seq.fetch.ready
+                                      & ((sink == Sink.GELU) | (sink == Sink.COMBINE) & ~r.elast
+                                         & seq.experts.valid))
+            quiet = ((r.outstanding == 0) & ~seq.probs_pending & ~seq.a_busy & fetched
+                     & (sink != Sink.ROUTER) | (r.outstanding == 0) & (sink == Sink.ROUTER) & seq.experts.valid)
+            with m.If(quiet):
+                m.next = "AFTER"
+        with m.State("AFTER"):
+            self._after()
+
+    def _after(self):
+        """Where a phase's barrier leads: the next part of ATTENTION or MOE, or the next instruction."""
+        m, r, ins = self.m, self.r, self.ins
+        with m.Switch(ins.op):
+            with m.Case(Op.ATTENTION):
+                with m.If(self.ph.a.mode == AMode.PROBS):
+                    m.d.sync += r.att_tb.eq(r.att_tb + 1)
+                    with m.If(r.att_tb == self.n_blocks - 1):
+                        m.next = "NEXT"
+                    with m.Else():
+                        m.next = "ATT_QK"
+                with m.Else():
+                    m.next = "ATT_AV"
+            with m.Case(Op.MOE):
+                with m.Switch(self.ph.sink):
+                    with m.Case(Sink.ROUTER):
+                        m.next = "MOE_EXPERT"
+                    with m.Case(Sink.GELU):
+                        m.next = "MOE_FC2"
+                    with m.Default():
+                        with m.If(r.elast):
+                            fin = self.seq.final
+                            m.d.sync += [r.word.eq(0), fin.active.eq(1), fin.addr.eq(0)]
+                            self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
+                            m.next = "MOE_FINAL"
+                        with m.Else():
+                            m.next = "MOE_EXPERT"
+            with m.Default():
+                m.next = "NEXT"
+
+
+class _Build(_PhaseStates, _DataStates, _TileStates):
     """The sequencer's registers and its FSM, one method per group of states."""
 
     def __init__(self, seq, m):
@@ -432,34 +535,6 @@ class _Build(_PhaseStates, _DataStates):
             self._moe()
             self._loads()
             self._store_and_layernorm()
-
-    def _descriptors(self):
-        """The tile and fetch descriptors the ISSUE state pushes, and the MoE prefetch."""
-        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
-        first_tb = r.tb == 0
-        m.d.comb += r.need_fetch.eq(r.use_w & (self.ph.w.mode == WMode.TILE) & (r.tb_outer | first_tb))
-        m.d.comb += r.last_tile.eq(Mux(r.tb_outer, (r.tb == r.tb_end - 1) & (r.cb == self.n_cb - 1),
-                                       (r.cb == self.n_cb - 1) & (r.tb == r.tb_end - 1)))
-        tile = Signal(Tile)
-        m.d.comb += [tile.tb.eq(r.tb), tile.cb.eq(r.cb),
-                     tile.half.eq(Mux(r.need_fetch, Mux(r.prefetched, r.pre_half, r.half), r.cur_half)),
-                     tile.release.eq(r.tb_outer | (r.tb == r.tb_end - 1)), tile.last.eq(r.last_tile)]
-        for unit in "awcro":
-            m.d.comb += getattr(seq, f"{unit}_tile").payload.eq(tile)
-        m.d.comb += [seq.fetch.payload.addr.eq(r.fetch_base + r.cb * r.tile_bytes),
-                     seq.fetch.payload.beats.eq(r.fetch_beats), seq.fetch.payload.half.eq(r.half)]
-        prefetch = Signal(Fetch)
-        next_expert = seq.experts.payload.expert
-        with m.If(self.ph.sink == Sink.GELU):
-            m.d.comb += [prefetch.addr.eq(ins.dram1 + r.expert * ins.stride1 + ins.dram2),
-                         prefetch.beats.eq((PARAM_BYTES * N + ins.count * N * N) // BEAT_BYTES)]
-        with m.Else():
-            m.d.comb += [prefetch.addr.eq(ins.dram1 + next_expert * ins.stride1),
-                         prefetch.beats.eq((PARAM_BYTES * N + ins.k_chunks * N * N) // BEAT_BYTES)]
-        m.d.comb += prefetch.half.eq(r.half)
-        with m.If(r.prefetch):
-            m.d.comb += [seq.fetch.payload.eq(prefetch), seq.fetch.valid.eq(1)]
-            m.d.sync += [r.half.eq(~r.half), r.pre_half.eq(r.half), r.prefetched.eq(1)]
 
     def _program(self):
         """Start, the header and the program into the program memory, then each instruction."""
@@ -556,74 +631,3 @@ class _Build(_PhaseStates, _DataStates):
                     m.next = "MOE_GATE"
                 with m.Default():
                     m.next = "FAULT"
-
-    def _tiles(self):
-        """The tile issue loop shared by every MAC and LayerNorm phase, and its barrier."""
-        m, seq, r = self.m, self.seq, self.r
-        with m.State("ISSUE"):
-            tiles_ready = (seq.a_tile.ready & (~r.use_w | seq.w_tile.ready) & (~r.use_c | seq.c_tile.ready)
-                           & (~r.use_r | seq.r_tile.ready) & (~r.use_o | seq.o_tile.ready))
-            can = tiles_ready & (~r.need_fetch | r.prefetched | seq.fetch.ready)
-            with m.If(can):
-                m.d.comb += [seq.a_tile.valid.eq(1), seq.w_tile.valid.eq(r.use_w), seq.c_tile.valid.eq(r.use_c),
-                             seq.r_tile.valid.eq(r.use_r), seq.o_tile.valid.eq(r.use_o),
-                             r.issue.eq(r.use_o | r.use_c), seq.fetch.valid.eq(r.need_fetch & ~r.prefetched)]
-                with m.If(r.need_fetch & r.prefetched):
-                    m.d.sync += [r.cur_half.eq(r.pre_half), r.prefetched.eq(0)]
-                with m.Elif(r.need_fetch):
-                    m.d.sync += [r.half.eq(~r.half), r.cur_half.eq(r.half)]
-                with m.If(r.last_tile):
-                    m.next = "BARRIER"
-                with m.If(r.tb_outer):
-                    with m.If(r.cb == self.n_cb - 1):
-                        m.d.sync += [r.cb.eq(0), r.tb.eq(r.tb + 1)]
-                    with m.Else():
-                        m.d.sync += r.cb.eq(r.cb + 1)
-                with m.Else():
-                    with m.If(r.tb == r.tb_end - 1):
-                        m.d.sync += [r.tb.eq(r.tb_end - r.n_tb), r.cb.eq(r.cb + 1)]
-                    with m.Else():
-                        m.d.sync += r.tb.eq(r.tb + 1)
-        with m.State("BARRIER"):
-            # A prefetch may still be in flight; every other fetch has been used by a retired tile.
-            sink = self.ph.sink
-            fetched = r.prefetched | seq.fetch_idle
-            m.d.comb += r.prefetch.eq((self.ins.op == Op.MOE) & ~r.prefetched & seq.fetch.ready
-                                      & ((sink == Sink.GELU) | (sink == Sink.COMBINE) & ~r.elast
-                                         & seq.experts.valid))
-            quiet = ((r.outstanding == 0) & ~seq.probs_pending & ~seq.a_busy & fetched
-                     & (sink != Sink.ROUTER) | (r.outstanding == 0) & (sink == Sink.ROUTER) & seq.experts.valid)
-            with m.If(quiet):
-                m.next = "AFTER"
-        with m.State("AFTER"):
-            self._after()
-
-    def _after(self):
-        """Where a phase's barrier leads: the next part of ATTENTION or MOE, or the next instruction."""
-        m, r, ins = self.m, self.r, self.ins
-        with m.Switch(ins.op):
-            with m.Case(Op.ATTENTION):
-                with m.If(self.ph.a.mode == AMode.PROBS):
-                    m.d.sync += r.att_tb.eq(r.att_tb + 1)
-                    with m.If(r.att_tb == self.n_blocks - 1):
-                        m.next = "NEXT"
-                    with m.Else():
-                        m.next = "ATT_QK"
-                with m.Else():
-                    m.next = "ATT_AV"
-            with m.Case(Op.MOE):
-                with m.Switch(self.ph.sink):
-                    with m.Case(Sink.ROUTER):
-                        m.next = "MOE_EXPERT"
-                    with m.Case(Sink.GELU):
-                        m.next = "MOE_FC2"
-                    with m.Default():
-                        with m.If(r.elast):
-                            fin = self.seq.final
-                            m.d.sync += [r.word.eq(0), fin.active.eq(1), fin.addr.eq(0)]
-                            self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
-                            m.next = "MOE_FINAL"
-                        with m.Else():
-                            m.next = "MOE_EXPERT"
-            with m.Default():
-                m.next = "NEXT"

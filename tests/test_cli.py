@@ -99,7 +99,7 @@ def test_perf_json_tiny_pysim(tmp_path):
     assert sum(row["mac_cycles"] for row in phases.values()) == report["array_cycles"]
     assert "cycles by phase" in r.stdout
     # Not a terminal: one plain line per stage on stderr.
-    for stage in ("quantising", "golden", "building the accelerator for pysim", "frame 1 of 1: task 1"):
+    for stage in ("golden", "building the accelerator for pysim", "frame 1 of 1: task 1"):
         assert any(line.startswith(stage) and " done in " in line for line in r.stderr.splitlines()), stage
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

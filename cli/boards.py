@@ -52,6 +52,7 @@ def _top_capacity(config):
 def _synth(args):
     from boards.build import BoardError
     from boards.synth import SynthError, synthesize
+    from cli.progress import Progress
 
     targets = synth_targets(args)
     if args.json:
@@ -61,9 +62,11 @@ def _synth(args):
             raise UserError(f"cannot write {args.json}: {err.strerror}") from None
     results = []
     print(f"{'unit':<14}{'DSP':>6}{'LUT':>8}{'LUTRAM':>8}{'FF':>8}{'BRAM36':>8}{'URAM':>6}{'levels':>8}{'chain=1':>8}{'s':>7}")
+    progress = Progress()
     for name, factory in targets:
         try:
-            r = synthesize(factory(), name)
+            with progress.stage(f"synthesising {name}"):
+                r = synthesize(factory(), name)
         except (SynthError, BoardError) as err:
             raise UserError(str(err)) from None
         results.append(r)

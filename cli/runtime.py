@@ -32,6 +32,7 @@ def _bundle(args):
 
     from gateware.program import CapacityError, compile_frame
     from cli.model import model_inputs, load_artifact
+    from cli.progress import Progress
     from model.quantize import calibration_images, quantize_model
 
     from runtime.bundle import write_bundle
@@ -45,7 +46,10 @@ def _bundle(args):
         raise UserError(f"bitstream {args.bitstream} does not exist")
     cfg, weights, image = model_inputs(args)
     cap = _capacity(cfg)
-    artifact = load_artifact(args.artifact, cfg) or quantize_model(cfg, weights.tensors, calibration_images(image))
+    artifact = load_artifact(args.artifact, cfg)
+    if artifact is None:
+        with Progress().stage("quantising the model (calibration images)"):
+            artifact = quantize_model(cfg, weights.tensors, calibration_images(image))
     try:
         frame = compile_frame(artifact, cap)
     except CapacityError as err:
@@ -103,6 +107,7 @@ def _backend(args, bundle):
 def _run(args):
     import numpy as np
 
+    from cli.progress import Progress
     from runtime.bundle import Bundle
     from runtime.driver import Accelerator
     from runtime.errors import AcceleratorError
@@ -133,11 +138,14 @@ def _run(args):
         where = "the simulated accelerator" if args.simulate else "the board"
         print(f"bundle {bundle.path}: config {bundle.name}, build {bundle.capacity['lanes']}x"
               f"{bundle.capacity['lanes']}; running on {where}", flush=True)
-        results = []
-        with Accelerator(bundle, _backend(args, bundle), timeout=args.timeout) as acc:
+        results, progress = [], Progress()
+        with progress.stage(f"opening {where}"):
+            acc = Accelerator(bundle, _backend(args, bundle), timeout=args.timeout)
+        with acc:
             acc.set_image(pixels)
-            for task in args.task:
-                f = acc.run(task)
+            for i, task in enumerate(args.task):
+                with progress.stage(f"frame {i + 1} of {len(args.task)}: task {task}"):
+                    f = acc.run(task)
                 results.append(f)
                 print(f"task {task}: {f.cycles} cycles ({f.stalls} stalled on DRAM), {f.latency_ms:.3f} ms at "
                       f"{CLOCK_HZ / 1e6:.0f} MHz; {_summary(f)}", flush=True)

@@ -1,7 +1,6 @@
 """``m3vit simulate`` and ``m3vit perf``: a frame through the simulated accelerator."""
 
-import sys
-import time
+from pathlib import Path
 
 from cli import UserError
 from model.config import MAC_LANES, default_lanes
@@ -10,10 +9,10 @@ from sim import ENGINES
 __all__ = ["register"]
 
 
-def _run(args, tasks):
+def _run(args, tasks, trace=False):
     """Quantise, compile, simulate ``tasks`` back to back and compare each frame with golden.
 
-    Returns a list of ``(report, mismatching indices)``, one per task.
+    Returns a list of ``(report, mismatching indices, timeline or None)``, one per task.
     """
     import numpy as np
 
@@ -23,6 +22,7 @@ def _run(args, tasks):
     from model.quantize import calibration_images, quantize_model
     from model.weights import image_to_pixels
 
+    from cli.progress import Progress
     from sim.accelerator import SimulationError, frame_report, simulate_frames
 
     cfg, weights, image = model_inputs(args)
@@ -33,26 +33,24 @@ def _run(args, tasks):
         cap = Capacity.for_config(cfg, lanes)
     except CapacityError as err:
         raise UserError(str(err)) from None
-    artifact = load_artifact(args.artifact, cfg) or quantize_model(cfg, weights.tensors, calibration_images(image))
+    progress = Progress()
+    artifact = load_artifact(args.artifact, cfg)
+    if artifact is None:
+        with progress.stage("quantising the model (calibration images)"):
+            artifact = quantize_model(cfg, weights.tensors, calibration_images(image))
     pixels = image_to_pixels(image)
-    goldens = [run_backbone(artifact, pixels, task) for task in tasks]
+    with progress.stage("golden (integer) model"):
+        goldens = [run_backbone(artifact, pixels, task) for task in tasks]
     print(f"simulating config {cfg.name}, task{'s' * (len(tasks) > 1)} {', '.join(map(str, tasks))}, "
           f"{lanes}x{lanes} MAC array, engine {args.engine} (weights {weights.source})", flush=True)
-    start = time.perf_counter()
-
-    def progress(cycles):
-        if sys.stderr.isatty():
-            print(f"\r  {cycles} cycles, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr, flush=True)
-
     try:
         results = simulate_frames(artifact, pixels, tasks, cap=cap, engine=args.engine,
-                                  dram_latency=args.dram_latency, progress=progress)
+                                  dram_latency=args.dram_latency, progress=progress.cycles, trace=trace,
+                                  stage=progress.stage)
     except (CapacityError, SimulationError) as err:
         raise UserError(str(err)) from None
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    return [(frame_report(artifact, task, result, golden, cap), np.argwhere(result.output != golden.output))
-            for task, result, golden in zip(tasks, results, goldens)]
+    return [(frame_report(artifact, task, result, golden, cap), np.argwhere(result.output != golden.output),
+             result.timeline) for task, result, golden in zip(tasks, results, goldens)]
 
 
 def _print(report, bad):
@@ -73,26 +71,43 @@ def _print(report, bad):
     if r["experts_run"]:
         print(f"routing written to DRAM: {r['routing_mismatches']} tokens' experts differ from golden: "
               f"{'EQUAL' if r['routing_matches'] else 'MISMATCH'}")
+    if "phases" in r:
+        print(f"{'cycles by phase':<16} {'cycles':>10} {'share':>6} {'MAC busy':>9} {'on DRAM':>8}")
+        for kind, row in r["phases"].items():
+            if row["cycles"]:
+                print(f"  {kind:<14} {row['cycles']:>10} {row['cycles'] / r['cycles']:>6.3f} "
+                      f"{row['mac_cycles'] / row['cycles']:>9.3f} {row['stall_cycles'] / row['cycles']:>8.3f}")
     print(f"simulated in {r['wall_seconds']:.1f} s")
 
 
 def _simulate(args):
     frames = _run(args, args.task)
-    for report, bad in frames:
+    for report, bad, _ in frames:
         _print(report, bad)
     if len(frames) > 1:
         print("tasks switched by writing the TASK register only; weights, program and image stayed in DRAM")
-    return 0 if all(report["bit_exact"] and report["routing_matches"] for report, _ in frames) else 1
+    return 0 if all(report["bit_exact"] and report["routing_matches"] for report, _, _ in frames) else 1
 
 
 def _perf(args):
-    from cli.model import write_json
+    from cli.model import check_output_path, write_json
+    from sim.timeline_figure import FIGURE_SUFFIXES, draw_timeline
 
-    [(report, bad)] = _run(args, [args.task])
+    for path in (args.json, args.timeline):
+        if path:
+            check_output_path(path)
+    if args.timeline and Path(args.timeline).suffix.lower() not in FIGURE_SUFFIXES:
+        raise UserError(f"--timeline {args.timeline}: the file must end in {' or '.join(FIGURE_SUFFIXES)}")
+    [(report, bad, timeline)] = _run(args, [args.task], trace=True)
     _print(report, bad)
     if args.json:
         write_json(args.json, report)
         print(f"wrote {args.json}")
+    if args.timeline:
+        draw_timeline(timeline, args.timeline, title=f"{report['config']}, task {report['task']}: "
+                      f"{report['cycles']:,} cycles, {report['latency_ms_at_300mhz']:.2f} ms at 300 MHz, "
+                      f"MAC utilisation {report['mac_utilization']:.3f}")
+        print(f"wrote {args.timeline}")
     return 0 if report["bit_exact"] and report["routing_matches"] else 1
 
 
@@ -119,4 +134,5 @@ def register(sub):
         p.add_argument("--dram-latency", type=int, default=40, help="DRAM read latency in cycles (default 40)")
         if name == "perf":
             p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+            p.add_argument("--timeline", metavar="FILE", help="draw the frame's phases over time (.png or .svg)")
         p.set_defaults(handler=handler)

@@ -8,6 +8,7 @@ from golden.attention import PROB_FRAC
 from golden.mac_array import ACC_BITS
 
 from .gelu import GELU
+from .lanes import lane_layout
 from .phase import Phase, Sink, Tile
 from .postprocess import PostProcess
 from .reader import clamp_rows
@@ -61,11 +62,10 @@ class ColumnPath(wiring.Component):
 
     def __init__(self, lanes, max_tokens, *, router, ln):
         self.lanes, self.max_tokens = lanes, max_tokens
-        word = data.StructLayout({"data": data.ArrayLayout(signed(16), lanes), "last": 1})
+        word = lane_layout(lanes, signed(16))
         probs = data.StructLayout({"addr": 16, "data": data.ArrayLayout(unsigned(PROB_FRAC + 1), lanes)})
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({"data": data.ArrayLayout(signed(ACC_BITS), lanes),
-                                                        "last": 1}))),
+            "i": In(stream.Signature(lane_layout(lanes, signed(ACC_BITS)))),
             "tiles": In(stream.Signature(Tile)), "phase": In(Phase),
             "param_half": Out(1), "param_col": Out(range(lanes)), "param": In(TileParams),
             "residual": In(stream.Signature(word)),

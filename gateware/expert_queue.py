@@ -140,7 +140,18 @@ class ExpertQueueBuilder(wiring.Component):
         with m.If(self.experts.valid & self.experts.ready):
             m.d.sync += unlisted.eq(unlisted & ~lowest)
 
-        # Queue reads: one address per cycle into every memory, the current expert's data kept.
+        remaining = self._reads(m, reads, counts, built)
+
+        with m.If(self.clear):
+            m.d.sync += [built.eq(0), unlisted.eq(0), remaining.eq(0)]
+            m.d.sync += [c.eq(0) for c in counts]
+        return m
+
+    def _reads(self, m, reads, counts, built):
+        """Queue reads: one address per cycle into every memory, the current expert's data kept.
+
+        Returns the count of entries still to read (``clear`` zeroes it)."""
+        num_experts = self.num_experts
         current = Signal(range(num_experts))
         pos = Signal(range(self.max_tokens))
         remaining = Signal(range(self.max_tokens + 1))
@@ -168,8 +179,4 @@ class ExpertQueueBuilder(wiring.Component):
             for e in range(num_experts):
                 with m.If(self.read.payload == e):
                     m.d.sync += remaining.eq(counts[e])
-
-        with m.If(self.clear):
-            m.d.sync += [built.eq(0), unlisted.eq(0), remaining.eq(0)]
-            m.d.sync += [c.eq(0) for c in counts]
-        return m
+        return remaining

@@ -4,6 +4,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .seq_divider import serial_steps
+
 __all__ = ["SeqIsqrt"]
 
 
@@ -48,22 +50,10 @@ class SeqIsqrt(wiring.Component):
         radicand = Signal(2 * k)
         rem = Signal(k + 2)
         root = Signal(k)
-        count = Signal(range(k + 1))
-        busy = Signal()
-
-        m.d.comb += [
-            self.i.ready.eq(~busy & ~self.o.valid),
-            self.o.payload.eq(root),
-        ]
-
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [
-                radicand.eq(self.i.payload),
-                rem.eq(0),
-                root.eq(0),
-                count.eq(k),
-                busy.eq(1),
-            ]
+        start, busy = serial_steps(m, self.i, self.o, k)
+        m.d.comb += self.o.payload.eq(root)
+        with m.If(start):
+            m.d.sync += [radicand.eq(self.i.payload), rem.eq(0), root.eq(0)]
 
         shifted = Cat(radicand[-2:], rem)
         trial = Cat(Const(1, 2), root)
@@ -73,11 +63,5 @@ class SeqIsqrt(wiring.Component):
                 radicand.eq(radicand << 2),
                 rem.eq(Mux(fits, shifted - trial, shifted)),
                 root.eq(Cat(fits, root[:-1])),
-                count.eq(count - 1),
             ]
-            with m.If(count == 1):
-                m.d.sync += [busy.eq(0), self.o.valid.eq(1)]
-
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
         return m

@@ -7,6 +7,8 @@ from amaranth.lib.wiring import In, Out
 from golden.fixedpoint import ACT_BITS, PROB_OPERAND_BITS
 from golden.mac_array import ACC_BITS
 
+from .lanes import lane_layout
+
 __all__ = ["MACArray"]
 
 
@@ -84,10 +86,7 @@ class MACArray(wiring.Component):
                 "w": data.ArrayLayout(signed(w_bits), cols),
                 "last": 1,
             }))),
-            "o": Out(stream.Signature(data.StructLayout({
-                "data": data.ArrayLayout(signed(acc_bits), rows),
-                "last": 1,
-            }))),
+            "o": Out(stream.Signature(lane_layout(rows, signed(acc_bits)))),
         })
 
     def elaborate(self, platform):

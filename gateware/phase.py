@@ -10,7 +10,7 @@ from amaranth.lib import data, enum
 
 from .records import ADDR_BITS
 
-__all__ = ["AMode", "WMode", "Sink", "Tile", "Fetch", "ARead", "WRead", "Dest", "Phase"]
+__all__ = ["AMode", "WMode", "Sink", "Tile", "Fetch", "ARead", "WRead", "Dest", "Phase", "Position", "Trace"]
 
 
 class AMode(enum.Enum, shape=2):
@@ -69,3 +69,11 @@ Phase = data.StructLayout({
     "ln_shift": 6,              # LayerNorm affine shift and epsilon term
     "ln_eps": 48,
 })
+
+#: Where in the program the sequencer is: ``running`` from the first instruction's fetch to the
+#: end (not while the header and program load), instruction ``pc``, MoE ``expert``.
+Position = data.StructLayout({"running": 1, "pc": 16, "expert": 8})
+#: What a simulation watches to draw a frame's timeline (``sim/trace.py``); the board build leaves
+#: it unconnected. ``busy`` from start to done; ``sink`` is the phase's column sink; ``mac`` an operand transfer into the MAC
+#: array this cycle; ``stall`` the array waiting for a weight tile from DRAM.
+Trace = data.StructLayout({"busy": 1, "at": Position, "sink": Sink, "mac": 1, "stall": 1})

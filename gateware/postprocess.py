@@ -9,6 +9,7 @@ from golden.fixedpoint import ACT_BITS, REQUANT_MULT_BITS, RES_BITS
 from golden.mac_array import ACC_BITS
 
 from .fixedpoint import saturate
+from .lanes import lane_layout
 
 __all__ = ["PostProcess"]
 
@@ -80,10 +81,7 @@ class PostProcess(wiring.Component):
                 "narrow": 1,
                 "last": 1,
             }))),
-            "o": Out(stream.Signature(data.StructLayout({
-                "data": data.ArrayLayout(signed(RES_BITS), lanes),
-                "last": 1,
-            }))),
+            "o": Out(stream.Signature(lane_layout(lanes, signed(RES_BITS)))),
         })
 
     def elaborate(self, platform):

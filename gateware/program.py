@@ -173,6 +173,10 @@ class Frame:
         Per MoE layer: DRAM bytes of one task's gate and of one expert (both linear layers).
     program_offset : int
         Where the instructions start.
+    labels : list of (int, str)
+        Per instruction, its encoder layer (-1 before the first) and what it computes: ``load``,
+        ``embed``, ``layernorm``, ``qkv``, ``attention``, ``proj``, ``fc1``, ``fc2``, ``moe``,
+        ``routes``, ``store`` or ``end`` (for timelines and reports).
     routing : runtime.layout.RoutingLayout
         The expert routing the accelerator writes after the output (its ``size`` is 0 without
         MoE layers).
@@ -187,6 +191,7 @@ class Frame:
     gate_bytes: dict = field(default_factory=dict)
     expert_bytes: dict = field(default_factory=dict)
     program_offset: int = 0
+    labels: list = field(default_factory=list)
     routing: RoutingLayout = None
 
 
@@ -233,10 +238,12 @@ class _Compiler:
         self.img.add(bytes(BEAT_BYTES))                       # header, filled in at the end
         self.instrs, self.dense = [], 0
         self.gate_bytes, self.expert_bytes = {}, {}
+        self.labels, self.label = [], (-1, "load")
         self.routing = RoutingLayout(len(self.cfg.moe_layers), self.cfg.tokens, self.cfg.top_k)
 
     def emit(self, **fields):
         self.instrs.append(fields)
+        self.labels.append(self.label)
 
     def tiles(self, prefix, lead=()):
         t = self.t
@@ -262,6 +269,7 @@ class _Compiler:
     def step(self, step):
         cfg, t, n, region, p = self.cfg, self.t, self.n, self.region, step.params
         d = cfg.dim // n
+        self.label = (step.layer, p.rstrip(".").rpartition(".")[2] if step.op == "linear" else step.op)
         if step.op == "embed":
             self.emit(op=Op.GEMM, out_mode=OutMode.RESIDUAL, narrow=0, dram0=self.dense_object(self.tiles("embed.")),
                       rows=cfg.num_patches, row_offset=1, k_chunks=cfg.patch_dim // n, n_out=cfg.dim,
@@ -315,7 +323,7 @@ class _Compiler:
                   shift2=int(t[g + "shift"]), **region("ln", "src"), **region("residual", "dst"),
                   **region("hidden", "aux"))
         # The layer's routing, while the recorder holds it (the next gate overwrites it).
-        routes = self.routing
+        routes, self.label = self.routing, (step.layer, "routes")
         self.emit(op=Op.ROUTES, rows=cfg.tokens, count=routes.layer_bytes // BEAT_BYTES,
                   dram0=routing_offset(cfg.tokens * cfg.dim * 2)
                   + routes.layer_offset(cfg.moe_layers.index(step.layer)))
@@ -335,7 +343,9 @@ def compile_frame(artifact, cap: Capacity):
     c.prologue()
     for step in compile_schedule(cfg):
         c.step(step)
+    c.label = (cfg.depth - 1, "store")
     c.emit(op=Op.STORE16, rows=cfg.tokens, k_chunks=cfg.dim // cap.lanes, **c.region("residual", "src"))
+    c.label = (cfg.depth - 1, "end")
     c.emit(op=Op.END)
     instrs = c.instrs
     if len(instrs) > cap.max_program:
@@ -346,7 +356,8 @@ def compile_frame(artifact, cap: Capacity):
     blob[:BEAT_BYTES] = encode(Header, {"magic": PROGRAM_MAGIC, "count": len(instrs), "program": prog}, BEAT_BYTES)
     return Frame(weights=bytes(blob), instructions=instrs, output_bytes=cfg.tokens * cfg.dim * 2,
                  regions=c.regions, act_words=c.act_words, dense_bytes=c.dense, gate_bytes=c.gate_bytes,
-                 expert_bytes=c.expert_bytes, program_offset=prog, routing=c.routing)
+                 expert_bytes=c.expert_bytes, program_offset=prog, labels=c.labels,
+                 routing=c.routing)
 
 
 def encode_instr(fields):

@@ -4,6 +4,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .lanes import lane_layout
 from .phase import Tile
 from .transpose import Transpose
 
@@ -70,7 +71,7 @@ class TileReader(wiring.Component):
             "tiles": In(stream.Signature(Tile)), "walk": In(Walk), "go": In(1, init=1),
             "mem_addr": Out(24), "mem_en": Out(1), "mem_data": In(word), "sub": Out(range(max(pack, 2))),
             "list_addr": Out(16), "list_token": In(16),
-            "o": Out(stream.Signature(data.StructLayout({"data": word, "last": 1}))),
+            "o": Out(stream.Signature(lane_layout(lanes, signed(16)))),
         })
 
     def elaborate(self, platform):

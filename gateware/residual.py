@@ -4,6 +4,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .lanes import lane_layout
 from .phase import Dest, Tile
 from .reader import clamp_rows
 from .sequencer import Final
@@ -44,7 +45,7 @@ class ResidualReader(wiring.Component):
         super().__init__({
             "tiles": In(stream.Signature(Tile)), "dest": In(Dest), "final": In(Final),
             "mem_addr": Out(24), "mem_en": Out(1), "mem_data": In(word),
-            "o": Out(stream.Signature(data.StructLayout({"data": word, "last": 1}))),
+            "o": Out(stream.Signature(lane_layout(lanes, signed(16)))),
         })
 
     def elaborate(self, platform):

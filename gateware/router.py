@@ -2,6 +2,7 @@
 ``golden.moe.route`` after the gate matmul, feeding ``gateware/expert_queue.py``."""
 
 from fractions import Fraction
+from types import SimpleNamespace
 
 from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
@@ -134,15 +135,26 @@ class Router(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        lanes, k = self.lanes, self.k
-        m.submodules.topk = topk = TopK(lanes, self.num_experts, k)
-        m.submodules.requant = requant = PostProcess(lanes)
+        m.submodules.topk = topk = TopK(self.lanes, self.num_experts, self.k)
+        m.submodules.requant = requant = PostProcess(self.lanes)
         m.submodules.softmax = softmax = self._softmax
         m.submodules.meta = meta_q = fifo.SyncFIFOBuffered(width=Shape.cast(self._meta).width,
                                                            depth=_META_DEPTH)
-        p = self.i.payload
+        self._fork(m, topk, requant, softmax, meta_q)
+        index = topk.o.payload.shape()["index"].shape
+        # The serialiser: a shift register whose lane 0 is the token on ``o``.
+        ser = SimpleNamespace(
+            valid=Signal(), left=Signal(range(self.lanes + 1)), token=Signal(range(self.max_tokens)),
+            final=Signal(), index=Signal(index), free=Signal(), lane_last=Signal(),
+            w=Signal(data.ArrayLayout(data.ArrayLayout(unsigned(_WEIGHT_BITS), self.k),
+                                      self.lanes)))
+        finish, sel_index, sel_meta = self._capture(m, topk, softmax.o, meta_q, ser)
+        self._serialise(m, ser, finish, sel_index, sel_meta)
+        return m
 
-        # ---- fork: one register, a pending flag per branch ----
+    def _fork(self, m, topk, requant, softmax, meta_q):
+        """One input register, a pending flag per branch; the group's fields into ``meta_q``."""
+        p = self.i.payload
         fork_logits = Signal.like(p.logits)
         fork_last = Signal()
         pend_tk = Signal()
@@ -186,38 +198,29 @@ class Router(wiring.Component):
             meta_q.w_en.eq(accept & p.last),
         ]
 
-        # ---- capture: probabilities into the ranks that selected their expert ----
+    def _capture(self, m, topk, sm, meta_q, ser):
+        """Probabilities into the ranks that selected their expert; the finished group into
+        ``ser``. Returns the completing transfer and the group's selections and fields."""
         # The heads of the two queues are the group being captured; both pop when it completes.
-        m.submodules.sel = sel_q = fifo.SyncFIFOBuffered(
-            width=Shape.cast(topk.o.payload.shape()["index"].shape).width, depth=_SEL_DEPTH)
-        sel_index = topk.o.payload.shape()["index"].shape(sel_q.r_data)
-        sel_meta = self._meta(meta_q.r_data)
+        index = topk.o.payload.shape()["index"].shape
+        m.submodules.sel = sel_q = fifo.SyncFIFOBuffered(width=Shape.cast(index).width,
+                                                         depth=_SEL_DEPTH)
+        sel_index = index(sel_q.r_data)
         m.d.comb += [
             sel_q.w_data.eq(topk.o.payload.index),
             sel_q.w_en.eq(topk.o.valid),
             topk.o.ready.eq(sel_q.w_rdy),
         ]
         expert = Signal(range(self.num_experts))
-        cap_w = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(_WEIGHT_BITS), k), lanes))
-
-        ser_valid = Signal()
-        ser_left = Signal(range(lanes + 1))
-        ser_token = Signal(range(self.max_tokens))
-        ser_final = Signal()
-        ser_index = Signal.like(topk.o.payload.index)
-        ser_w = Signal.like(cap_w)
-        ser_free = Signal()
-        lane_last = Signal()
-
-        sm = softmax.o
+        cap_w = Signal.like(ser.w)
         sm_take = Signal()
         finish = Signal()
         m.d.comb += [
-            lane_last.eq(ser_left == 1),
-            ser_free.eq(~ser_valid | (self.o.ready & lane_last)),
+            ser.lane_last.eq(ser.left == 1),
+            ser.free.eq(~ser.valid | (self.o.ready & ser.lane_last)),
             # Only with the group's selections in place may its probabilities be taken; the last
             # one also needs the serialiser free, as it completes the group there.
-            sm.ready.eq(sel_q.r_rdy & meta_q.r_rdy & (~sm.payload.last | ser_free)),
+            sm.ready.eq(sel_q.r_rdy & meta_q.r_rdy & (~sm.payload.last | ser.free)),
             sm_take.eq(sm.valid & sm.ready),
             finish.eq(sm_take & sm.payload.last),
             sel_q.r_en.eq(finish),
@@ -226,37 +229,38 @@ class Router(wiring.Component):
         with m.If(sm_take):
             m.d.sync += expert.eq(Mux(sm.payload.last, 0, expert + 1))
 
-        for lane in range(lanes):
-            for r in range(k):
+        for lane in range(self.lanes):
+            for r in range(self.k):
                 hit = sel_index[lane][r] == expert
                 with m.If(sm_take & hit):
                     m.d.sync += cap_w[lane][r].eq(sm.payload.p[lane])
                 with m.If(finish):
-                    m.d.sync += ser_w[lane][r].eq(Mux(hit, sm.payload.p[lane], cap_w[lane][r]))
+                    m.d.sync += ser.w[lane][r].eq(Mux(hit, sm.payload.p[lane], cap_w[lane][r]))
+        return finish, sel_index, self._meta(meta_q.r_data)
 
-        # ---- serialise: lane 0 of a shift register is the token on ``o`` ----
+    def _serialise(self, m, ser, finish, sel_index, sel_meta):
+        """The finished group's first ``valid_lanes`` tokens on ``o``, one per transfer."""
         m.d.comb += [
-            self.o.valid.eq(ser_valid),
-            self.o.payload.token.eq(ser_token),
-            self.o.payload.expert.eq(ser_index[0]),
-            self.o.payload.weight.eq(ser_w[0]),
-            self.o.payload.last.eq(ser_final & lane_last),
+            self.o.valid.eq(ser.valid),
+            self.o.payload.token.eq(ser.token),
+            self.o.payload.expert.eq(ser.index[0]),
+            self.o.payload.weight.eq(ser.w[0]),
+            self.o.payload.last.eq(ser.final & ser.lane_last),
         ]
         with m.If(finish):
             m.d.sync += [
-                ser_valid.eq(1),
-                ser_left.eq(sel_meta.valid_lanes),
-                ser_token.eq(sel_meta.token_base),
-                ser_final.eq(sel_meta.final),
-                ser_index.eq(sel_index),
+                ser.valid.eq(1),
+                ser.left.eq(sel_meta.valid_lanes),
+                ser.token.eq(sel_meta.token_base),
+                ser.final.eq(sel_meta.final),
+                ser.index.eq(sel_index),
             ]
         with m.Elif(self.o.valid & self.o.ready):
             m.d.sync += [
-                ser_left.eq(ser_left - 1),
-                ser_token.eq(ser_token + 1),
-                ser_valid.eq(~lane_last),
+                ser.left.eq(ser.left - 1),
+                ser.token.eq(ser.token + 1),
+                ser.valid.eq(~ser.lane_last),
             ]
-            for lane in range(lanes - 1):
-                m.d.sync += [ser_index[lane].eq(ser_index[lane + 1]),
-                             ser_w[lane].eq(ser_w[lane + 1])]
-        return m
+            for lane in range(self.lanes - 1):
+                m.d.sync += [ser.index[lane].eq(ser.index[lane + 1]),
+                             ser.w[lane].eq(ser.w[lane + 1])]

@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SeqDivider"]
+__all__ = ["SeqDivider", "serial_steps"]
 
 
 class SeqDivider(wiring.Component):
@@ -64,22 +64,14 @@ class SeqDivider(wiring.Component):
         rem = Signal(vw)
         low = Signal(qw)
         divisor = Signal(vw)
-        count = Signal(range(qw + 1))
-        busy = Signal()
 
-        m.d.comb += [
-            self.i.ready.eq(~busy & ~self.o.valid),
-            self.o.payload.quotient.eq(low),
-            self.o.payload.remainder.eq(rem),
-        ]
-
-        with m.If(self.i.valid & self.i.ready):
+        start, busy = serial_steps(m, self.i, self.o, qw)
+        m.d.comb += [self.o.payload.quotient.eq(low), self.o.payload.remainder.eq(rem)]
+        with m.If(start):
             m.d.sync += [
                 rem.eq(self.i.payload.dividend >> qw),
                 low.eq(self.i.payload.dividend[:qw]),
                 divisor.eq(self.i.payload.divisor),
-                count.eq(qw),
-                busy.eq(1),
             ]
 
         # rem < divisor holds before every step, so the trial fits vw + 1 bits.
@@ -89,11 +81,27 @@ class SeqDivider(wiring.Component):
             m.d.sync += [
                 rem.eq(Mux(fits, trial - divisor, trial)),
                 low.eq(Cat(fits, low[:-1])),
-                count.eq(count - 1),
             ]
-            with m.If(count == 1):
-                m.d.sync += [busy.eq(0), self.o.valid.eq(1)]
-
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
         return m
+
+
+def serial_steps(m, i, o, steps):
+    """The handshake of a unit that works on one ``i`` transfer for ``steps`` cycles.
+
+    ``i`` is ready while the unit is idle and holds no result; ``steps`` cycles after the
+    transfer, ``o.valid`` rises and stays until ``o`` is taken. Returns ``(start, busy)``:
+    ``start`` is the ``i`` transfer, ``busy`` is high on each of the ``steps`` working cycles.
+    """
+    count = Signal(range(steps + 1))
+    busy = Signal()
+    start = Signal()
+    m.d.comb += [i.ready.eq(~busy & ~o.valid), start.eq(i.valid & i.ready)]
+    with m.If(start):
+        m.d.sync += [count.eq(steps), busy.eq(1)]
+    with m.If(busy):
+        m.d.sync += count.eq(count - 1)
+        with m.If(count == 1):
+            m.d.sync += [busy.eq(0), o.valid.eq(1)]
+    with m.If(o.valid & o.ready):
+        m.d.sync += o.valid.eq(0)
+    return start, busy

@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .dma import command_layout
-from .phase import AMode, Fetch, Phase, Sink, Tile, WMode
+from .phase import AMode, Fetch, Phase, Position, Sink, Tile, WMode
 from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr,
                       LNParams, Op, OutMode)
 
@@ -86,6 +86,8 @@ class Sequencer(wiring.Component):
         LayerNorm parameters, one channel per transfer.
     final : Out(Final)
         The MoE combine's last pass, rounding the accumulator into the residual stream.
+    position : Out(Position)
+        The instruction and expert being run, for a simulation's timeline.
 
     Latency: an instruction takes 3 cycles from its fetch to its first tile; a barrier adds
     2 cycles after the last tile retires. Throughput: one tile per cycle.
@@ -120,6 +122,7 @@ class Sequencer(wiring.Component):
             "queue_write": Out(stream.Signature(queue_write_layout(cap), always_ready=True)),
             "ln_params": Out(ln_params.flip()),
             "final": Out(Final),
+            "position": Out(Position),
         })
 
     def elaborate(self, platform):
@@ -374,89 +377,8 @@ class _DataStates(_Settings):
                     m.next = "ISSUE"
 
 
-class _RouteStates(_Settings):
-    """ROUTES: the routing recorder's beats to DRAM."""
-
-    def _routes(self):
-        """One write command of ``count`` beats at ``output_base + dram0``, the recorder's words
-        as its data; then the write's end (STORE_WAIT), so that a frame's routing is in DRAM
-        when the host sees done, whichever instruction comes last."""
-        m, seq, r, ins = self.m, self.seq, self.r, self.ins
-        with m.State("ROUTES_CMD"):
-            m.d.comb += [seq.wr_cmd.valid.eq(1), seq.wr_cmd.payload.addr.eq(seq.output_base + ins.dram0),
-                         seq.wr_cmd.payload.beats.eq(ins.count)]
-            with m.If(seq.wr_cmd.ready):
-                m.d.sync += r.word.eq(0)
-                m.next = "ROUTES_DATA"
-        with m.State("ROUTES_DATA"):
-            routes = seq.routes
-            m.d.comb += [seq.wr_data.valid.eq(routes.valid), seq.wr_data.payload.eq(routes.payload),
-                         routes.ready.eq(seq.wr_data.ready)]
-            with m.If(routes.valid & seq.wr_data.ready):
-                m.d.sync += r.word.eq(r.word + 1)
-                # The beat count is the instruction's, so the DMA gets exactly the beats it was promised.
-                with m.If(r.word == ins.count - 1):
-                    m.next = "STORE_WAIT"
-
-
-class _Build(_PhaseStates, _DataStates, _RouteStates):
-    """The sequencer's registers and its FSM, one method per group of states."""
-
-    def __init__(self, seq, m):
-        self.seq, self.m, self.cap, self.N = seq, m, seq.cap, seq.cap.lanes
-        self.words_per_beat = BEAT_BYTES // self.N         # int8 words (N lanes) per DRAM beat
-        self.beats_per_word16 = 2 * self.N // BEAT_BYTES   # DRAM beats per int16 word
-        cap = self.cap
-        self.ins, self.ph = Signal(Instr), Signal(Phase)
-        self.n_cb = Signal(12)
-        self.r = SimpleNamespace(
-            pc=Signal(16), n_instr=Signal(16), prog_off=Signal(ADDR_BITS), beat=Signal(24),
-            acc=Signal(INSTR_BYTES * 8),
-            tb=Signal(12), cb=Signal(12), tb_end=Signal(12), n_tb=Signal(12),
-            tb_outer=Signal(), fetch_base=Signal(ADDR_BITS), fetch_beats=Signal(16), tile_bytes=Signal(32),
-            use_w=Signal(), use_c=Signal(), use_r=Signal(), use_o=Signal(),
-            half=Signal(),           # the half the next fetch fills
-            cur_half=Signal(),
-            # MoE: the next phase's first tile (this expert's fc2, or the next expert's fc1) is
-            # fetched while the current phase drains, so experts follow each other without
-            # waiting for DRAM.
-            prefetched=Signal(), pre_half=Signal(), prefetch=Signal(),
-            att_tb=Signal(12),
-            expert=Signal(range(cap.num_experts)), ecount=Signal(range(cap.max_tokens + 1)), elast=Signal(),
-            qpos=Signal(range(cap.max_tokens + 1)),
-            word=Signal(24), sub=Signal(4),
-            # LOAD_PATCHES walks the image a row of pixels at a time with running addresses (no
-            # multiplier or divider between the instruction and the DRAM/activation addresses).
-            ch=Signal(8), yy=Signal(5),
-            img_row=Signal(ADDR_BITS), img_plane=Signal(ADDR_BITS), img_band=Signal(ADDR_BITS),
-            dst_row=Signal(24), dst_band=Signal(24), beat_addr=Signal(24),
-            band_first=Signal(16), band_words=Signal(24),
-            wdata=Signal(2 * self.N * 16),
-            outstanding=Signal(16), issue=Signal(), need_fetch=Signal(), last_tile=Signal(),
-        )
-        m.submodules.prog = prog = Memory(shape=Instr, depth=cap.max_program, init=[])
-        self.prog_rd, self.prog_wr = prog.read_port(), prog.write_port()
-        self.n_blocks = (self.ins.rows + self.N - 1) // self.N
-
-    def build(self):
-        m, seq, r, N = self.m, self.seq, self.r, self.N
-        m.d.comb += [self.n_cb.eq((self.ph.n_cols + N - 1) // N), seq.phase.eq(self.ph),
-                     seq.phase.n_cb.eq(self.n_cb)]
-        m.d.sync += r.outstanding.eq(r.outstanding + r.issue - seq.retire)
-        with m.If(seq.busy):
-            m.d.sync += seq.cycles.eq(seq.cycles + 1)
-        with m.If(seq.stall & seq.busy):
-            m.d.sync += seq.stalls.eq(seq.stalls + 1)
-        self._descriptors()
-        with m.FSM():
-            self._program()
-            self._dispatch()
-            self._tiles()
-            self._attention()
-            self._moe()
-            self._loads()
-            self._store_and_layernorm()
-            self._routes()
+class _TileStates(_Settings):
+    """The tile issue loop every MAC and LayerNorm phase runs, its descriptors and its barrier."""
 
     def _descriptors(self):
         """The tile and fetch descriptors the ISSUE state pushes, and the MoE prefetch."""
@@ -485,104 +407,6 @@ class _Build(_PhaseStates, _DataStates, _RouteStates):
         with m.If(r.prefetch):
             m.d.comb += [seq.fetch.payload.eq(prefetch), seq.fetch.valid.eq(1)]
             m.d.sync += [r.half.eq(~r.half), r.pre_half.eq(r.half), r.prefetched.eq(1)]
-
-    def _program(self):
-        """Start, the header and the program into the program memory, then each instruction."""
-        m, seq, r, cap = self.m, self.seq, self.r, self.cap
-        beats_per_instr = INSTR_BYTES // BEAT_BYTES
-        with m.State("IDLE"):
-            with m.If(seq.start):
-                m.d.sync += [seq.busy.eq(1), seq.cycles.eq(0), seq.stalls.eq(0), seq.dma_owner.eq(1), r.pc.eq(0)]
-                m.next = "HEADER"
-        with m.State("HEADER"):
-            with m.If(self.read_dram(seq.weights_base, 1)):
-                m.next = "HEADER_DATA"
-        with m.State("HEADER_DATA"):
-            m.d.comb += seq.rd_data.ready.eq(1)
-            with m.If(seq.rd_data.valid):
-                h = Header(seq.rd_data.payload.data)
-                m.d.sync += [r.n_instr.eq(h.count), r.prog_off.eq(h.program)]
-                with m.If((h.magic != PROGRAM_MAGIC) | (h.count > cap.max_program) | (h.count == 0)):
-                    m.next = "FAULT"
-                with m.Else():
-                    m.next = "PROGRAM"
-        with m.State("PROGRAM"):
-            with m.If(self.read_dram(seq.weights_base + r.prog_off, r.n_instr * beats_per_instr)):
-                m.d.sync += [r.beat.eq(0), r.pc.eq(0)]
-                m.next = "PROGRAM_DATA"
-        with m.State("PROGRAM_DATA"):
-            new, complete = self.gather(r.acc, r.beat, beats_per_instr, r.pc)
-            with m.If(complete):
-                m.d.comb += [self.prog_wr.en.eq(1), self.prog_wr.addr.eq(r.pc), self.prog_wr.data.eq(new)]
-            with m.If(seq.rd_data.valid & seq.rd_data.payload.last):
-                m.d.sync += r.pc.eq(0)
-                m.next = "FETCH"
-        with m.State("FETCH"):
-            m.d.comb += [self.prog_rd.addr.eq(r.pc), self.prog_rd.en.eq(1)]
-            m.next = "DECODE"
-        with m.State("DECODE"):
-            m.d.sync += [self.ins.eq(self.prog_rd.data), self.ph.ln_shift.eq(self.prog_rd.data.shift),
-                         self.ph.ln_eps.eq(self.prog_rd.data.eps)]
-            m.next = "DISPATCH"
-        with m.State("NEXT"):
-            m.d.sync += [r.pc.eq(r.pc + 1), seq.dma_owner.eq(1)]
-            m.next = "FETCH"
-        with m.State("FINISH"):
-            m.d.sync += seq.busy.eq(0)
-            m.d.comb += seq.done.eq(1)
-            m.next = "IDLE"
-        with m.State("FAULT"):
-            # A program this hardware cannot run: stop, never report done.
-            m.d.sync += seq.busy.eq(0)
-
-    def _dispatch(self):
-        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
-        with m.State("DISPATCH"):
-            with m.Switch(ins.op):
-                with m.Case(Op.END):
-                    m.next = "FINISH"
-                with m.Case(Op.LOAD16):
-                    m.d.sync += [r.word.eq(0), r.sub.eq(0)]
-                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
-                    m.next = "LOAD16"
-                with m.Case(Op.LOAD_PATCHES):
-                    m.d.sync += [r.ch.eq(0), r.yy.eq(0), r.band_first.eq(0),
-                                 r.img_row.eq(seq.image_base), r.img_plane.eq(seq.image_base),
-                                 r.img_band.eq(seq.image_base), r.dst_row.eq(ins.dst_base),
-                                 r.dst_band.eq(ins.dst_base), r.band_words.eq(ins.count * ins.dst_stride)]
-                    m.next = "PATCH_CMD"
-                with m.Case(Op.STORE16):
-                    self.set_a(AMode.WORDS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
-                    self.set_sink(Sink.WRITE, w=0, c=0, o=0)
-                    m.next = "STORE_CMD"
-                with m.Case(Op.LAYERNORM):
-                    m.d.sync += r.word.eq(0)
-                    m.next = "LN_CMD"
-                with m.Case(Op.GEMM):
-                    self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
-                    self.set_w(WMode.TILE, length=ins.k_chunks * N)
-                    self.set_tiles(ins.k_chunks, ins.dram0)
-                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows, ins.row_offset)
-                    self.set_columns(ins.n_out, ins.narrow, 0, ins.mult2, ins.shift2)
-                    m.d.sync += seq.dma_owner.eq(0)
-                    with m.Switch(ins.out_mode):
-                        with m.Case(OutMode.WRITE):
-                            self.set_sink(Sink.WRITE)
-                        with m.Case(OutMode.RESIDUAL):
-                            self.set_sink(Sink.RESIDUAL, r=1)
-                        with m.Case(OutMode.GELU):
-                            self.set_sink(Sink.GELU)
-                    self.start_tiles(0, self.n_blocks)
-                    m.next = "ISSUE"
-                with m.Case(Op.ATTENTION):
-                    m.d.sync += r.att_tb.eq(0)
-                    m.next = "ATT_QK"
-                with m.Case(Op.MOE):
-                    m.next = "MOE_GATE"
-                with m.Case(Op.ROUTES):
-                    m.next = "ROUTES_CMD"
-                with m.Default():
-                    m.next = "FAULT"
 
     def _tiles(self):
         """The tile issue loop shared by every MAC and LayerNorm phase, and its barrier."""
@@ -654,3 +478,188 @@ class _Build(_PhaseStates, _DataStates, _RouteStates):
                             m.next = "MOE_EXPERT"
             with m.Default():
                 m.next = "NEXT"
+
+
+class _RouteStates(_Settings):
+    """ROUTES: the routing recorder's beats to DRAM."""
+
+    def _routes(self):
+        """One write command of ``count`` beats at ``output_base + dram0``, the recorder's words
+        as its data; then the write's end (STORE_WAIT), so that a frame's routing is in DRAM
+        when the host sees done, whichever instruction comes last."""
+        m, seq, r, ins = self.m, self.seq, self.r, self.ins
+        with m.State("ROUTES_CMD"):
+            m.d.comb += [seq.wr_cmd.valid.eq(1), seq.wr_cmd.payload.addr.eq(seq.output_base + ins.dram0),
+                         seq.wr_cmd.payload.beats.eq(ins.count)]
+            with m.If(seq.wr_cmd.ready):
+                m.d.sync += r.word.eq(0)
+                m.next = "ROUTES_DATA"
+        with m.State("ROUTES_DATA"):
+            routes = seq.routes
+            m.d.comb += [seq.wr_data.valid.eq(routes.valid), seq.wr_data.payload.eq(routes.payload),
+                         routes.ready.eq(seq.wr_data.ready)]
+            with m.If(routes.valid & seq.wr_data.ready):
+                m.d.sync += r.word.eq(r.word + 1)
+                # The beat count is the instruction's, so the DMA gets exactly the beats it was promised.
+                with m.If(r.word == ins.count - 1):
+                    m.next = "STORE_WAIT"
+
+
+class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
+    """The sequencer's registers and its FSM, one method per group of states."""
+
+    def __init__(self, seq, m):
+        self.seq, self.m, self.cap, self.N = seq, m, seq.cap, seq.cap.lanes
+        self.words_per_beat = BEAT_BYTES // self.N         # int8 words (N lanes) per DRAM beat
+        self.beats_per_word16 = 2 * self.N // BEAT_BYTES   # DRAM beats per int16 word
+        cap = self.cap
+        self.ins, self.ph = Signal(Instr), Signal(Phase)
+        self.n_cb = Signal(12)
+        self.r = SimpleNamespace(
+            pc=Signal(16), n_instr=Signal(16), prog_off=Signal(ADDR_BITS), beat=Signal(24),
+            acc=Signal(INSTR_BYTES * 8),
+            tb=Signal(12), cb=Signal(12), tb_end=Signal(12), n_tb=Signal(12),
+            tb_outer=Signal(), fetch_base=Signal(ADDR_BITS), fetch_beats=Signal(16), tile_bytes=Signal(32),
+            use_w=Signal(), use_c=Signal(), use_r=Signal(), use_o=Signal(),
+            half=Signal(),           # the half the next fetch fills
+            cur_half=Signal(),
+            # MoE: the next phase's first tile (this expert's fc2, or the next expert's fc1) is
+            # fetched while the current phase drains, so experts follow each other without
+            # waiting for DRAM.
+            prefetched=Signal(), pre_half=Signal(), prefetch=Signal(),
+            att_tb=Signal(12),
+            expert=Signal(range(cap.num_experts)), ecount=Signal(range(cap.max_tokens + 1)), elast=Signal(),
+            qpos=Signal(range(cap.max_tokens + 1)),
+            word=Signal(24), sub=Signal(4),
+            # LOAD_PATCHES walks the image a row of pixels at a time with running addresses (no
+            # multiplier or divider between the instruction and the DRAM/activation addresses).
+            ch=Signal(8), yy=Signal(5),
+            img_row=Signal(ADDR_BITS), img_plane=Signal(ADDR_BITS), img_band=Signal(ADDR_BITS),
+            dst_row=Signal(24), dst_band=Signal(24), beat_addr=Signal(24),
+            band_first=Signal(16), band_words=Signal(24),
+            wdata=Signal(2 * self.N * 16),
+            outstanding=Signal(16), issue=Signal(), need_fetch=Signal(), last_tile=Signal(),
+            running=Signal(),
+        )
+        m.submodules.prog = prog = Memory(shape=Instr, depth=cap.max_program, init=[])
+        self.prog_rd, self.prog_wr = prog.read_port(), prog.write_port()
+        self.n_blocks = (self.ins.rows + self.N - 1) // self.N
+
+    def build(self):
+        m, seq, r, N = self.m, self.seq, self.r, self.N
+        m.d.comb += [self.n_cb.eq((self.ph.n_cols + N - 1) // N), seq.phase.eq(self.ph),
+                     seq.phase.n_cb.eq(self.n_cb)]
+        m.d.sync += r.outstanding.eq(r.outstanding + r.issue - seq.retire)
+        m.d.comb += [seq.position.running.eq(r.running), seq.position.pc.eq(r.pc), seq.position.expert.eq(r.expert)]
+        with m.If(seq.busy):
+            m.d.sync += seq.cycles.eq(seq.cycles + 1)
+        with m.If(seq.stall & seq.busy):
+            m.d.sync += seq.stalls.eq(seq.stalls + 1)
+        self._descriptors()
+        with m.FSM():
+            self._program()
+            self._dispatch()
+            self._tiles()
+            self._attention()
+            self._moe()
+            self._loads()
+            self._store_and_layernorm()
+            self._routes()
+
+    def _program(self):
+        """Start, the header and the program into the program memory, then each instruction."""
+        m, seq, r, cap = self.m, self.seq, self.r, self.cap
+        beats_per_instr = INSTR_BYTES // BEAT_BYTES
+        with m.State("IDLE"):
+            with m.If(seq.start):
+                m.d.sync += [seq.busy.eq(1), seq.cycles.eq(0), seq.stalls.eq(0), seq.dma_owner.eq(1), r.pc.eq(0)]
+                m.next = "HEADER"
+        with m.State("HEADER"):
+            with m.If(self.read_dram(seq.weights_base, 1)):
+                m.next = "HEADER_DATA"
+        with m.State("HEADER_DATA"):
+            m.d.comb += seq.rd_data.ready.eq(1)
+            with m.If(seq.rd_data.valid):
+                h = Header(seq.rd_data.payload.data)
+                m.d.sync += [r.n_instr.eq(h.count), r.prog_off.eq(h.program)]
+                with m.If((h.magic != PROGRAM_MAGIC) | (h.count > cap.max_program) | (h.count == 0)):
+                    m.next = "FAULT"
+                with m.Else():
+                    m.next = "PROGRAM"
+        with m.State("PROGRAM"):
+            with m.If(self.read_dram(seq.weights_base + r.prog_off, r.n_instr * beats_per_instr)):
+                m.d.sync += [r.beat.eq(0), r.pc.eq(0)]
+                m.next = "PROGRAM_DATA"
+        with m.State("PROGRAM_DATA"):
+            new, complete = self.gather(r.acc, r.beat, beats_per_instr, r.pc)
+            with m.If(complete):
+                m.d.comb += [self.prog_wr.en.eq(1), self.prog_wr.addr.eq(r.pc), self.prog_wr.data.eq(new)]
+            with m.If(seq.rd_data.valid & seq.rd_data.payload.last):
+                m.d.sync += [r.pc.eq(0), r.running.eq(1)]
+                m.next = "FETCH"
+        with m.State("FETCH"):
+            m.d.comb += [self.prog_rd.addr.eq(r.pc), self.prog_rd.en.eq(1)]
+            m.next = "DECODE"
+        with m.State("DECODE"):
+            m.d.sync += [self.ins.eq(self.prog_rd.data), self.ph.ln_shift.eq(self.prog_rd.data.shift),
+                         self.ph.ln_eps.eq(self.prog_rd.data.eps)]
+            m.next = "DISPATCH"
+        with m.State("NEXT"):
+            m.d.sync += [r.pc.eq(r.pc + 1), seq.dma_owner.eq(1)]
+            m.next = "FETCH"
+        with m.State("FINISH"):
+            m.d.sync += [seq.busy.eq(0), r.running.eq(0)]
+            m.d.comb += seq.done.eq(1)
+            m.next = "IDLE"
+        with m.State("FAULT"):
+            # A program this hardware cannot run: stop, never report done.
+            m.d.sync += [seq.busy.eq(0), r.running.eq(0)]
+
+    def _dispatch(self):
+        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        with m.State("DISPATCH"):
+            with m.Switch(ins.op):
+                with m.Case(Op.END):
+                    m.next = "FINISH"
+                with m.Case(Op.LOAD16):
+                    m.d.sync += [r.word.eq(0), r.sub.eq(0)]
+                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
+                    m.next = "LOAD16"
+                with m.Case(Op.LOAD_PATCHES):
+                    m.d.sync += [r.ch.eq(0), r.yy.eq(0), r.band_first.eq(0),
+                                 r.img_row.eq(seq.image_base), r.img_plane.eq(seq.image_base),
+                                 r.img_band.eq(seq.image_base), r.dst_row.eq(ins.dst_base),
+                                 r.dst_band.eq(ins.dst_base), r.band_words.eq(ins.count * ins.dst_stride)]
+                    m.next = "PATCH_CMD"
+                with m.Case(Op.STORE16):
+                    self.set_a(AMode.WORDS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
+                    self.set_sink(Sink.WRITE, w=0, c=0, o=0)
+                    m.next = "STORE_CMD"
+                with m.Case(Op.LAYERNORM):
+                    m.d.sync += r.word.eq(0)
+                    m.next = "LN_CMD"
+                with m.Case(Op.GEMM):
+                    self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
+                    self.set_w(WMode.TILE, length=ins.k_chunks * N)
+                    self.set_tiles(ins.k_chunks, ins.dram0)
+                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows, ins.row_offset)
+                    self.set_columns(ins.n_out, ins.narrow, 0, ins.mult2, ins.shift2)
+                    m.d.sync += seq.dma_owner.eq(0)
+                    with m.Switch(ins.out_mode):
+                        with m.Case(OutMode.WRITE):
+                            self.set_sink(Sink.WRITE)
+                        with m.Case(OutMode.RESIDUAL):
+                            self.set_sink(Sink.RESIDUAL, r=1)
+                        with m.Case(OutMode.GELU):
+                            self.set_sink(Sink.GELU)
+                    self.start_tiles(0, self.n_blocks)
+                    m.next = "ISSUE"
+                with m.Case(Op.ATTENTION):
+                    m.d.sync += r.att_tb.eq(0)
+                    m.next = "ATT_QK"
+                with m.Case(Op.MOE):
+                    m.next = "MOE_GATE"
+                with m.Case(Op.ROUTES):
+                    m.next = "ROUTES_CMD"
+                with m.Default():
+                    m.next = "FAULT"

@@ -1,14 +1,14 @@
 """Online-normaliser softmax over token lanes, the twin of ``golden/softmax.py``."""
 
-from fractions import Fraction
-
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.softmax import EXP_FRAC, EXP_IN_FRAC, EXP_LUT, MAX_ROW_LEN, RCP_BITS, _MAX_SHIFT
 
 from .fixedpoint import rshift_round
+from .lanes import lane_layout
+from .row_bank import RowBank, TwoPassTiming
 from .seq_divider import SeqDivider
 
 __all__ = ["Softmax"]
@@ -22,7 +22,7 @@ _DIST_BITS = _IN_BITS + 1
 _RCP_BITS_WIDTH = RCP_BITS - EXP_FRAC + 1
 
 
-class Softmax(wiring.Component):
+class Softmax(TwoPassTiming, wiring.Component):
     """Softmax of ``lanes`` rows in lockstep, bit-exact with ``golden.softmax.softmax``.
 
     Each lane carries one row (one token's scores, or one token's gate logits); element ``j`` of
@@ -70,7 +70,7 @@ class Softmax(wiring.Component):
     ``o`` always ready thus spans ``2 * n + latency - 1`` cycles from first input to last output.
     The divider, one per lane, takes ``divider_period`` (28) cycles per row, which bounds the
     row rate for short rows (the gate's 16 experts). Steady state with back-to-back rows and ``o``
-    always ready: see ``steady_period``.
+    always ready: ``steady_period(n)`` (``TwoPassTiming``; a bank is held ``2 * n + 29`` cycles).
     """
 
     def __init__(self, lanes, max_len, out_frac, banks=2):
@@ -90,214 +90,114 @@ class Softmax(wiring.Component):
         self.latency = _RCP_BITS_WIDTH + 7
         self.read_latency = 3
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({
-                "u": data.ArrayLayout(signed(_IN_BITS), lanes),
-                "last": 1,
-            }))),
-            "o": Out(stream.Signature(data.StructLayout({
-                "p": data.ArrayLayout(unsigned(out_frac + 1), lanes),
-                "last": 1,
-            }))),
+            "i": In(stream.Signature(lane_layout(lanes, signed(_IN_BITS), "u"))),
+            "o": Out(stream.Signature(lane_layout(lanes, unsigned(out_frac + 1), "p"))),
         })
-
-    def steady_period(self, n):
-        """Average cycles per row group for back-to-back rows of ``n`` elements, ``o`` ready.
-
-        The largest of three limits: the input (``n``), the per-row divider
-        (``divider_period``), and the row buffer: a bank is held from a row's first input until
-        pass 2 has read its last element, ``2 * n + latency - read_latency - 1`` cycles
-        (``2 * n + 29``), so ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the
-        sum of any ``banks`` consecutive row periods) when one limit dominates.
-        """
-        held = 2 * n + self.latency - self.read_latency - 1
-        return max(Fraction(n), Fraction(self.divider_period), Fraction(held, self.banks))
 
     def elaborate(self, platform):
         m = Module()
-        lanes, max_len, banks = self.lanes, self.max_len, self.banks
-        depth = banks * max_len
-
-        m.submodules.rows = rows = memory.Memory(
-            shape=data.ArrayLayout(signed(_IN_BITS), lanes), depth=depth, init=[])
-        row_wr = rows.write_port()
-        row_rd = rows.read_port()
+        lanes, x = self.lanes, signed(_IN_BITS)
+        m.submodules.rows = bank = RowBank(
+            lanes, ("u", x), self.max_len, self.banks,
+            stats={"m": x, "s": unsigned(self.sum_width)}, tag={"m": x, "rcp": unsigned(_RCP_BITS_WIDTH)})
         m.submodules.exp_lut = exp_lut = memory.Memory(
             shape=unsigned(EXP_FRAC + 1), depth=len(EXP_LUT), init=[int(v) for v in EXP_LUT])
-        lut1 = [exp_lut.read_port() for _ in range(lanes)]
-        lut2 = [exp_lut.read_port() for _ in range(lanes)]
-        dividers = [SeqDivider(RCP_BITS + 1, self.sum_width, _RCP_BITS_WIDTH)
-                    for _ in range(lanes)]
-        for k, div in enumerate(dividers):
-            m.submodules[f"divider{k}"] = div
+        self._stats(m, bank, [exp_lut.read_port() for _ in range(lanes)])
+        self._reciprocal(m, bank)
+        self._normalise(m, bank, [exp_lut.read_port() for _ in range(lanes)])
+        return m
 
-        def clamp_q(dist):
-            return Mux(dist[EXP_IN_FRAC:] > _MAX_Q, _MAX_Q, dist[EXP_IN_FRAC:])
-
-        # Rows held in the buffer: counted from a row's first input to pass 2 issuing its last.
-        held = Signal(range(banks + 1))
-        held_inc = Signal()
-        held_dec = Signal()
-        m.d.sync += held.eq(held + held_inc - held_dec)
-
-        # ---- pass 1: running max at the input, LUT read, then the running-sum update ----
-        row_open = Signal()
-        idx = Signal(range(max_len))
-        wr_base = Signal(range(depth))
-        m_run = [Signal(signed(_IN_BITS), name=f"m_run{k}") for k in range(lanes)]
-
-        v1 = Signal()
-        first1 = Signal()
-        last1 = Signal()
-        n1 = Signal(range(max_len + 1))
-        newmax1 = [Signal(name=f"newmax1_{k}") for k in range(lanes)]
-        q1 = [Signal(range(_MAX_Q + 1), name=f"q1_{k}") for k in range(lanes)]
-        m1 = [Signal(signed(_IN_BITS), name=f"m1_{k}") for k in range(lanes)]
-        s_run = [Signal(self.sum_width, name=f"s_run{k}") for k in range(lanes)]
-
-        slot_valid = Signal()
-        slot_n = Signal(range(max_len + 1))
-        slot_m = [Signal(signed(_IN_BITS), name=f"slot_m{k}") for k in range(lanes)]
-        slot_s = [Signal(self.sum_width, name=f"slot_s{k}") for k in range(lanes)]
-
-        advance1 = Signal()
-        accept = Signal()
-        m.d.comb += [
-            advance1.eq(~(v1 & last1 & slot_valid)),
-            self.i.ready.eq(advance1 & (row_open | (held < banks))),
-            accept.eq(self.i.valid & self.i.ready),
-            held_inc.eq(accept & ~row_open),
-            row_wr.addr.eq(wr_base + idx),
-            row_wr.data.eq(self.i.payload.u),
-            row_wr.en.eq(accept),
-        ]
-        for k in range(lanes):
-            x = self.i.payload.u[k]
+    def _stats(self, m, bank, luts):
+        """Pass 1: running max at the input, exp table read, then the running-sum update."""
+        p, stage = self.i.payload, bank.stage
+        wiring.connect(m, wiring.flipped(self.i), bank.i)
+        for k in range(self.lanes):
+            x = p.u[k]
+            m_run = Signal(signed(_IN_BITS), name=f"m_run{k}")
             is_new = Signal(name=f"is_new{k}")
             dist = Signal(_DIST_BITS, name=f"dist{k}")
             m.d.comb += [
-                is_new.eq(row_open & (x > m_run[k])),
-                dist.eq(Mux(row_open, Mux(is_new, x - m_run[k], m_run[k] - x), 0)),
-                lut1[k].addr.eq(dist[:EXP_IN_FRAC]),
-                lut1[k].en.eq(advance1),
+                is_new.eq(bank.open & (x > m_run)),
+                dist.eq(Mux(bank.open, Mux(is_new, x - m_run, m_run - x), 0)),
+                luts[k].addr.eq(dist[:EXP_IN_FRAC]),
+                luts[k].en.eq(stage.advance),
             ]
-            with m.If(accept):
+            newmax1 = Signal(name=f"newmax1_{k}")
+            q1 = Signal(range(_MAX_Q + 1), name=f"q1_{k}")
+            m1 = Signal(signed(_IN_BITS), name=f"m1_{k}")
+            with m.If(self.i.valid & self.i.ready):
                 m.d.sync += [
-                    m_run[k].eq(Mux(row_open & ~is_new, m_run[k], x)),
-                    m1[k].eq(Mux(row_open & ~is_new, m_run[k], x)),
-                    newmax1[k].eq(is_new),
-                    q1[k].eq(clamp_q(dist)),
+                    m_run.eq(Mux(bank.open & ~is_new, m_run, x)),
+                    m1.eq(Mux(bank.open & ~is_new, m_run, x)),
+                    newmax1.eq(is_new),
+                    q1.eq(_clamp_q(dist)),
                 ]
-        with m.If(advance1):
-            m.d.sync += v1.eq(accept)
-        with m.If(accept):
-            m.d.sync += [
-                first1.eq(~row_open),
-                last1.eq(self.i.payload.last),
-                n1.eq(idx + 1),
-                row_open.eq(~self.i.payload.last),
-                idx.eq(Mux(self.i.payload.last, 0, idx + 1)),
-            ]
-            with m.If(self.i.payload.last):
-                m.d.sync += wr_base.eq(Mux(wr_base == depth - max_len, 0, wr_base + max_len))
-
-        update = v1 & advance1
-        for k in range(lanes):
-            t = lut1[k].data
+            s_run = Signal(self.sum_width, name=f"s_run{k}")
+            t = luts[k].data
             # Both branches of golden's update, then the same select on a new maximum. Each is
             # rshift_round written as (twice the value, shifted, + 1) >> 1 with the other term
             # folded into that one add: one carry chain after the shifter, not two or three.
-            t_half = (t << 1) >> q1[k]
-            added = (Cat(Const(1, 1), s_run[k]) + t_half) >> 1
-            prod_half = (((s_run[k] * t) << 1) >> EXP_FRAC) >> q1[k]
+            t_half = (t << 1) >> q1
+            added = (Cat(Const(1, 1), s_run) + t_half) >> 1
+            prod_half = (((s_run * t) << 1) >> EXP_FRAC) >> q1
             rescaled = (prod_half + (1 + (1 << (EXP_FRAC + 1)))) >> 1
             s_new = Signal(self.sum_width, name=f"s_new{k}")
-            m.d.comb += s_new.eq(Mux(first1, 1 << EXP_FRAC, Mux(newmax1[k], rescaled, added)))
-            with m.If(update):
-                m.d.sync += s_run[k].eq(s_new)
-                with m.If(last1):
-                    m.d.sync += [slot_s[k].eq(s_new), slot_m[k].eq(m1[k])]
-        with m.If(update & last1):
-            m.d.sync += [slot_valid.eq(1), slot_n.eq(n1)]
-
-        # ---- once per row: rcp = 2**RCP_BITS // S in every lane, all dividers in lockstep ----
-        div_m = [Signal(signed(_IN_BITS), name=f"div_m{k}") for k in range(lanes)]
-        div_n = Signal(range(max_len + 1))
-        div_start = slot_valid & dividers[0].i.ready
-        for k, div in enumerate(dividers):
             m.d.comb += [
-                div.i.valid.eq(slot_valid),
+                s_new.eq(Mux(stage.first, 1 << EXP_FRAC, Mux(newmax1, rescaled, added))),
+                bank.stats.s[k].eq(s_new),
+                bank.stats.m[k].eq(m1),
+            ]
+            with m.If(stage.update):
+                m.d.sync += s_run.eq(s_new)
+
+    def _reciprocal(self, m, bank):
+        """Once per row: ``rcp = 2**RCP_BITS // S`` in every lane, all dividers in lockstep."""
+        rows, start = bank.rows, bank.start
+        dividers = [SeqDivider(RCP_BITS + 1, self.sum_width, _RCP_BITS_WIDTH)
+                    for _ in range(self.lanes)]
+        for k, div in enumerate(dividers):
+            m.submodules[f"divider{k}"] = div
+            m.d.comb += [
+                div.i.valid.eq(rows.valid),
                 div.i.payload.dividend.eq(1 << RCP_BITS),
-                div.i.payload.divisor.eq(slot_s[k]),
+                div.i.payload.divisor.eq(rows.payload.stats.s[k]),
+                start.payload.tag.rcp[k].eq(div.o.payload.quotient),
+                div.o.ready.eq(start.valid & start.ready),
             ]
-        with m.If(div_start):
-            m.d.sync += [slot_valid.eq(0), div_n.eq(slot_n)]
-            m.d.sync += [div_m[k].eq(slot_m[k]) for k in range(lanes)]
+        m.d.comb += [rows.ready.eq(dividers[0].i.ready), start.valid.eq(dividers[0].o.valid)]
+        # The row's length and maximum travel beside the divider.
+        with m.If(rows.valid & rows.ready):
+            m.d.sync += [start.payload.n.eq(rows.payload.n),
+                         start.payload.tag.m.eq(rows.payload.stats.m)]
 
-        # ---- pass 2: read back, exp of the distance to the max, times rcp, round ----
-        active = Signal()
-        j = Signal(range(max_len))
-        n2 = Signal(range(max_len + 1))
-        rd_base = Signal(range(depth))
-        m2 = [Signal(signed(_IN_BITS), name=f"m2_{k}") for k in range(lanes)]
-        rcp2 = [Signal(_RCP_BITS_WIDTH, name=f"rcp2_{k}") for k in range(lanes)]
-
-        advance2 = Signal()
-        issue = Signal()
-        issue_last = Signal()
-        load = Signal()
-        m.d.comb += [
-            advance2.eq(~self.o.valid | self.o.ready),
-            issue.eq(active & advance2),
-            issue_last.eq(issue & (j == n2 - 1)),
-            load.eq(dividers[0].o.valid & (~active | issue_last)),
-            held_dec.eq(issue_last),
-            row_rd.addr.eq(rd_base + j),
-            row_rd.en.eq(advance2),
-        ]
-        for div in dividers:
-            m.d.comb += div.o.ready.eq(load)
-        with m.If(issue):
-            m.d.sync += j.eq(j + 1)
-        with m.If(issue_last):
+    def _normalise(self, m, bank, luts):
+        """Pass 2: exp of the distance to the max, times rcp, round, 2 stages after the read."""
+        r = bank.o
+        advance = Signal()
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), r.ready.eq(advance)]
+        vb, lastb = Signal(), Signal()
+        with m.If(advance):
             m.d.sync += [
-                active.eq(0),
-                j.eq(0),
-                rd_base.eq(Mux(rd_base == depth - max_len, 0, rd_base + max_len)),
-            ]
-        with m.If(load):
-            m.d.sync += [active.eq(1), j.eq(0), n2.eq(div_n)]
-            for k, div in enumerate(dividers):
-                m.d.sync += [m2[k].eq(div_m[k]), rcp2[k].eq(div.o.payload.quotient)]
-
-        # The row's statistics travel with each element: the next row's may load while the
-        # previous row's last elements are still in flight.
-        va = Signal()
-        lasta = Signal()
-        ma = [Signal(signed(_IN_BITS), name=f"ma{k}") for k in range(lanes)]
-        rcpa = [Signal(_RCP_BITS_WIDTH, name=f"rcpa{k}") for k in range(lanes)]
-        vb = Signal()
-        lastb = Signal()
-        qb = [Signal(range(_MAX_Q + 1), name=f"qb{k}") for k in range(lanes)]
-        rcpb = [Signal(_RCP_BITS_WIDTH, name=f"rcpb{k}") for k in range(lanes)]
-
-        with m.If(advance2):
-            m.d.sync += [
-                va.eq(issue), lasta.eq(j == n2 - 1),
-                vb.eq(va), lastb.eq(lasta),
+                vb.eq(r.valid), lastb.eq(r.payload.last),
                 self.o.valid.eq(vb), self.o.payload.last.eq(lastb),
             ]
-        for k in range(lanes):
+        for k in range(self.lanes):
             dist = Signal(_DIST_BITS, name=f"dist2_{k}")
-            e = rshift_round(lut2[k].data, qb[k])
+            qb = Signal(range(_MAX_Q + 1), name=f"qb{k}")
+            rcpb = Signal(_RCP_BITS_WIDTH, name=f"rcpb{k}")
+            e = rshift_round(luts[k].data, qb)
             m.d.comb += [
-                dist.eq(ma[k] - row_rd.data[k]),
-                lut2[k].addr.eq(dist[:EXP_IN_FRAC]),
-                lut2[k].en.eq(advance2),
+                dist.eq(r.payload.tag.m[k] - r.payload.u[k]),
+                luts[k].addr.eq(dist[:EXP_IN_FRAC]),
+                luts[k].en.eq(advance),
             ]
-            with m.If(advance2):
+            with m.If(advance):
                 m.d.sync += [
-                    ma[k].eq(m2[k]), rcpa[k].eq(rcp2[k]),
-                    qb[k].eq(clamp_q(dist)), rcpb[k].eq(rcpa[k]),
-                    self.o.payload.p[k].eq(rshift_round(e * rcpb[k], RCP_BITS - self.out_frac)),
+                    qb.eq(_clamp_q(dist)), rcpb.eq(r.payload.tag.rcp[k]),
+                    self.o.payload.p[k].eq(rshift_round(e * rcpb, RCP_BITS - self.out_frac)),
                 ]
-        return m
+
+
+def _clamp_q(dist):
+    """The integer part of an exp shift, clamped as ``golden.softmax._split`` does."""
+    return Mux(dist[EXP_IN_FRAC:] > _MAX_Q, _MAX_Q, dist[EXP_IN_FRAC:])

@@ -48,7 +48,7 @@ from .expert_queue import ExpertQueueBuilder
 from .fetcher import TileFetcher
 from .layernorm import LayerNorm
 from .mac_array import MACArray
-from .phase import AMode, Fetch, Sink, Tile, WMode
+from .phase import AMode, Fetch, Sink, Tile, Trace, WMode
 from .program import Capacity
 from .reader import TileReader
 from .records import ADDR_BITS, BEAT_BYTES
@@ -81,6 +81,8 @@ class Accelerator(wiring.Component):
         ``gateware.control.ControlRegisters``: start, busy/done, task, base addresses, cycle and
         stall counters. A stall cycle is one in which the MAC array waits for a weight tile that
         DRAM has not delivered yet.
+    trace : Out(gateware.phase.Trace)
+        What a simulation watches to draw the frame's timeline; unconnected on the board.
     """
 
     def __init__(self, cap=None):
@@ -90,6 +92,7 @@ class Accelerator(wiring.Component):
         super().__init__({
             "axi": Out(AXI4Signature(addr_width=ADDR_BITS, data_width=DATA_WIDTH)),
             "ctrl": In(AXI4LiteSignature(addr_width=12, data_width=32)),
+            "trace": Out(Trace),
         })
 
     def elaborate(self, platform):
@@ -151,6 +154,8 @@ class Accelerator(wiring.Component):
         wiring.connect(m, routing.o, seq.routes)
         wiring.connect(m, res.o, cols.residual)
         wiring.connect(m, cols.o, writer.i)
+        m.d.comb += [self.trace.busy.eq(seq.busy), self.trace.at.eq(seq.position), self.trace.sink.eq(seq.phase.sink),
+                     self.trace.mac.eq(mac.i.valid & mac.i.ready), self.trace.stall.eq(seq.stall)]
         m.d.comb += [router.gate_mult.eq(fetcher.gate_mult), router.gate_shift.eq(fetcher.gate_shift)]
         return m
 

@@ -4,6 +4,8 @@ from amaranth.hdl import Array, Cat, Module, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .lanes import lane_layout
+
 __all__ = ["Transpose"]
 
 
@@ -59,7 +61,7 @@ class Transpose(wiring.Component):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         self.n, self.shape = n, shape
-        layout = data.StructLayout({"data": data.ArrayLayout(shape, n), "last": 1})
+        layout = lane_layout(n, shape)
         super().__init__({
             "i": In(stream.Signature(layout)),
             "o": Out(stream.Signature(layout)),

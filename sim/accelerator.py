@@ -7,6 +7,7 @@ wait for done, read the features and the counters.
 """
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from runtime.layout import dram_layout as _region_layout
 from runtime.regs import Reg
 
 from .session import ENGINES, open_session
+from .trace import frame_timeline, phase_summary
 
 __all__ = ["FrameResult", "SimulationError", "dram_layout", "simulate_frame", "simulate_frames", "useful_macs",
            "array_cycles", "frame_report", "golden_routing"]
@@ -49,6 +51,8 @@ class FrameResult:
     read_log : list of (int, int) or None
         Every read burst as ``(byte address, bytes)`` relative to the weights base (pysim only;
         ``None`` under Verilator, whose DRAM model counts but does not log).
+    timeline : list of sim.trace.Segment or None
+        Where the frame's cycles went, when simulated with ``trace``.
     routing : ndarray or None
         uint8 expert ids ``[moe_layers, tokens, top_k]`` the accelerator wrote (first choice
         first), as ``runtime.layout.RoutingLayout`` lays them out.
@@ -63,6 +67,7 @@ class FrameResult:
     wall_seconds: float
     frame: object
     read_log: list = None
+    timeline: list = None
     routing: np.ndarray = None
 
 
@@ -86,7 +91,7 @@ def simulate_frame(artifact, pixels, task, **kwargs):
 
 
 def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim", dram_latency=40,
-                    dram_beats_per_cycle=1.0, max_cycles=50_000_000, progress=None):
+                    dram_beats_per_cycle=1.0, max_cycles=50_000_000, progress=None, trace=False, stage=None):
     """Run frames back to back on one accelerator, one per entry of ``tasks``.
 
     The first frame writes every register; each later one writes only TASK and CONTROL, as a
@@ -111,6 +116,11 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
         Give up (``SimulationError``) after this many cycles of one frame.
     progress : callable, optional
         Called with the frame's cycle count now and then.
+    trace : bool
+        Record each frame's timeline (``FrameResult.timeline``, ``sim.trace``).
+    stage : callable, optional
+        ``stage(what, simulates)`` returns a context manager around each long step (building the
+        accelerator, each frame), as ``cli.progress.Progress.stage`` does.
 
     Returns
     -------
@@ -145,38 +155,63 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
     setup = _register_writes(tasks[0], w_addr, i_addr, o_addr)[:-2]
     writes = [[(Reg.TASK, task), (Reg.CONTROL, 1)] for task in tasks]
     writes[0] = setup + writes[0]
-    session = open_session(engine, cap, size, latency=dram_latency, beats_per_cycle=dram_beats_per_cycle)
-    dram = session.dram
-    poll = _POLL if engine == "pysim" else _POLL_VERILATOR
+    stage = stage or _no_stage
+    with stage(f"building the accelerator for {engine}", False):
+        session = open_session(engine, cap, size, latency=dram_latency, beats_per_cycle=dram_beats_per_cycle,
+                               trace=trace)
     results = []
     try:
         for addr, blob in contents:
-            dram.write(addr, blob)
-        for frame_writes in writes:
-            start = time.perf_counter()
-            read, written = dram.bytes_read, dram.bytes_written
-            logged = len(dram.read_log) if engine == "pysim" else None
-            for reg, value in frame_writes:
-                session.write(reg, value)
-            waited = 0
-            while True:
-                session.tick(poll)
-                waited += poll
-                if _finished(session.read(Reg.STATUS), waited, max_cycles, progress):
-                    break
-            cycles = session.read(Reg.CYCLES_LO)
-            cycles |= session.read(Reg.CYCLES_HI) << 32
-            stalls = session.read(Reg.STALLS_LO)
-            stalls |= session.read(Reg.STALLS_HI) << 32
-            output = np.frombuffer(dram.read(o_addr, frame.output_bytes), dtype="<i2")
-            routing = frame.routing.decode(dram.read(r_addr, frame.routing.size))
-            results.append(FrameResult(output.reshape(cfg.tokens, cfg.dim).astype(np.int64), cycles, stalls,
-                                       dram.bytes_read - read, dram.bytes_written - written, engine,
-                                       time.perf_counter() - start, frame,
-                                       None if logged is None else dram.read_log[logged:], routing))
+            session.dram.write(addr, blob)
+        for i, (task, frame_writes) in enumerate(zip(tasks, writes)):
+            with stage(f"frame {i + 1} of {len(tasks)}: task {task}", True):
+                results.append(_run_frame(session, engine, cfg, frame, frame_writes, (o_addr, r_addr),
+                                          max_cycles, progress))
     finally:
         session.close()
     return results
+
+
+def _run_frame(session, engine, cfg, frame, frame_writes, addrs, max_cycles, progress):
+    """Write the registers, wait for done, and read back one frame's result (``addrs``: the
+    output's and the routing's DRAM addresses)."""
+    o_addr, r_addr = addrs
+    dram = session.dram
+    start = time.perf_counter()
+    read, written = dram.bytes_read, dram.bytes_written
+    logged = len(dram.read_log) if engine == "pysim" else None
+    since = session.cycle
+    for reg, value in frame_writes:
+        session.write(reg, value)
+    poll = _POLL if engine == "pysim" else _POLL_VERILATOR
+    waited = 0
+    while True:
+        session.tick(poll)
+        waited += poll
+        if _finished(session.read(Reg.STATUS), waited, max_cycles, progress):
+            break
+    cycles = session.read(Reg.CYCLES_LO)
+    cycles |= session.read(Reg.CYCLES_HI) << 32
+    stalls = session.read(Reg.STALLS_LO)
+    stalls |= session.read(Reg.STALLS_HI) << 32
+    output = np.frombuffer(dram.read(o_addr, frame.output_bytes), dtype="<i2")
+    routing = frame.routing.decode(dram.read(r_addr, frame.routing.size))
+    return FrameResult(output.reshape(cfg.tokens, cfg.dim).astype(np.int64), cycles, stalls,
+                       dram.bytes_read - read, dram.bytes_written - written, engine,
+                       time.perf_counter() - start, frame,
+                       None if logged is None else dram.read_log[logged:], _timeline(session, frame, since),
+                       routing)
+
+
+@contextmanager
+def _no_stage(what, simulates):
+    yield
+
+
+def _timeline(session, frame, since):
+    if session.recorder is None:
+        return None
+    return frame_timeline(session.recorder.segments(), session.cycle, frame.labels, since)
 
 
 def _finished(status, waited, max_cycles, progress):
@@ -254,13 +289,12 @@ def frame_report(artifact, task, result, golden, cap):
     macs = useful_macs(cfg, queued)
     tile_cycles = array_cycles(cfg, n, counts)
     mismatches = int(np.count_nonzero(result.output != golden.output))
-    routing = golden_routing(cfg, golden)
     # Tokens (per MoE layer) whose recorded experts differ from golden's, in rank order.
-    routing_mismatches = int(np.count_nonzero((result.routing != routing).any(axis=-1)))
+    routing_mismatches = int(np.count_nonzero((result.routing != golden_routing(cfg, golden)).any(axis=-1)))
     return {
-        "config": cfg.name, "task": task, "engine": result.engine, "lanes": n,
+        "config": cfg.name, "task": task, "engine": result.engine, "lanes": n, "array": f"{n}x{n}", "ports": 1,
         "bit_exact": mismatches == 0, "mismatches": mismatches,
-        "cycles": result.cycles, "stall_cycles": result.stalls,
+        "cycles": result.cycles, "stall_cycles": result.stalls, "dram_stall_cycles": result.stalls,
         "latency_ms_at_300mhz": result.cycles / 300e6 * 1e3,
         "useful_macs": macs, "mac_utilization": macs / (n * n * result.cycles),
         "array_cycles": tile_cycles, "array_busy_fraction": tile_cycles / result.cycles,
@@ -269,6 +303,7 @@ def frame_report(artifact, task, result, golden, cap):
         "dram_bytes_written": result.dram_written, "dram_bytes_min": minimum,
         "experts_run": experts_run, "routing_matches": routing_mismatches == 0,
         "routing_mismatches": routing_mismatches, "wall_seconds": result.wall_seconds,
+        **({"phases": phase_summary(result.timeline)} if result.timeline else {}),
     }
 
 

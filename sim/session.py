@@ -12,6 +12,7 @@ from gateware.top import Accelerator
 from . import ENGINES
 from .axil import VerilatorAXIL, axil_read, axil_write
 from .dram import VERILATOR_OPTIONS, DRAMModel, attach_verilator_dram
+from .trace import TRACE_CPP_SOURCE, TRACE_FUNCTIONS, PysimTraceRecorder, VerilatorTraceRecorder
 
 __all__ = ["ENGINES", "open_session", "PysimSession", "VerilatorSession"]
 
@@ -29,9 +30,12 @@ class PysimSession:
     dram_bytes : int
     latency, beats_per_cycle : int, float
         The DRAM model's (``sim.dram.DRAMModel``).
+    trace : bool
+        Record the trace port's segments (``sim.trace``) in ``recorder``; it slows the
+        simulation down.
     """
 
-    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0):
+    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, trace=False):
         from amaranth.sim import Simulator
 
         self.dut = Accelerator(cap)
@@ -43,6 +47,10 @@ class PysimSession:
         self.dram.add_to(self._sim, self.dut.axi)
         self._sim.add_process(self._count)
         self._sim.add_testbench(self._host)
+        self.recorder = None
+        if trace:
+            self.recorder = PysimTraceRecorder(self.dut.trace)
+            self._sim.add_process(self.recorder.process)
 
     async def _count(self, ctx):
         async for _ in ctx.tick():
@@ -91,13 +99,16 @@ class VerilatorSession:
     Parameters as for :class:`PysimSession`.
     """
 
-    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0):
+    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, trace=False):
         from sim.verilator_engine import VerilatorModel
 
         self.dut = Accelerator(cap)
-        self.model = VerilatorModel(self.dut, name="accelerator", **VERILATOR_OPTIONS)
+        self.model = VerilatorModel(self.dut, name="accelerator",
+                                    extra_sources=[*VERILATOR_OPTIONS["extra_sources"], TRACE_CPP_SOURCE],
+                                    extra_functions={**VERILATOR_OPTIONS["extra_functions"], **TRACE_FUNCTIONS})
         self.dram = attach_verilator_dram(self.model, "axi", dram_bytes, latency, beats_per_cycle)
         self._bus = VerilatorAXIL(self.model, "ctrl")
+        self.recorder = VerilatorTraceRecorder(self.model) if trace else None
 
     @property
     def cycle(self):
@@ -122,11 +133,12 @@ class VerilatorSession:
         self.model.close()
 
 
-def open_session(engine, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0):
-    """The accelerator of capacity ``cap`` (a ``Capacity`` or a dict of its fields) on ``engine``."""
+def open_session(engine, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, trace=False):
+    """The accelerator of capacity ``cap`` (a ``Capacity`` or a dict of its fields) on ``engine``;
+    with ``trace``, its ``recorder`` holds the trace port's segments (``sim.trace``)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if isinstance(cap, dict):
         cap = Capacity(**cap)
     session = PysimSession if engine == "pysim" else VerilatorSession
-    return session(cap, dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle)
+    return session(cap, dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle, trace=trace)

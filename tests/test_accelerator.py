@@ -15,6 +15,8 @@ from model.config import get_config
 from model.quantize import calibration_images, quantize_model
 from model.weights import default_image, default_weights, image_to_pixels, load_image, load_weight_folder
 from sim.accelerator import frame_report, golden_routing, simulate_frame, simulate_frames
+from sim.trace import KINDS
+from sim.timeline_figure import draw_timeline
 
 
 def _artifact(cfg):
@@ -28,15 +30,24 @@ def tiny():
     return _artifact(get_config("tiny"))
 
 
-def test_tiny_frame_bit_exact_pysim(tiny):
+@pytest.fixture(scope="module")
+def tiny_frame(tiny):
+    """Task 1 of the tiny config through the accelerator in pysim, traced."""
     artifact, pixels = tiny
     cap = Capacity.for_config(artifact.config, 8)
+    return cap, simulate_frame(artifact, pixels, 1, cap=cap, engine="pysim", trace=True)
+
+
+@pytest.mark.xdist_group("tiny-frame")
+def test_tiny_frame_bit_exact_pysim(tiny, tiny_frame):
+    artifact, pixels = tiny
+    cap, result = tiny_frame
     golden = run_backbone(artifact, pixels, 1)
-    result = simulate_frame(artifact, pixels, 1, cap=cap, engine="pysim")
     mismatch = np.argwhere(result.output != golden.output)
     assert mismatch.size == 0, f"{len(mismatch)} features differ, first at {mismatch[:3].tolist()}"
     report = frame_report(artifact, 1, result, golden, cap)
     assert report["bit_exact"] and report["cycles"] == result.cycles
+    _check_timeline(result, report)
     # Each weight byte the frame needs streams about once (plus the program and the gate's
     # re-reads); measured 1.0x-1.1x, see the README.
     assert report["dram_bytes_min"] <= report["dram_bytes"] <= 1.25 * report["dram_bytes_min"]
@@ -48,6 +59,33 @@ def test_tiny_frame_bit_exact_pysim(tiny):
     assert result.routing.dtype == np.uint8 and result.routing.shape == (len(cfg.moe_layers), cfg.tokens, cfg.top_k)
     assert np.array_equal(result.routing, golden_routing(cfg, golden))
     assert report["routing_matches"] and report["routing_mismatches"] == 0
+
+
+def _check_timeline(result, report):
+    """The trace's segments tile the frame and add up to the accelerator's own counters."""
+    timeline = result.timeline
+    assert timeline[0].start == 0 and timeline[0].kind == "program"
+    for before, after in zip(timeline, timeline[1:]):
+        assert before.start + before.cycles == after.start
+    assert sum(s.cycles for s in timeline) == result.cycles
+    assert sum(s.stalls for s in timeline) == result.stalls
+    assert sum(s.macs for s in timeline) == report["array_cycles"]
+    assert {s.kind for s in timeline} == set(KINDS)
+    for run in report["experts_run"]:
+        traced = {s.expert for s in timeline if s.kind == "experts" and s.layer == run["layer"]}
+        assert traced == set(run["experts"]), f"layer {run['layer']}: experts traced {traced}"
+
+
+@pytest.mark.xdist_group("tiny-frame")
+def test_timeline_figure(tiny_frame, tmp_path):
+    """Both figure formats from a traced frame's segments; any other suffix is refused."""
+    _, result = tiny_frame
+    draw_timeline(result.timeline, tmp_path / "frame.png", title="tiny")
+    draw_timeline(result.timeline, tmp_path / "frame.svg")
+    assert (tmp_path / "frame.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (tmp_path / "frame.svg").read_text()
+    with pytest.raises(ValueError, match="must end in"):
+        draw_timeline(result.timeline, tmp_path / "frame.jpg")
 
 
 def test_capacity_errors(tiny):
@@ -116,12 +154,13 @@ def test_dram_cost_follows_experts_used(experts):
 def _check_frames(artifact, pixels, tasks, engine, **kwargs):
     """Run ``tasks`` back to back; every frame bit-exact, DRAM within 1.1x of its minimum."""
     cap = Capacity.for_config(artifact.config, 16)
-    results = simulate_frames(artifact, pixels, tasks, cap=cap, engine=engine, **kwargs)
+    results = simulate_frames(artifact, pixels, tasks, cap=cap, engine=engine, trace=True, **kwargs)
     for task, result in zip(tasks, results):
         golden = run_backbone(artifact, pixels, task)
         mismatch = np.argwhere(result.output != golden.output)
         assert mismatch.size == 0, f"task {task}: {len(mismatch)} features differ, first at {mismatch[:3].tolist()}"
         report = frame_report(artifact, task, result, golden, cap)
+        _check_timeline(result, report)
         assert report["dram_bytes_min"] <= report["dram_bytes"] <= 1.1 * report["dram_bytes_min"]
         assert 0 < report["mac_utilization"] < 1
         assert report["routing_matches"], f"task {task}: {report['routing_mismatches']} tokens' experts differ"
@@ -130,11 +169,12 @@ def _check_frames(artifact, pixels, tasks, engine, **kwargs):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("verilator-accelerator")
-def test_edge_moe_frames_verilator():
-    """Full-size model, built-in weights: task 0 then task 1, switched by the TASK register."""
+def test_edge_moe_frame_verilator():
+    """Full-size model, built-in weights, task 0 (both tasks back to back run through the host
+    runtime in ``tests/test_runtime.py``)."""
     cfg = get_config("edge-moe")
     artifact, pixels = _artifact(cfg)
-    _check_frames(artifact, pixels, [0, 1], "verilator")
+    _check_frames(artifact, pixels, [0], "verilator")
 
 
 @pytest.mark.slow

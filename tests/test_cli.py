@@ -1,10 +1,12 @@
 """The m3vit command on good and bad input: clear one-line errors, no tracebacks."""
 
+import io
 import json
 
 import numpy as np
 import pytest
 
+from cli.progress import Progress
 from tests.cli_helpers import run_m3vit
 
 
@@ -54,6 +56,8 @@ def test_numerics_json_and_quantize(tmp_path):
     (["simulate", "--config", "tiny", "--task", "0", "5"], "unknown task 5"),
     (["perf", "--config", "tiny", "--task", "-1"], "unknown task -1"),
     (["simulate", "--config", "tiny", "--artifact", "/no/such.npz"], "does not exist"),
+    (["perf", "--config", "tiny", "--timeline", "frame.pdf"], "must end in .png or .svg"),
+    (["perf", "--config", "tiny", "--timeline", "/no/such/folder/frame.png"], "does not exist"),
 ])
 def test_simulate_bad_input(args, message):
     r = run_m3vit(*args)
@@ -74,10 +78,10 @@ def test_simulate_rejects_malformed_or_foreign_artifact(tmp_path):
 
 def test_perf_json_tiny_pysim(tmp_path):
     """The perf report's keys, from a real (small) simulation of a saved artifact."""
-    artifact, out = tmp_path / "tiny.npz", tmp_path / "perf.json"
+    artifact, out, figure = tmp_path / "tiny.npz", tmp_path / "perf.json", tmp_path / "frame.png"
     assert run_m3vit("quantize", "--config", "tiny", "--out", str(artifact)).returncode == 0
     r = run_m3vit("perf", "--config", "tiny", "--task", "1", "--engine", "pysim", "--artifact", str(artifact),
-                  "--json", str(out))
+                  "--json", str(out), "--timeline", str(figure))
     assert r.returncode == 0, r.stderr
     assert "BIT-EXACT" in r.stdout
     report = json.loads(out.read_text())
@@ -86,6 +90,40 @@ def test_perf_json_tiny_pysim(tmp_path):
         assert key in report
     assert report["engine"] == "pysim" and report["bit_exact"]
     assert report["routing_matches"] and "routing written to DRAM: 0 tokens' experts differ" in r.stdout
+    assert report["array"] == "8x8" and report["ports"] == 1
+    assert report["dram_stall_cycles"] == report["stall_cycles"] > 0
     assert report["latency_ms_at_300mhz"] == pytest.approx(report["cycles"] / 300e3)
     assert report["dram_bytes_min"] <= report["dram_bytes"]
     assert report["mac_utilization"] == pytest.approx(report["tile_fill"] * report["array_busy_fraction"])
+    phases = report["phases"]
+    assert sum(row["cycles"] for row in phases.values()) == report["cycles"]
+    assert sum(row["mac_cycles"] for row in phases.values()) == report["array_cycles"]
+    assert "cycles by phase" in r.stdout
+    # Not a terminal: one plain line per stage on stderr.
+    for stage in ("golden", "building the accelerator for pysim", "frame 1 of 1: task 1"):
+        assert any(line.startswith(stage) and " done in " in line for line in r.stderr.splitlines()), stage
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stream", [io.StringIO, _Terminal])
+def test_progress_one_line_per_stage(stream):
+    """A log gets ``what ... done in``/``failed in`` lines; a terminal gets tqdm's line per stage
+    with the simulated cycles."""
+    file = stream()
+    progress = Progress(file)
+    with progress.stage("frame 1 of 1", simulates=True):
+        progress.cycles(512)
+        progress.cycles(1024)
+    with pytest.raises(RuntimeError), progress.stage("building"):
+        raise RuntimeError("compiler failed")
+    text = file.getvalue()
+    if stream is _Terminal:
+        assert "frame 1 of 1: 1.02k cycles" in text and "building: " in text
+    else:
+        assert text.splitlines()[0].startswith("frame 1 of 1 ... done in ")
+        assert text.splitlines()[1].startswith("building ... failed in ")

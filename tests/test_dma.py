@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 from gateware.axi import AXI4Signature, Burst
 from gateware.dma import DMA
 from sim.dram import AXIProtocolError, DRAMModel
-from tests.sim_helpers import stream_receive, stream_send
+from tests.sim_helpers import stream_receive, stream_send, stream_through
 
 BEAT = 16
 PAGE = 4096
@@ -101,19 +101,12 @@ def test_reads_return_memory(max_burst, max_outstanding, latency, bpc, stall_rat
     dram.write(0, mem)
     cmds = random_commands(rng, 20, (0, size))
     total = sum(b for _, b in cmds)
-    got, ars, flight = [], [], []
-
-    async def producer(ctx):
-        await stream_send(ctx, dut.rd_cmd, [{"addr": a, "beats": b} for a, b in cmds],
-                          gaps=rng, gap_rate=0.2)
-
-    async def consumer(ctx):
-        got.extend(await stream_receive(ctx, dut.rd_data, total, stalls=rng, stall_rate=stall_rate))
-        await ctx.tick().repeat(latency + 5)       # nothing more may come
-        assert not ctx.get(dut.rd_data.valid)
-
-    simulate(dut, dram, producer, consumer,
-             monitors=[address_monitor(dut.axi, "ar", ars), flight_monitor(dut.axi, "r", flight)])
+    ars, flight = [], []
+    got, _, _ = stream_through(
+        dut, [{"addr": a, "beats": b} for a, b in cmds], total, i=dut.rd_cmd, o=dut.rd_data,
+        in_gaps=rng, gap_rate=0.2, out_stalls=rng, stall_rate=stall_rate, drain=latency + 5,
+        processes=[address_monitor(dut.axi, "ar", ars), flight_monitor(dut.axi, "r", flight)],
+        models=[lambda sim: dram.add_to(sim, dut.axi)])
     want = b"".join(mem[a:a + b * BEAT].tobytes() for a, b in cmds)
     assert beats_to_bytes(p.data for p in got) == want
     ends = np.cumsum([b for _, b in cmds]) - 1

@@ -5,39 +5,24 @@ import pytest
 
 from gateware.layernorm import LayerNorm
 from golden.layernorm import layernorm
-from tests.sim_helpers import run_simulation, stream_receive, stream_send
+from tests.sim_helpers import (check_lone_row, check_steady_period, row_beats, row_outputs,
+                               stream_through)
 
 
 def _simulate(dut, rows, gamma, beta, affine_shift, eps_term, *, in_gaps=None, out_stalls=None):
     """Load the parameters, stream ``rows`` (groups, lanes, n); return outputs and cycles."""
-    groups, lanes, n = rows.shape
-    beats = [{"x": [int(v) for v in rows[g, :, e]], "last": int(e == n - 1)}
-             for g in range(groups) for e in range(n)]
-    in_cycles, out_cycles, payloads = [], [], []
-    loaded = []
-
-    async def producer(ctx):
-        ctx.set(dut.affine_shift, affine_shift)
-        ctx.set(dut.eps_term, eps_term)
+    async def load(ctx):
         ctx.set(dut.params.valid, 1)
         for index, (g, b) in enumerate(zip(gamma, beta)):
             ctx.set(dut.params.payload, {"index": index, "gamma": int(g), "beta": int(b)})
             await ctx.tick()
         ctx.set(dut.params.valid, 0)
-        loaded.append(True)
-        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
 
-    async def consumer(ctx):
-        while not loaded:
-            await ctx.tick()
-        payloads.extend(await stream_receive(ctx, dut.o, len(beats), stalls=out_stalls, cycles=out_cycles))
-
-    run_simulation(dut, producer, consumer)
-    outs = [([int(q.y[k]) for k in range(lanes)], int(q.last)) for q in payloads]
-    y = np.array([o[0] for o in outs], dtype=np.int64).reshape(groups, n, lanes).transpose(0, 2, 1)
-    last = np.array([o[1] for o in outs]).reshape(groups, n)
-    assert (last == (np.arange(n) == n - 1)).all(), "last must mark each row's final element"
-    return y, in_cycles, out_cycles
+    beats = row_beats(rows, "x")
+    payloads, in_cycles, out_cycles = stream_through(
+        dut, beats, len(beats), settings=[(dut.affine_shift, affine_shift), (dut.eps_term, eps_term)],
+        prelude=load, in_gaps=in_gaps, out_stalls=out_stalls)
+    return row_outputs(payloads, "y", rows.shape), in_cycles, out_cycles
 
 
 def _check(rows, gamma, beta, affine_shift, eps_term, max_dim=None, banks=2, **kw):
@@ -95,13 +80,7 @@ def test_row_latency(n):
     gamma, beta = _params(rng, n)
     dut, in_cycles, out_cycles = _check(rng.integers(-2000, 2000, size=(1, 2, n)), gamma, beta,
                                         12, 3)
-    assert in_cycles == list(range(in_cycles[0], in_cycles[0] + n))
-    assert out_cycles == list(range(out_cycles[0], out_cycles[0] + n))
-    gap = out_cycles[0] - in_cycles[-1]
-    print(f"layernorm n={n}: last input -> first output {gap} edges, "
-          f"row total {out_cycles[-1] - in_cycles[0] + 1} cycles")
-    assert gap == dut.latency
-    assert out_cycles[-1] - in_cycles[0] + 1 == 2 * n + dut.latency - 1
+    check_lone_row(dut, in_cycles, out_cycles, n, "layernorm")
 
 
 def test_outliers_at_model_width():
@@ -126,10 +105,4 @@ def test_streaming_throughput(banks, n):
     gamma, beta = _params(rng, n)
     dut, _, out_cycles = _check(rng.integers(-2000, 2000, size=(groups, 2, n)), gamma, beta,
                                 20, 9, banks=banks)
-    starts = out_cycles[::n]
-    periods = [b - a for a, b in zip(starts, starts[1:])]
-    print(f"layernorm banks={banks} n={n}: row periods {periods}, "
-          f"steady_period {dut.steady_period(n)}")
-    steady = periods[banks:]
-    windows = {sum(steady[k:k + banks]) for k in range(len(steady) - banks + 1)}
-    assert windows == {banks * dut.steady_period(n)}
+    check_steady_period(dut, out_cycles, n, "layernorm")

@@ -5,19 +5,9 @@ import pytest
 
 from gateware.reader import TileReader
 
-from tests.sim_helpers import run_simulation, stream_put, stream_receive
+from tests.sim_helpers import memory_port, run_simulation, stream_put, stream_receive
 
 N = 4
-
-
-def _memory(dut, mem):
-    """A read port with one cycle of latency over ``mem`` ``[words, N]``."""
-    async def process(ctx):
-        while True:
-            *_, en, addr = await ctx.tick().sample(dut.mem_en, dut.mem_addr)
-            if en:
-                ctx.set(dut.mem_data, [int(v) for v in mem[addr % len(mem)]])
-    return process
 
 
 def _run(walk, tiles, mem, count, tokens=None, stalls=True):
@@ -40,7 +30,7 @@ def _run(walk, tiles, mem, count, tokens=None, stalls=True):
             if tokens is not None:
                 ctx.set(dut.list_token, int(tokens[addr % len(tokens)]))
 
-    run_simulation(dut, testbench, sink, processes=[_memory(dut, mem), token_list])
+    run_simulation(dut, testbench, sink, processes=[memory_port(dut, mem), token_list])
     return np.array([[p.data[i] for i in range(N)] for p in out]), [p.last for p in out]
 
 

@@ -15,7 +15,8 @@ from golden.fixedpoint import RES_BITS, requantize
 from golden.moe import GATE_FRAC, route
 from golden.softmax import softmax
 from golden.topk import topk
-from tests.sim_helpers import run_simulation, stream_get, stream_put, stream_receive, stream_send
+from tests.sim_helpers import (run_simulation, stream_get, stream_put, stream_receive, stream_send,
+                               stream_through, watchdog)
 
 I32 = (-(1 << 31), (1 << 31) - 1)
 
@@ -45,18 +46,6 @@ def _beats(layers, lanes, rng):
     return beats
 
 
-def _watchdog(done, edges):
-    """A testbench that fails the run if ``done`` is still empty after ``edges`` clock edges
-    (a lost token would otherwise leave the consumer waiting forever)."""
-    async def watchdog(ctx):
-        for _ in range(0, edges, 64):
-            if done:
-                return
-            await ctx.tick().repeat(64)
-        raise AssertionError(f"no completion within {edges} clock edges")
-    return watchdog
-
-
 def _run(lanes, k, layers, mult, shift, *, max_tokens=None, in_gaps=None, out_stalls=None,
          stall_rate=0.3, seed=0):
     """Stream ``layers`` through a Router and check every emitted field against golden.
@@ -67,20 +56,10 @@ def _run(lanes, k, layers, mult, shift, *, max_tokens=None, in_gaps=None, out_st
     dut = Router(lanes, num_experts, k, max_tokens)
     beats = _beats(layers, lanes, np.random.default_rng(seed))
     count = sum(len(x) for x in layers)
-    in_cycles, out_cycles, outs = [], [], []
-
-    async def producer(ctx):
-        ctx.set(dut.gate_mult, mult)
-        ctx.set(dut.gate_shift, shift)
-        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
-
-    async def consumer(ctx):
-        outs.extend(await stream_receive(ctx, dut.o, count, stalls=out_stalls,
-                                         stall_rate=stall_rate, cycles=out_cycles))
-        done.append(True)
-
-    done = []
-    run_simulation(dut, producer, consumer, _watchdog(done, 100 * (len(beats) + count) + 2000))
+    outs, in_cycles, out_cycles = stream_through(
+        dut, beats, count, settings=[(dut.gate_mult, mult), (dut.gate_shift, shift)],
+        in_gaps=in_gaps, out_stalls=out_stalls, stall_rate=stall_rate,
+        timeout=100 * (len(beats) + count) + 2000)
     got = iter(outs)
     for n, logits in enumerate(layers):
         indices, weights = _expected(logits, mult, shift, k)
@@ -138,7 +117,7 @@ def test_feeds_expert_queue():
         done.append(True)
 
     done = []
-    run_simulation(top, producer, reader, _watchdog(done, 5000))
+    run_simulation(top, producer, reader, processes=[watchdog(5000, done)])
     assert [e for e, _, _ in listed] == list(queues.active)
     for e in queues.active:
         assert [c for x, c, _ in listed if x == e] == [queues.counts[e]]

@@ -103,6 +103,32 @@ def test_run_simulated_both_tasks_bit_exact(tiny):
     assert not np.array_equal(tiny["golden"][0], tiny["golden"][1])
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("verilator-accelerator")
+def test_run_edge_moe_verilator_both_tasks(tmp_path):
+    """The board's build (edge-moe, 16 x 16) under Verilator through the same driver and command:
+    both tasks back to back on one load, features equal to golden word for word."""
+    cfg = get_config("edge-moe")
+    image = default_image(cfg)
+    artifact = quantize_model(cfg, default_weights(cfg).tensors, calibration_images(image))
+    artifact.save(tmp_path / "edge-moe.npz")
+    np.save(tmp_path / "image.npy", image)
+    r = run_m3vit("bundle", "--config", "edge-moe", "--artifact", str(tmp_path / "edge-moe.npz"),
+                  "--out", str(tmp_path / "bundle"))
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "features.npz"
+    r = run_m3vit("run", "--bundle", str(tmp_path / "bundle"), "--image", str(tmp_path / "image.npy"),
+                  "--task", "1", "0", "--simulate", "--engine", "verilator", "--out", str(out), timeout=1800)
+    assert r.returncode == 0, r.stderr
+    pixels = image_to_pixels(image)
+    with np.load(out) as f:
+        assert list(f["tasks"]) == [1, 0]
+        for task in (1, 0):
+            golden = run_backbone(artifact, pixels, task).output
+            mismatch = np.argwhere(f[f"features_task{task}"] != golden)
+            assert mismatch.size == 0, f"task {task}: {len(mismatch)} features differ, first {mismatch[:3].tolist()}"
+
+
 class _Buffer(np.ndarray):
     """``pynq.allocate``'s buffer: a numpy array with a physical address and cache syncs."""
 

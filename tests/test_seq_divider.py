@@ -5,7 +5,7 @@ import random
 import pytest
 
 from gateware.seq_divider import SeqDivider
-from tests.sim_helpers import run_simulation, stream_get_timed, stream_put
+from tests.sim_helpers import run_simulation, stream_get_timed, stream_put, stream_through
 
 
 def _run(dut, cases):
@@ -50,30 +50,9 @@ def test_back_to_back_throughput():
     """With ``o`` always ready, a new division starts every ``quotient_width + 2`` cycles."""
     dut = SeqDivider(16, 8)
     cases = [(1000 + 37 * k, 3 + k) for k in range(8)]
-    starts, outs = [], []
-
-    async def producer(ctx):
-        cycle = 0
-        for dividend, divisor in cases:
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload, {"dividend": dividend, "divisor": divisor})
-            while True:
-                ready = ctx.get(dut.i.ready)
-                await ctx.tick()
-                cycle += 1
-                if ready:
-                    starts.append(cycle)
-                    break
-        ctx.set(dut.i.valid, 0)
-
-    async def consumer(ctx):
-        ctx.set(dut.o.ready, 1)
-        for _ in cases:
-            q, = await ctx.tick().sample(dut.o.payload.quotient).until(dut.o.valid)
-            outs.append(q)
-
-    run_simulation(dut, producer, consumer)
-    assert outs == [a // b for a, b in cases]
+    outs, starts, _ = stream_through(dut, [{"dividend": a, "divisor": b} for a, b in cases],
+                                     len(cases))
+    assert [int(p.quotient) for p in outs] == [a // b for a, b in cases]
     periods = {b - a for a, b in zip(starts, starts[1:])}
     print(f"SeqDivider(16, 8): one division every {periods} cycles")
     assert periods == {dut.quotient_width + 2}

@@ -8,22 +8,15 @@ from gateware.program import Capacity, encode_instr
 from gateware.records import BEAT_BYTES, INSTR_BYTES, PROGRAM_MAGIC, Header, Op, OutMode, encode
 from gateware.sequencer import Sequencer
 
-from tests.sim_helpers import run_simulation, stream_send
+from tests.sim_helpers import run_simulation, signature_of, stream_send
 
 CAP = Capacity(lanes=8, act_words=64, max_tokens=16, max_k_chunks=4, max_dim_chunks=2, num_experts=4,
                top_k=2, max_program=8)
 
 
-def _signature_of(component):
-    """A component built only for its port signature: marked so, or Amaranth warns that it was
-    never elaborated when it is collected (possibly during another test)."""
-    component._MustUse__silence = True
-    return component.signature
-
-
 def _sequencer():
-    queues = _signature_of(ExpertQueueBuilder(CAP.num_experts, CAP.max_tokens, CAP.top_k))
-    ln_params = _signature_of(LayerNorm(CAP.lanes, CAP.max_dim_chunks * CAP.lanes)).members["params"].signature
+    queues = signature_of(ExpertQueueBuilder(CAP.num_experts, CAP.max_tokens, CAP.top_k))
+    ln_params = signature_of(LayerNorm(CAP.lanes, CAP.max_dim_chunks * CAP.lanes)).members["params"].signature
     return Sequencer(CAP, queues=queues, ln_params=ln_params)
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from gateware.softmax import Softmax
 from golden.softmax import EXP_IN_FRAC, softmax
-from tests.sim_helpers import stream_through
+from tests.sim_helpers import (check_lone_row, check_steady_period, row_beats, row_outputs,
+                               stream_through)
 
 
 def _simulate(dut, rows, *, in_gaps=None, out_stalls=None):
@@ -14,17 +15,10 @@ def _simulate(dut, rows, *, in_gaps=None, out_stalls=None):
     ``in_gaps``/``out_stalls`` are seeded generators: the producer idles and the consumer drops
     ``ready`` at random to exercise back-pressure; without them both run at full rate.
     """
-    groups, lanes, n = rows.shape
-    beats = [{"u": [int(v) for v in rows[g, :, e]], "last": int(e == n - 1)}
-             for g in range(groups) for e in range(n)]
-    payloads, in_cycles, out_cycles = stream_through(dut, beats, len(beats), in_gaps=in_gaps, out_stalls=out_stalls)
-    outs = [([int(q.p[k]) for k in range(lanes)], int(q.last)) for q in payloads]
-    p = np.array([o[0] for o in outs], dtype=np.int64).reshape(groups, n, lanes).transpose(0, 2, 1)
-    last = np.array([o[1] for o in outs]).reshape(groups, n)
-    expected_last = np.zeros((groups, n), dtype=int)
-    expected_last[:, -1] = 1
-    assert (last == expected_last).all(), "last must mark exactly each row's final element"
-    return p, in_cycles, out_cycles
+    beats = row_beats(rows, "u")
+    payloads, in_cycles, out_cycles = stream_through(dut, beats, len(beats), in_gaps=in_gaps,
+                                                     out_stalls=out_stalls)
+    return row_outputs(payloads, "p", rows.shape), in_cycles, out_cycles
 
 
 def _check(rows, out_frac, max_len=None, banks=2, **kw):
@@ -70,13 +64,7 @@ def test_row_latency(n):
     """One row group alone: n input cycles, stats_latency, then n output cycles back to back."""
     rng = np.random.default_rng(n)
     dut, in_cycles, out_cycles = _check(rng.integers(-2000, 2000, size=(1, 2, n)), 8)
-    assert in_cycles == list(range(in_cycles[0], in_cycles[0] + n))
-    assert out_cycles == list(range(out_cycles[0], out_cycles[0] + n))
-    gap = out_cycles[0] - in_cycles[-1]
-    print(f"softmax n={n}: last input -> first output {gap} edges, "
-          f"row total {out_cycles[-1] - in_cycles[0] + 1} cycles")
-    assert gap == dut.latency
-    assert out_cycles[-1] - in_cycles[0] + 1 == 2 * n + dut.latency - 1
+    check_lone_row(dut, in_cycles, out_cycles, n, "softmax")
 
 
 @pytest.mark.parametrize("banks,n", [(2, 64), (3, 64), (3, 17), (2, 5)])
@@ -85,13 +73,7 @@ def test_streaming_throughput(banks, n):
     groups = 2 * banks + 3
     rng = np.random.default_rng(banks + n)
     dut, _, out_cycles = _check(rng.integers(-2000, 2000, size=(groups, 2, n)), 8, banks=banks)
-    starts = out_cycles[::n]
-    periods = [b - a for a, b in zip(starts, starts[1:])]
-    print(f"softmax banks={banks} n={n}: row periods {periods}, "
-          f"steady_period {dut.steady_period(n)}")
-    steady = periods[banks:]
-    windows = {sum(steady[k:k + banks]) for k in range(len(steady) - banks + 1)}
-    assert windows == {banks * dut.steady_period(n)}
+    check_steady_period(dut, out_cycles, n, "softmax")
 
 
 def test_long_equal_row_fills_the_sum():

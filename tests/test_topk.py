@@ -6,7 +6,7 @@ import pytest
 
 from gateware.topk import TopK
 from golden.topk import topk
-from tests.sim_helpers import run_simulation, stream_receive, stream_send
+from tests.sim_helpers import stream_through
 
 I32 = (-(1 << 31), (1 << 31) - 1)
 
@@ -16,16 +16,8 @@ def _simulate(dut, groups, *, in_gaps=None, out_stalls=None, stall_rate=0.3):
     ``[groups, lanes, k]`` and the edges of every input and output transfer."""
     beats = [{"logits": [int(v) for v in g[:, e]], "last": e == g.shape[1] - 1}
              for g in groups for e in range(g.shape[1])]
-    in_cycles, out_cycles, outs = [], [], []
-
-    async def producer(ctx):
-        await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=in_cycles)
-
-    async def consumer(ctx):
-        outs.extend(await stream_receive(ctx, dut.o, len(groups), stalls=out_stalls,
-                                         stall_rate=stall_rate, cycles=out_cycles))
-
-    run_simulation(dut, producer, consumer)
+    outs, in_cycles, out_cycles = stream_through(dut, beats, len(groups), in_gaps=in_gaps,
+                                                 out_stalls=out_stalls, stall_rate=stall_rate)
     index = np.array([[[int(v) for v in lane] for lane in p.index] for p in outs], dtype=np.int64)
     value = np.array([[[int(v) for v in lane] for lane in p.value] for p in outs], dtype=np.int64)
     return index, value, in_cycles, out_cycles

@@ -9,7 +9,7 @@ import pytest
 from amaranth.hdl import Shape, signed, unsigned
 
 from gateware.transpose import Transpose
-from tests.sim_helpers import run_simulation, stream_receive, stream_send
+from tests.sim_helpers import stream_through
 
 
 def _limits(shape):
@@ -46,16 +46,6 @@ def _monitor(dut, violations):
     return process
 
 
-def _watchdog(edges):
-    """A background process failing the run after ``edges`` clock edges, so a lost or
-    duplicated word fails the test instead of hanging it."""
-    async def process(ctx):
-        for _ in range(edges):
-            await ctx.tick()
-        raise AssertionError(f"no result after {edges} edges")
-    return process
-
-
 def _simulate(dut, blocks, tags, *, in_gaps=None, out_stalls=None, gap_rate=0.3,
               stall_rate=0.3):
     """Send ``blocks`` row by row (block ``b``'s final row tagged ``tags[b]``); return the
@@ -63,17 +53,10 @@ def _simulate(dut, blocks, tags, *, in_gaps=None, out_stalls=None, gap_rate=0.3,
     n = dut.n
     rows = [{"data": [int(v) for v in block[r]], "last": bool(tag and r == n - 1)}
             for block, tag in zip(blocks, tags) for r in range(n)]
-    in_cycles, out_cycles, outs, violations = [], [], [], []
-
-    async def producer(ctx):
-        await stream_send(ctx, dut.i, rows, gaps=in_gaps, gap_rate=gap_rate, cycles=in_cycles)
-
-    async def consumer(ctx):
-        outs.extend(await stream_receive(ctx, dut.o, len(rows), stalls=out_stalls,
-                                         stall_rate=stall_rate, cycles=out_cycles))
-
-    run_simulation(dut, producer, consumer,
-                   processes=[_monitor(dut, violations), _watchdog(100 * len(rows) + 100)])
+    violations = []
+    outs, in_cycles, out_cycles = stream_through(
+        dut, rows, len(rows), in_gaps=in_gaps, gap_rate=gap_rate, out_stalls=out_stalls,
+        stall_rate=stall_rate, timeout=100 * len(rows) + 100, processes=[_monitor(dut, violations)])
     assert not violations, f"o broke the stream rules: {violations[:3]}"
     got = np.array([[int(v) for v in p.data] for p in outs], dtype=np.int64).reshape(-1, n)
     last = [bool(p.last) for p in outs]

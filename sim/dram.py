@@ -28,6 +28,10 @@ the same order (a draw happens only where its option is on, so the polite model 
   ``latency_max``; bursts still come back in order;
 * every ``refresh_period`` cycles the memory refreshes for ``refresh_length`` cycles: no new
   read beat is made valid and W is not ready;
+* all of this runs on a clock of its own that counts only the cycles in which the bus is in use
+  (a transfer offered or a burst outstanding): while the bus is idle nothing is drawn and the
+  refresh timer stands still, so the host's register accesses and polling (which take different
+  numbers of cycles under the two engines) never shift a frame's random choices;
 * a read beat that could go out is held back a cycle with probability ``r_gap``;
 * bursts that touch ``error_range`` are answered ``error_resp`` (SLVERR or DECERR): every beat of
   such a read carries it on RRESP (with the memory's data), a write gets it on BRESP and stores
@@ -54,13 +58,15 @@ from pathlib import Path
 
 from amaranth.hdl import Value
 
-__all__ = ["AXIProtocolError", "DRAMModel", "Impolite", "VerilatorDRAM", "attach_verilator_dram",
+__all__ = ["AXIProtocolError", "DRAMModel", "Impolite", "REGIONS", "VerilatorDRAM", "attach_verilator_dram",
            "VERILATOR_OPTIONS", "CPP_SOURCE", "SLVERR", "DECERR"]
 
 _PAGE = 4096
 _INCR = 1
 _ONE = 1 << 16      # a read beat's cost in tokens
 _MASK = (1 << 64) - 1
+#: The frame's DRAM regions an ``Impolite.error_range`` may name.
+REGIONS = ("weights", "image", "output")
 #: RRESP/BRESP codes the model can answer with.
 SLVERR, DECERR = 2, 3
 
@@ -97,8 +103,10 @@ class Impolite:
     refresh_period, refresh_length : int
         Every ``refresh_period`` cycles, ``refresh_length`` cycles without new read beats or
         WREADY; 0 and 0 for none. The length must be shorter than the period.
-    error_range : (int, int), optional
-        Byte addresses ``[lo, hi)``: a burst touching them is answered ``error_resp``.
+    error_range : (int, int) or str, optional
+        Byte addresses ``[lo, hi)``: a burst touching them is answered ``error_resp``. The frame
+        runner (``sim.accelerator.simulate_frames``) also takes a region's name, ``"weights"``,
+        ``"image"`` or ``"output"``, and replaces it by the region's addresses.
     error_resp : int
         :data:`SLVERR` (2) or :data:`DECERR` (3).
     """
@@ -114,8 +122,9 @@ class Impolite:
     error_range: tuple = None
     error_resp: int = SLVERR
 
-    def check(self, latency):
-        """Raise ``ValueError`` for settings that make no sense with read latency ``latency``."""
+    def check(self, latency, *, names_ok=False):
+        """Raise ``ValueError`` for settings that make no sense with read latency ``latency``
+        (``names_ok``: an ``error_range`` may still be a region's name)."""
         for name in ("ar_drop", "aw_drop", "w_drop", "r_gap"):
             p = getattr(self, name)
             if not (isinstance(p, (int, float)) and 0 <= p < 1):
@@ -129,7 +138,11 @@ class Impolite:
         if self.refresh_length and self.refresh_length >= self.refresh_period:
             raise ValueError(f"a refresh of {self.refresh_length} cycles every {self.refresh_period} "
                              f"cycles leaves no time to serve: the length must be below the period")
-        if self.error_range is not None:
+        if isinstance(self.error_range, str):
+            if not names_ok or self.error_range not in REGIONS:
+                raise ValueError(f"error range {self.error_range!r} is not a pair of addresses"
+                                 + (f" or one of {', '.join(REGIONS)}" if names_ok else ""))
+        elif self.error_range is not None:
             lo, hi = self.error_range
             if not 0 <= lo < hi:
                 raise ValueError(f"error range [{lo:#x}, {hi:#x}) is empty or negative")
@@ -291,6 +304,8 @@ class DRAMModel:
         arready = awready = True
         wready = False
         held = {}                             # AR/AW/W transfers offered and not yet taken
+        impolite = self.impolite is not None and self.impolite != Impolite(seed=imp.seed)
+        bus_cycle = 0
         w_first = 0                           # the cycle the W beat now offered was first offered
         ctx.set(axi.arready, 1)
         ctx.set(axi.awready, 1)
@@ -318,7 +333,13 @@ class DRAMModel:
                    wvalid, wdata, wstrb, wlast, bready) in ctx.tick().sample(*sampled):
             self.cycle += 1
             cycle = self.cycle
-            refreshing = period and cycle % period < refresh
+            # The impolite clock runs only while the bus is in use, so that idle time (the
+            # host's register accesses, its polling) never shifts a frame's random choices.
+            active = impolite and bool(arvalid or awvalid or wvalid or reads or r_left or writes or w_left
+                                       or responses)
+            if active:
+                bus_cycle += 1
+            refreshing = active and period and bus_cycle % period < refresh
             if held or not (arready and awready):
                 hold("ar", arvalid, arready, (araddr, arlen, arsize, arburst) if arvalid else None)
                 hold("aw", awvalid, awready, (awaddr, awlen, awsize, awburst) if awvalid else None)
@@ -392,14 +413,14 @@ class DRAMModel:
                 w_first = cycle
             if not w_left and writes:
                 w_addr, w_left, w_resp = writes.popleft()
-            if ar_thr:
+            if ar_thr and active:
                 arready = rng.next() >= ar_thr
                 ctx.set(axi.arready, arready)
-            if aw_thr:
+            if aw_thr and active:
                 awready = rng.next() >= aw_thr
                 ctx.set(axi.awready, awready)
             wready = w_left != 0 and not refreshing
-            if w_thr and wready:
+            if w_thr and wready and active:
                 wready = rng.next() >= w_thr
             ctx.set(axi.wready, wready)
             ctx.set(axi.bvalid, bool(responses))

@@ -75,6 +75,7 @@ struct Dram {
     SplitMix64 rng;
     uint64_t ar_thr = 0, aw_thr = 0, w_thr = 0, gap_thr = 0, spread = 0;
     uint64_t period = 0, refresh = 0, err_lo = 0, err_hi = 0, err_resp = 2;
+    uint64_t bus_cycle = 0;  // cycles with the bus in use
 
     std::deque<ReadBurst> reads;
     uint64_t r_addr = 0, r_left = 0, r_resp = 0;
@@ -199,7 +200,11 @@ void after_edge(vm_ctx *ctx, void *arg) {
     const int *p = d->port;
     d->cycle++;
     const uint64_t cycle = d->cycle;
-    const bool refreshing = d->period && cycle % d->period < d->refresh;
+    // The impolite clock runs only while the bus is in use (sim/dram.py says why).
+    const bool active = d->arvalid || d->awvalid || d->wvalid || !d->reads.empty() || d->r_left ||
+                        !d->writes.empty() || d->w_left || !d->responses.empty();
+    if (active) d->bus_cycle++;
+    const bool refreshing = active && d->period && d->bus_cycle % d->period < d->refresh;
     if (d->held_ar.valid || d->held_aw.valid || !(d->arready && d->awready)) {
         d->hold("AR", d->held_ar, d->arvalid, d->arready,
                 d->arvalid ? d->araddr : 0, d->arvalid ? (d->arlen | d->arsize << 8 | d->arburst << 11) : 0,
@@ -288,16 +293,16 @@ void after_edge(vm_ctx *ctx, void *arg) {
         d->w_resp = d->writes.front().resp;
         d->writes.pop_front();
     }
-    if (d->ar_thr) {
+    if (d->ar_thr && active) {
         d->arready = d->rng.next() >= d->ar_thr;
         vm_set64(ctx, p[ARREADY], d->arready);
     }
-    if (d->aw_thr) {
+    if (d->aw_thr && active) {
         d->awready = d->rng.next() >= d->aw_thr;
         vm_set64(ctx, p[AWREADY], d->awready);
     }
     d->wready = d->w_left != 0 && !refreshing;
-    if (d->w_thr && d->wready) d->wready = d->rng.next() >= d->w_thr;
+    if (d->w_thr && d->wready && active) d->wready = d->rng.next() >= d->w_thr;
     vm_set64(ctx, p[WREADY], d->wready);
     vm_set64(ctx, p[BVALID], !d->responses.empty());
     if (!d->responses.empty()) {

@@ -27,15 +27,15 @@ class PysimSession:
     ----------
     cap : gateware.program.Capacity
     dram_bytes : int
-    latency, beats_per_cycle : int, float
+    latency, beats_per_cycle, impolite : int, float, sim.dram.Impolite or None
         The DRAM model's (``sim.dram.DRAMModel``).
     """
 
-    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0):
+    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, impolite=None):
         from amaranth.sim import Simulator
 
         self.dut = Accelerator(cap)
-        self.dram = DRAMModel(dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle)
+        self.dram = DRAMModel(dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle, impolite=impolite)
         self.cycle = 0
         self._request = self._reply = None
         self._sim = Simulator(self.dut)
@@ -91,12 +91,12 @@ class VerilatorSession:
     Parameters as for :class:`PysimSession`.
     """
 
-    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0):
+    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, impolite=None):
         from sim.verilator_engine import VerilatorModel
 
         self.dut = Accelerator(cap)
         self.model = VerilatorModel(self.dut, name="accelerator", **VERILATOR_OPTIONS)
-        self.dram = attach_verilator_dram(self.model, "axi", dram_bytes, latency, beats_per_cycle)
+        self.dram = attach_verilator_dram(self.model, "axi", dram_bytes, latency, beats_per_cycle, impolite)
         self._bus = VerilatorAXIL(self.model, "ctrl")
 
     @property
@@ -122,11 +122,12 @@ class VerilatorSession:
         self.model.close()
 
 
-def open_session(engine, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0):
-    """The accelerator of capacity ``cap`` (a ``Capacity`` or a dict of its fields) on ``engine``."""
+def open_session(engine, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, impolite=None):
+    """The accelerator of capacity ``cap`` (a ``Capacity`` or a dict of its fields) on ``engine``,
+    its DRAM model set up with ``latency``, ``beats_per_cycle`` and ``impolite``."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if isinstance(cap, dict):
         cap = Capacity(**cap)
     session = PysimSession if engine == "pysim" else VerilatorSession
-    return session(cap, dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle)
+    return session(cap, dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle, impolite=impolite)

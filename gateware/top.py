@@ -78,9 +78,12 @@ class Accelerator(wiring.Component):
     axi : Out(AXI4Signature(addr_width=40, data_width=128))
         Weights, program and image in; features out.
     ctrl : In(AXI4LiteSignature(addr_width=12, data_width=32))
-        ``gateware.control.ControlRegisters``: start, busy/done, task, base addresses, cycle and
-        stall counters. A stall cycle is one in which the MAC array waits for a weight tile that
-        DRAM has not delivered yet.
+        ``gateware.control.ControlRegisters``: start, soft reset, busy/done/error, task, base
+        addresses, watchdog, error code and address, cycle and stall counters. A stall cycle is
+        one in which the MAC array waits for a weight tile that DRAM has not delivered yet.
+
+    A bus error, the watchdog or a soft reset stops the frame through ``gateware.abort``: the
+    DMA drains the bus, then every component but the register block is reset.
     """
 
     def __init__(self, cap=None):

@@ -54,6 +54,15 @@ def test_numerics_json_and_quantize(tmp_path):
     (["simulate", "--config", "tiny", "--task", "0", "5"], "unknown task 5"),
     (["perf", "--config", "tiny", "--task", "-1"], "unknown task -1"),
     (["simulate", "--config", "tiny", "--artifact", "/no/such.npz"], "does not exist"),
+    (["simulate", "--config", "tiny", "--ready-drop", "1.5"], "ar_drop is a probability in [0, 1)"),
+    (["simulate", "--config", "tiny", "--r-gap", "-0.5"], "r_gap is a probability in [0, 1)"),
+    (["simulate", "--config", "tiny", "--dram-latency", "80-40"], "read latency range 80..40 is empty"),
+    (["simulate", "--config", "tiny", "--dram-latency", "fast"], "--dram-latency takes CYCLES or MIN-MAX"),
+    (["simulate", "--config", "tiny", "--dram-latency", "0"], "at least 1 cycle"),
+    (["simulate", "--config", "tiny", "--refresh", "100:100"], "the length must be below the period"),
+    (["simulate", "--config", "tiny", "--refresh", "100"], "--refresh takes two integers A:B"),
+    (["simulate", "--config", "tiny", "--bus-error", "0x2000:0x1000"], "is empty or negative"),
+    (["simulate", "--config", "tiny", "--bus-error", "program"], "or one of weights, image, output"),
 ])
 def test_simulate_bad_input(args, message):
     r = run_m3vit(*args)

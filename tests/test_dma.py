@@ -287,9 +287,9 @@ class AXIPins(wiring.Component):
         return m
 
 
-def _hand_driven(tb, *, size=4 * PAGE, latency=3, bpc=1.0):
+def _hand_driven(tb, *, size=4 * PAGE, latency=3, bpc=1.0, impolite=None):
     dut = AXIPins()
-    dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc)
+    dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc, impolite=impolite)
     dram.write(0, bytes(range(256)) * (size // 256))
 
     async def testbench(ctx):
@@ -346,6 +346,26 @@ def test_protocol_checker_wlast(wlast_at):
 
     with pytest.raises(AXIProtocolError, match="WLAST (set|missing)"):
         _hand_driven(tb)
+
+
+@pytest.mark.parametrize("ch", ["ar", "aw"])
+@pytest.mark.parametrize("change, message", [("valid", "withdrawn"), ("addr", "changed")])
+def test_protocol_checker_holds_offered_transfers(ch, change, message):
+    """An address offered while the memory is not ready must stay, unchanged, until taken."""
+    async def tb(ctx, axi, dram):
+        for name, value in (("addr", 0), ("len", 0), ("size", 4), ("burst", Burst.INCR), ("valid", 1)):
+            ctx.set(getattr(axi, ch + name), value)
+        await ctx.tick()                      # taken: the memory starts out ready
+        ctx.set(getattr(axi, ch + "addr"), 0x10)
+        await ctx.tick()                      # offered; not ready (the draw for this cycle)
+        assert not ctx.get(getattr(axi, ch + "ready"))
+        ctx.set(getattr(axi, ch + change), 0 if change == "valid" else 0x20)
+        for _ in range(3):          # one-shot waits: nothing to clean up when the checker aborts
+            await ctx.tick()
+
+    drops = {"ar_drop": 0.99} if ch == "ar" else {"aw_drop": 0.99}
+    with pytest.raises(AXIProtocolError, match=f"{ch.upper()} transfer {message} before READY"):
+        _hand_driven(tb, impolite=Impolite(seed=5, **drops))
 
 
 def test_model_timing_strobes_and_rate():

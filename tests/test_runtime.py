@@ -289,6 +289,11 @@ def _truncate(bundle):
     ("engine without simulate", {"--engine": ["pysim"]}, "apply only with --simulate"),
     ("another build", {"--simulate": [], "--sim-lanes": ["16"]}, "was compiled for the build [lanes=8 "),
     ("timeout", {"--simulate": [], "--timeout": ["1e-6"]}, "did not finish task 0 within 1e-06 s"),
+    # The image read answered SLVERR: the accelerator stops with ERROR early in the frame.
+    ("bus error", {"--simulate": [], "--sim-bus-error": ["image"]},
+     "stopped task 0 on an error: READ_SLVERR (code 1): SLVERR answered to the read burst at 0x"),
+    ("bus error without simulate", {"--sim-bus-error": ["image"]}, "apply only with --simulate"),
+    ("bad watchdog", {"--watchdog": ["-1"]}, "--watchdog counts 0.."),
 ])
 def test_run_bad_input(tiny, tmp_path, case, args, message):
     bundle = tmp_path / "bundle"

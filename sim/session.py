@@ -91,11 +91,18 @@ class VerilatorSession:
     Parameters as for :class:`PysimSession`.
     """
 
+    #: Capacity -> (design, model) built in this process: later sessions of the same build
+    #: spawn a fresh model from it instead of converting the design to Verilog again.
+    _built = {}
+
     def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, impolite=None):
         from sim.verilator_engine import VerilatorModel
 
-        self.dut = Accelerator(cap)
-        self.model = VerilatorModel(self.dut, name="accelerator", **VERILATOR_OPTIONS)
+        if cap not in self._built:
+            dut = Accelerator(cap)
+            self._built[cap] = dut, VerilatorModel(dut, name="accelerator", **VERILATOR_OPTIONS)
+        self.dut, built = self._built[cap]
+        self.model = built.spawn()
         self.dram = attach_verilator_dram(self.model, "axi", dram_bytes, latency, beats_per_cycle, impolite)
         self._bus = VerilatorAXIL(self.model, "ctrl")
 

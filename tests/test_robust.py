@@ -68,7 +68,7 @@ def _check_bit_exact(tiny, results, tasks):
         assert bad.size == 0, f"task {task}: {len(bad)} features differ, first at {bad[:3].tolist()}"
 
 
-@pytest.mark.parametrize("seed", [101, 202])
+@pytest.mark.parametrize("seed", [101])
 def test_impolite_frame_pysim_equals_verilator(tiny, polite_cycles, seed):
     """One tiny frame per seed in both engines: bit-exact, and the same cycle and stall counts."""
     imp = mixed(seed)

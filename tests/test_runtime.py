@@ -156,6 +156,28 @@ def test_pynq_backend_through_stand_in(tiny):
     assert features.values.dtype == np.float32 and features.cycles > 0
 
 
+def test_driver_watchdog_fault_and_soft_reset(tiny):
+    """The driver arms the watchdog; a frame that runs past it raises AcceleratorFault naming the
+    code; a soft reset mid-frame returns the accelerator to idle."""
+    from runtime import AcceleratorFault, SimulatorBackend
+    from runtime.regs import STATUS_BUSY, ErrorCode
+
+    with Accelerator(tiny["bundle"], SimulatorBackend("pysim"), timeout=60, watchdog=2_000) as acc:
+        acc.set_image(np.load(tiny["image"]))
+        with pytest.raises(AcceleratorFault, match=r"stopped task 0 on an error: WATCHDOG \(code 5\)") as err:
+            acc.run(0)
+        assert (err.value.code, err.value.addr) == (ErrorCode.WATCHDOG, 0)
+        be = acc.backend
+        be.write(Reg.WATCHDOG, 0)
+        be.write(Reg.CONTROL, CONTROL_START)
+        be.wait()
+        assert be.read(Reg.STATUS) & STATUS_BUSY
+        acc.soft_reset()
+        assert be.read(Reg.STATUS) == 0
+    with pytest.raises(InputError, match="the watchdog counts"):
+        Accelerator(tiny["bundle"], SimulatorBackend("pysim"), watchdog=-1)
+
+
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_capacity_registers_report_the_build():
     assert CAPACITY_FIELDS == tuple(f.name for f in dataclasses.fields(Capacity))

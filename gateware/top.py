@@ -194,7 +194,10 @@ class Accelerator(wiring.Component):
                      abort.dma_error_write.eq(dma.error_write), abort.dma_error_resp.eq(dma.error_resp),
                      abort.dma_error_addr.eq(dma.error_addr), abort.dma_drained.eq(dma.drained),
                      dma.halt.eq(abort.halt),
-                     regs.busy.eq(seq.busy | abort.aborting), regs.done.eq(seq.done | abort.done),
+                     regs.busy.eq(seq.busy | abort.aborting),
+                     # A frame that faulted reports the abort's done, never the sequencer's: its
+                     # END can come while the DMA's error waits to be taken up (a write's last B).
+                     regs.done.eq((seq.done & ~dma.error & ~abort.halt) | abort.done),
                      regs.error.eq(abort.error), regs.aborting.eq(abort.aborting),
                      regs.error_code.eq(abort.code), regs.error_addr.eq(abort.addr)]
 

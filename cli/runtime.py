@@ -101,7 +101,33 @@ def _backend(args, bundle):
             capacity = dataclasses.asdict(Capacity.for_config(get_config(bundle.name), args.sim_lanes))
         except (KeyError, CapacityError) as err:
             raise UserError(f"cannot simulate a {args.sim_lanes}-lane build of {bundle.name!r}: {err}") from None
-    return SimulatorBackend(engine, capacity=capacity)
+    impolite = None
+    if args.sim_bus_error:
+        impolite = _bus_error(args.sim_bus_error, bundle)
+    return SimulatorBackend(engine, capacity=capacity, impolite=impolite)
+
+
+def _bus_error(text, bundle):
+    """``--sim-bus-error``: a region of the bundle's DRAM layout or ``LO:HI`` byte offsets, as an ``Impolite``."""
+    import numpy as np
+
+    from cli.sim import _pair
+    from runtime.layout import dram_layout
+    from sim.dram import REGIONS, Impolite
+
+    where = _pair("--sim-bus-error", text, REGIONS)
+    if isinstance(where, str):
+        sizes = {"weights": len(bundle.frame), "image": int(np.prod(bundle.input_shape)),
+                 "output": 2 * int(np.prod(bundle.output_shape))}
+        layout = dram_layout(sizes["weights"], sizes["image"], sizes["output"])
+        lo = getattr(layout, where)
+        where = (lo, lo + sizes[where])
+    impolite = Impolite(error_range=where)
+    try:
+        impolite.check(1)
+    except ValueError as err:
+        raise UserError(f"--sim-bus-error: {err}") from None
+    return impolite
 
 
 def _run(args):
@@ -114,8 +140,10 @@ def _run(args):
     from runtime.image import load_image
     from runtime.regs import CLOCK_HZ
 
-    if (args.engine or args.sim_lanes) and not args.simulate:
-        raise UserError("--engine and --sim-lanes apply only with --simulate")
+    if (args.engine or args.sim_lanes or args.sim_bus_error) and not args.simulate:
+        raise UserError("--engine, --sim-lanes and --sim-bus-error apply only with --simulate")
+    if not 0 <= args.watchdog < 1 << 32:
+        raise UserError(f"--watchdog counts 0..{(1 << 32) - 1} cycles, not {args.watchdog}")
     if args.timeout <= 0:
         raise UserError(f"--timeout must be positive, not {args.timeout}")
     if args.out:
@@ -140,7 +168,7 @@ def _run(args):
               f"{bundle.capacity['lanes']}; running on {where}", flush=True)
         results, progress = [], Progress()
         with progress.stage(f"opening {where}"):
-            acc = Accelerator(bundle, _backend(args, bundle), timeout=args.timeout)
+            acc = Accelerator(bundle, _backend(args, bundle), timeout=args.timeout, watchdog=args.watchdog)
         with acc:
             acc.set_image(pixels)
             for i, task in enumerate(args.task):
@@ -205,6 +233,12 @@ def register(sub):
     p.add_argument("--sim-lanes", type=int, choices=MAC_LANES,
                    help="with --simulate: simulate the smallest build with this many lanes that holds the model, "
                         "instead of the bundle's own build")
+    p.add_argument("--sim-bus-error", metavar="REGION|LO:HI",
+                   help="with --simulate: the DRAM answers SLVERR to bursts touching a region of the bundle's "
+                        "layout (weights, image, output) or byte offsets [LO, HI), to see the accelerator's "
+                        "error report")
+    p.add_argument("--watchdog", type=int, default=0, metavar="CYCLES",
+                   help="stop a frame that runs more than CYCLES cycles with a watchdog error (default 0: off)")
     p.add_argument("--timeout", type=float, default=1.0,
                    help="seconds of accelerator time a frame may take (default 1; simulated time at 300 MHz "
                         "with --simulate)")

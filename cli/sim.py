@@ -6,7 +6,70 @@ from cli import UserError
 from model.config import MAC_LANES, default_lanes
 from sim import ENGINES
 
-__all__ = ["register"]
+__all__ = ["register", "add_dram_options", "dram_options"]
+
+
+def _latency(text):
+    """``--dram-latency``: ``CYCLES`` or ``MIN-MAX``."""
+    lo, sep, hi = text.partition("-")
+    try:
+        lo, hi = int(lo), int(hi) if sep else None
+    except ValueError:
+        raise UserError(f"--dram-latency takes CYCLES or MIN-MAX, not {text!r}") from None
+    return lo, hi
+
+
+def _pair(option, text, names=()):
+    """``A:B`` as two integers (any base Python reads: 0x1000:0x2000), or a name in ``names``."""
+    if text in names:
+        return text
+    a, sep, b = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(a, 0), int(b, 0)
+    except ValueError:
+        listed = f", or one of {', '.join(names)}" if names else ""
+        raise UserError(f"{option} takes two integers A:B{listed}, not {text!r}") from None
+
+
+def add_dram_options(p):
+    """The DRAM model's options (``sim.dram.DRAMModel``, ``Impolite``) on parser ``p``."""
+    g = p.add_argument_group("DRAM model (polite unless told otherwise)")
+    g.add_argument("--dram-latency", default="40", metavar="CYCLES|MIN-MAX",
+                   help="read latency in cycles, or a range drawn from per burst (default 40)")
+    g.add_argument("--dram-seed", type=int, default=1, metavar="N", help="seed of the random choices (default 1)")
+    g.add_argument("--ready-drop", type=float, default=0.0, metavar="P",
+                   help="probability that AR, AW and W are each not ready in a cycle (default 0)")
+    g.add_argument("--r-gap", type=float, default=0.0, metavar="P",
+                   help="probability that a read beat that could go is held back a cycle (default 0)")
+    g.add_argument("--refresh", metavar="PERIOD:LENGTH",
+                   help="a refresh stall (no read beats, W not ready) of LENGTH cycles every PERIOD cycles")
+    g.add_argument("--bus-error", metavar="LO:HI|REGION",
+                   help="answer bursts touching byte addresses [LO, HI), or the frame's region weights, image "
+                        "or output, with an error response")
+    g.add_argument("--bus-error-resp", choices=("slverr", "decerr"), default="slverr",
+                   help="the error response of --bus-error (default slverr)")
+
+
+def dram_options(args):
+    """``(latency, Impolite or None)`` from the options of :func:`add_dram_options`; ``UserError`` for bad values."""
+    from sim.dram import DECERR, REGIONS, SLVERR, Impolite
+
+    latency, latency_max = _latency(args.dram_latency)
+    refresh = _pair("--refresh", args.refresh) if args.refresh else (0, 0)
+    error_range = _pair("--bus-error", args.bus_error, REGIONS) if args.bus_error else None
+    impolite = Impolite(seed=args.dram_seed, ar_drop=args.ready_drop, aw_drop=args.ready_drop,
+                        w_drop=args.ready_drop, r_gap=args.r_gap, latency_max=latency_max,
+                        refresh_period=refresh[0], refresh_length=refresh[1], error_range=error_range,
+                        error_resp=DECERR if args.bus_error_resp == "decerr" else SLVERR)
+    if latency < 1:
+        raise UserError(f"--dram-latency must be at least 1 cycle, not {latency}")
+    try:
+        impolite.check(latency, names_ok=True)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return latency, (None if impolite == Impolite(seed=args.dram_seed) else impolite)
 
 
 def _run(args, tasks, trace=False):
@@ -25,6 +88,7 @@ def _run(args, tasks, trace=False):
     from cli.progress import Progress
     from sim.accelerator import SimulationError, frame_report, simulate_frames
 
+    latency, impolite = dram_options(args)
     cfg, weights, image = model_inputs(args)
     for task in tasks:
         check_task(cfg, task)
@@ -45,7 +109,7 @@ def _run(args, tasks, trace=False):
           f"{lanes}x{lanes} MAC array, engine {args.engine} (weights {weights.source})", flush=True)
     try:
         results = simulate_frames(artifact, pixels, tasks, cap=cap, engine=args.engine,
-                                  dram_latency=args.dram_latency, progress=progress.cycles, trace=trace,
+                                  dram_latency=latency, impolite=impolite, progress=progress.cycles, trace=trace,
                                   stage=progress.stage)
     except (CapacityError, SimulationError) as err:
         raise UserError(str(err)) from None
@@ -131,7 +195,7 @@ def register(sub):
         p.add_argument("--engine", choices=ENGINES, default=engine, help=f"simulator (default {engine})")
         p.add_argument("--lanes", type=int, choices=MAC_LANES, help="MAC array rows and columns (default: 8 for "
                                                                   "small models, else 16)")
-        p.add_argument("--dram-latency", type=int, default=40, help="DRAM read latency in cycles (default 40)")
+        add_dram_options(p)
         if name == "perf":
             p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
             p.add_argument("--timeline", metavar="FILE", help="draw the frame's phases over time (.png or .svg)")

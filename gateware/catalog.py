@@ -2,7 +2,8 @@
 
 Default sizes are those of a 16-token-lane build for the edge-moe config: a 16 x 16 MAC array,
 vector units 16 lanes wide, rows up to 192 features (LayerNorm) or 129 keys (softmax), 16 experts;
-the AXI4-Lite control registers at their defaults (4 KiB window, 40-bit base addresses).
+the AXI4-Lite control registers at their defaults (4 KiB window, 40-bit base addresses), the DMA
+(40-bit addresses, 128-bit data, bursts of 256, 4 outstanding) and the abort control.
 """
 
 from model.config import get_config
@@ -51,8 +52,16 @@ def _units():
         from .control import ControlRegisters
         return ControlRegisters()
 
+    def dma():
+        from .dma import DMA
+        return DMA()
+
+    def abort():
+        from .abort import AbortControl
+        return AbortControl(40)
+
     return {f.__name__: f for f in (mac_array, postprocess, softmax, gelu, layernorm, topk, expert_queue,
-                                    routing, control)}
+                                    routing, control, dma, abort)}
 
 
 #: Unit name -> zero-argument factory.

@@ -6,6 +6,10 @@ gateware and the driver cannot disagree.
 
 Other offsets read 0 and ignore writes, with an OKAY response: a bus error on a stray access would
 take down the host's driver, a zero does not. Byte strobes apply to the read-write registers.
+
+While ``busy`` is high, writes to the read-write registers and starts are refused (still answered
+OKAY) and counted in REJECTED, so a running frame always sees the settings it started with (the
+sequencer and fetcher read them directly, without a copy).
 """
 
 from amaranth import Module, Signal
@@ -46,9 +50,19 @@ class ControlRegisters(wiring.Component):
     bus : In(AXI4LiteSignature(addr_width=addr_width, data_width=32))
         Register access from the host.
     start : Out(1)
-        One-cycle pulse, the cycle after the write of 1 to CONTROL bit 0 completes.
+        One-cycle pulse, the cycle after the write of 1 to CONTROL bit 0 completes (none while
+        ``busy``).
+    soft_reset : Out(1)
+        One-cycle pulse, the cycle after the write of 1 to CONTROL bit 1 completes.
     busy, done : In(1)
-        The core is running / has finished (a pulse or a level: the register keeps the rising edge).
+        The core is running or aborting / has finished (a pulse or a level: the register keeps
+        the rising edge).
+    error, aborting : In(1)
+        STATUS bits 2 and 3, live.
+    error_code : In(8), error_addr : In(base_width)
+        ERROR_CODE and ERROR_ADDR_LO/HI, live.
+    watchdog : Out(32)
+        The WATCHDOG register.
     task : Out(task_width)
     weights_base, image_base, output_base : Out(base_width)
         Byte addresses in DRAM.
@@ -71,7 +85,9 @@ class ControlRegisters(wiring.Component):
         self.capacity = capacity
         super().__init__({
             "bus": In(AXI4LiteSignature(addr_width=addr_width, data_width=32)),
-            "start": Out(1), "busy": In(1), "done": In(1),
+            "start": Out(1), "soft_reset": Out(1), "busy": In(1), "done": In(1),
+            "error": In(1), "aborting": In(1), "error_code": In(8), "error_addr": In(base_width),
+            "watchdog": Out(32),
             "task": Out(task_width),
             "weights_base": Out(base_width), "image_base": Out(base_width), "output_base": Out(base_width),
             "cycles": In(counter_width), "stalls": In(counter_width),
@@ -82,7 +98,7 @@ class ControlRegisters(wiring.Component):
         bus = self.bus
 
         # Read-write registers as (register, which 32-bit half): the LO/HI pairs are halves of one signal.
-        rw = {Reg.TASK: (self.task, 0)}
+        rw = {Reg.TASK: (self.task, 0), Reg.WATCHDOG: (self.watchdog, 0)}
         for name, reg in (("WEIGHTS", self.weights_base), ("IMAGE", self.image_base),
                           ("OUTPUT", self.output_base)):
             rw[Reg[f"{name}_LO"]] = (reg, 0)
@@ -101,19 +117,26 @@ class ControlRegisters(wiring.Component):
 
         commit = Signal()
         m.d.comb += commit.eq(aw_full & w_full & (~bus.bvalid | bus.bready))
-        start_write = Signal()
-        m.d.comb += start_write.eq(commit & (aw_word == Reg.CONTROL >> 2) & w_strb[0] & w_data[0])
-        m.d.sync += self.start.eq(start_write)
+        start_write, reset_write, rejected = Signal(), Signal(), Signal(32)
+        m.d.comb += [start_write.eq(commit & (aw_word == Reg.CONTROL >> 2) & w_strb[0] & w_data[0] & ~self.busy),
+                     reset_write.eq(commit & (aw_word == Reg.CONTROL >> 2) & w_strb[0] & w_data[1])]
+        m.d.sync += [self.start.eq(start_write), self.soft_reset.eq(reset_write)]
         with m.If(commit):
             m.d.sync += [aw_full.eq(0), w_full.eq(0), bus.bvalid.eq(1)]
             with m.Switch(aw_word):
+                with m.Case(Reg.CONTROL >> 2):
+                    with m.If(self.busy & w_strb[0] & w_data[0]):
+                        m.d.sync += rejected.eq(rejected + 1)
                 for offset, (reg, half) in rw.items():
                     with m.Case(offset >> 2):
-                        for byte in range(4):
-                            lo = 32 * half + 8 * byte
-                            if lo < len(reg):
-                                with m.If(w_strb[byte]):
-                                    m.d.sync += reg[lo:lo + 8].eq(w_data[8 * byte:8 * byte + 8])
+                        with m.If(self.busy):
+                            m.d.sync += rejected.eq(rejected + 1)
+                        with m.Else():
+                            for byte in range(4):
+                                lo = 32 * half + 8 * byte
+                                if lo < len(reg):
+                                    with m.If(w_strb[byte]):
+                                        m.d.sync += reg[lo:lo + 8].eq(w_data[8 * byte:8 * byte + 8])
 
         # Done is kept as the rising edge of the core's flag so a level still high from the previous
         # run cannot set it again after the start that cleared it.
@@ -121,7 +144,7 @@ class ControlRegisters(wiring.Component):
         m.d.sync += done_prev.eq(self.done)
         with m.If(self.done & ~done_prev):
             m.d.sync += done_flag.eq(1)
-        with m.If(start_write):
+        with m.If(start_write | reset_write):
             m.d.sync += done_flag.eq(0)
 
         # Read path. Reading a counter's low half latches its high half, so the two reads agree.
@@ -134,7 +157,10 @@ class ControlRegisters(wiring.Component):
             ro = {
                 Reg.ID: ID_VALUE,
                 Reg.VERSION: VERSION[0] << 16 | VERSION[1],
-                Reg.STATUS: done_flag << 1 | self.busy,
+                Reg.STATUS: self.aborting << 3 | self.error << 2 | done_flag << 1 | self.busy,
+                Reg.ERROR_CODE: self.error_code,
+                Reg.ERROR_ADDR_LO: self.error_addr[:32], Reg.ERROR_ADDR_HI: self.error_addr[32:],
+                Reg.REJECTED: rejected,
                 Reg.CYCLES_LO: self.cycles[:32], Reg.CYCLES_HI: cycles_hi,
                 Reg.STALLS_LO: self.stalls[:32], Reg.STALLS_HI: stalls_hi,
             }

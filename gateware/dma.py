@@ -1,10 +1,10 @@
 """The accelerator's AXI4 manager: burst reads into a stream, a stream into burst writes."""
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .axi import AXI4Signature, Burst
+from .axi import AXI4Signature, Burst, Resp
 
 __all__ = ["DMA"]
 
@@ -35,7 +35,16 @@ class DMA(wiring.Component):
     address is taken). At most ``max_outstanding`` write bursts await their B response. Reads
     and writes share nothing: neither waits for the other, and nothing orders a read after an
     earlier write to the same address (the sequencer waits for ``wr_busy`` to fall instead).
-    Error responses (SLVERR/DECERR) are not reported.
+
+    Faults. A read beat with RRESP SLVERR or DECERR (seen with RVALID, taken or not) or a B
+    response with either latches ``error`` with the response, the direction and the failing
+    burst's address, and from the next cycle the DMA *flushes*, as it does while ``halt`` is
+    high: no new AR or AW, no command taken, read beats taken and discarded (``rd_data`` shows
+    none, error beats never), the W beats the bursts already cut still owe sent with WSTRB 0
+    and WDATA 0 (a beat offered before the flush and not yet taken goes as it was, as AXI
+    requires), every B response taken. ``drained`` rises once no burst is outstanding; a reset
+    (the accelerator's abort path) then returns the DMA to idle and clears ``error``. The first
+    fault only is kept.
 
     Throughput. One beat per cycle in each direction when DRAM keeps up. Reads sustain that
     behind a DRAM read latency of ``L`` cycles when ``max_outstanding * burst length`` exceeds
@@ -78,6 +87,14 @@ class DMA(wiring.Component):
     wr_busy : Out(1)
         High while an accepted write command has beats not yet sent or B responses not yet
         received.
+    halt : In(1)
+        Flush (see Faults) while high.
+    error : Out(1)
+        A fault was seen (until reset).
+    error_write, error_resp, error_addr : Out(1), Out(Resp), Out(addr_width)
+        The first fault's direction (1: a write), response and burst address.
+    drained : Out(1)
+        No read or write burst is outstanding.
     """
 
     def __init__(self, *, addr_width=40, data_width=128, max_burst=256, max_outstanding=4):
@@ -98,9 +115,11 @@ class DMA(wiring.Component):
             "wr_cmd": In(stream.Signature(command_layout(addr_width))),
             "wr_data": In(stream.Signature(unsigned(data_width))),
             "wr_busy": Out(1),
+            "halt": In(1), "error": Out(1), "error_write": Out(1), "error_resp": Out(Resp),
+            "error_addr": Out(addr_width), "drained": Out(1),
         })
 
-    def _splitter(self, m, cmd, name):
+    def _splitter(self, m, cmd, name, flush):
         """Holds one command and cuts bursts off its front whenever ``cut`` is driven high.
 
         Returns ``(active, addr, length, last, cut)``: a burst of ``length`` beats at ``addr``
@@ -122,7 +141,7 @@ class DMA(wiring.Component):
             length.eq(Mux(last, left, cap)),
             # Taking the next command as the current one's last burst goes keeps 1-beat
             # commands at one per cycle.
-            cmd.ready.eq(~active | (cut & last)),
+            cmd.ready.eq(~flush & (~active | (cut & last))),
         ]
         with m.If(cut):
             m.d.sync += [addr.eq(addr + (length << shift)), left.eq(left - length)]
@@ -140,58 +159,88 @@ class DMA(wiring.Component):
         for ch in ("ar", "aw"):
             m.d.comb += [getattr(axi, f"{ch}size").eq(size), getattr(axi, f"{ch}burst").eq(Burst.INCR),
                          getattr(axi, f"{ch}cache").eq(_CACHE)]
+        # The fault latch is a register and `flush` one OR behind it, so a fault reaches the
+        # cut and handshake logic through one gate (and never in its own cycle).
+        flush = Signal()
+        m.d.comb += flush.eq(self.halt | self.error)
 
         # Reads. Bursts are counted from their cut until their last beat arrives, which bounds
-        # the bursts in flight; whether each one ends its command waits in `rd_ends` for it.
-        rd_active, rd_addr, rd_len, rd_last, rd_cut = self._splitter(m, self.rd_cmd, "rd")
-        m.submodules.rd_ends = rd_ends = fifo.SyncFIFO(width=1, depth=self.max_outstanding)
+        # the bursts in flight; whether each one ends its command, and its address (for a
+        # fault), wait in `rd_ends` for it.
+        rd_active, rd_addr, rd_len, rd_last, rd_cut = self._splitter(m, self.rd_cmd, "rd", flush)
+        m.submodules.rd_ends = rd_ends = fifo.SyncFIFO(width=1 + self.addr_width, depth=self.max_outstanding)
         rd_flight = Signal(range(self.max_outstanding + 1))
         r_done = Signal()
+        r_bad = Signal()
         m.d.comb += rd_cut.eq(rd_active & (~axi.arvalid | axi.arready) &
-                              (rd_flight < self.max_outstanding))
+                              (rd_flight < self.max_outstanding) & ~flush)
         with m.If(rd_cut):
             m.d.sync += [axi.arvalid.eq(1), axi.araddr.eq(rd_addr), axi.arlen.eq(rd_len - 1)]
         with m.Elif(axi.arready):
             m.d.sync += axi.arvalid.eq(0)
         m.d.comb += [
-            rd_ends.w_en.eq(rd_cut), rd_ends.w_data.eq(rd_last),
-            self.rd_data.valid.eq(axi.rvalid),
+            rd_ends.w_en.eq(rd_cut), rd_ends.w_data.eq(Cat(rd_last, rd_addr)),
+            # SLVERR and DECERR have bit 1 set; EXOKAY (never asked for) would not.
+            r_bad.eq(axi.rvalid & axi.rresp.as_value()[1]),
+            self.rd_data.valid.eq(axi.rvalid & ~r_bad & ~flush),
             self.rd_data.payload.data.eq(axi.rdata),
             # SyncFIFO reads without latency and R follows its AR by at least a cycle, so the
             # burst's entry is there when its data is.
             self.rd_data.payload.last.eq(axi.rlast & rd_ends.r_data[0]),
-            axi.rready.eq(self.rd_data.ready),
+            axi.rready.eq(self.rd_data.ready | flush),
             r_done.eq(axi.rvalid & axi.rready & axi.rlast),
             rd_ends.r_en.eq(r_done),
         ]
         m.d.sync += rd_flight.eq(rd_flight + rd_cut - r_done)
 
         # Writes. A burst's length is queued for the W channel when it is cut, so write data
-        # never waits for AWREADY; `wr_pending` counts bursts from their cut to their B.
-        wr_active, wr_addr, wr_len, _, wr_cut = self._splitter(m, self.wr_cmd, "wr")
+        # never waits for AWREADY; `wr_pending` counts bursts from their cut to their B, and
+        # `wr_addrs` keeps their addresses for a fault.
+        wr_active, wr_addr, wr_len, _, wr_cut = self._splitter(m, self.wr_cmd, "wr", flush)
         m.submodules.wr_lens = wr_lens = fifo.SyncFIFO(width=8, depth=self.max_outstanding)
+        m.submodules.wr_addrs = wr_addrs = fifo.SyncFIFO(width=self.addr_width, depth=self.max_outstanding)
         wr_pending = Signal(range(self.max_outstanding + 1))
         m.d.comb += wr_cut.eq(wr_active & (~axi.awvalid | axi.awready) &
-                              (wr_pending < self.max_outstanding))
+                              (wr_pending < self.max_outstanding) & ~flush)
         with m.If(wr_cut):
             m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(wr_addr), axi.awlen.eq(wr_len - 1)]
         with m.Elif(axi.awready):
             m.d.sync += axi.awvalid.eq(0)
         beat = Signal(8)
         w_last = Signal()
+        # A real beat offered and not yet taken: AXI wants it unchanged until WREADY, flush or not.
+        w_keep = Signal()
+        w_blank = Signal()
+        b_done = Signal()
         m.d.comb += [
             wr_lens.w_en.eq(wr_cut), wr_lens.w_data.eq(wr_len - 1),
+            wr_addrs.w_en.eq(wr_cut), wr_addrs.w_data.eq(wr_addr),
             w_last.eq(beat == wr_lens.r_data),
-            axi.wvalid.eq(self.wr_data.valid & wr_lens.r_rdy),
-            axi.wdata.eq(self.wr_data.payload),
-            axi.wstrb.eq((1 << self.beat_bytes) - 1),
+            w_blank.eq(flush & ~w_keep),
+            axi.wvalid.eq((self.wr_data.valid | flush) & wr_lens.r_rdy),
+            axi.wdata.eq(Mux(w_blank, 0, self.wr_data.payload)),
+            axi.wstrb.eq(Mux(w_blank, 0, (1 << self.beat_bytes) - 1)),
             axi.wlast.eq(w_last),
             self.wr_data.ready.eq(axi.wready & wr_lens.r_rdy),
             axi.bready.eq(1),
+            b_done.eq(axi.bvalid & axi.bready),
+            wr_addrs.r_en.eq(b_done),
         ]
         with m.If(axi.wvalid & axi.wready):
-            m.d.sync += beat.eq(Mux(w_last, 0, beat + 1))
+            m.d.sync += [beat.eq(Mux(w_last, 0, beat + 1)), w_keep.eq(0)]
             m.d.comb += wr_lens.r_en.eq(w_last)
-        m.d.sync += wr_pending.eq(wr_pending + wr_cut - (axi.bvalid & axi.bready))
-        m.d.comb += self.wr_busy.eq(wr_active | (wr_pending != 0))
+        with m.Elif(axi.wvalid & ~w_blank):
+            m.d.sync += w_keep.eq(1)
+        m.d.sync += wr_pending.eq(wr_pending + wr_cut - b_done)
+        m.d.comb += [self.wr_busy.eq(wr_active | (wr_pending != 0)),
+                     self.drained.eq((rd_flight == 0) & (wr_pending == 0))]
+
+        # The first fault, read before write when both come in one cycle.
+        with m.If(~self.error):
+            with m.If(r_bad):
+                m.d.sync += [self.error.eq(1), self.error_write.eq(0), self.error_resp.eq(axi.rresp),
+                             self.error_addr.eq(rd_ends.r_data[1:])]
+            with m.Elif(b_done & axi.bresp.as_value()[1]):
+                m.d.sync += [self.error.eq(1), self.error_write.eq(1), self.error_resp.eq(axi.bresp),
+                             self.error_addr.eq(wr_addrs.r_data)]
         return m

@@ -32,13 +32,14 @@ combine); the DRAM records they read are the layouts of ``records.py``.
 
 import dataclasses
 
-from amaranth import Module, unsigned
+from amaranth import Module, ResetInserter, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.attention import PROB_FRAC
 
+from .abort import AbortControl
 from .activations import ActivationStore
 from .axi import AXI4LiteSignature, AXI4Signature
 from .columns import ColumnPath
@@ -78,11 +79,14 @@ class Accelerator(wiring.Component):
     axi : Out(AXI4Signature(addr_width=40, data_width=128))
         Weights, program and image in; features and each MoE layer's expert routing out.
     ctrl : In(AXI4LiteSignature(addr_width=12, data_width=32))
-        ``gateware.control.ControlRegisters``: start, busy/done, task, base addresses, cycle and
-        stall counters. A stall cycle is one in which the MAC array waits for a weight tile that
-        DRAM has not delivered yet.
+        ``gateware.control.ControlRegisters``: start, soft reset, busy/done/error, task, base
+        addresses, watchdog, error code and address, cycle and stall counters. A stall cycle is
+        one in which the MAC array waits for a weight tile that DRAM has not delivered yet.
     trace : Out(gateware.phase.Trace)
         What a simulation watches to draw the frame's timeline; unconnected on the board.
+
+    A bus error, the watchdog or a soft reset stops the frame through ``gateware.abort``: the
+    DMA drains the bus, then every component but the register block is reset.
     """
 
     def __init__(self, cap=None):
@@ -101,48 +105,68 @@ class Accelerator(wiring.Component):
         m.submodules.regs = regs = ControlRegisters(addr_width=12, base_width=ADDR_BITS,
                                                     capacity=dataclasses.asdict(cap))
         wiring.connect(m, wiring.flipped(self.ctrl), regs.bus)
-        m.submodules.dma = dma = DMA(addr_width=ADDR_BITS, data_width=DATA_WIDTH)
+        # Everything but the register block and the abort control is the datapath: an abort
+        # (bus error, watchdog, soft reset) resets it once the DMA has drained the bus.
+        m.submodules.abort = abort = AbortControl(ADDR_BITS)
+        datapath = ResetInserter(abort.reset)
+        dma = DMA(addr_width=ADDR_BITS, data_width=DATA_WIDTH)
+        m.submodules.dma = datapath(dma)
         wiring.connect(m, wiring.flipped(self.axi), dma.axi)
 
-        m.submodules.mac = mac = MACArray(N, N)
-        m.submodules.layernorm = ln = LayerNorm(N, cap.max_dim_chunks * N)
-        m.submodules.router = router = Router(N, cap.num_experts, cap.top_k, cap.max_tokens)
-        m.submodules.queues = queues = ExpertQueueBuilder(cap.num_experts, cap.max_tokens, cap.top_k)
+        mac = MACArray(N, N)
+        m.submodules.mac = datapath(mac)
+        ln = LayerNorm(N, cap.max_dim_chunks * N)
+        m.submodules.layernorm = datapath(ln)
+        router = Router(N, cap.num_experts, cap.top_k, cap.max_tokens)
+        m.submodules.router = datapath(router)
+        queues = ExpertQueueBuilder(cap.num_experts, cap.max_tokens, cap.top_k)
+        m.submodules.queues = datapath(queues)
         wiring.connect(m, router.o, queues.i)
         # The routing recorder watches the router's tokens go into the queues; ROUTES writes them out.
-        m.submodules.routing = routing = RoutingRecorder(cap.max_tokens, cap.num_experts, cap.top_k, BEAT_BYTES)
+        routing = RoutingRecorder(cap.max_tokens, cap.num_experts, cap.top_k, BEAT_BYTES)
+        m.submodules.routing = datapath(routing)
         m.d.comb += [routing.i.valid.eq(router.o.valid & router.o.ready),
                      routing.i.payload.token.eq(router.o.payload.token),
                      routing.i.payload.expert.eq(router.o.payload.expert),
                      routing.i.payload.last.eq(router.o.payload.last)]
 
-        m.submodules.seq = seq = Sequencer(cap, queues=queues.signature,
-                                           ln_params=ln.signature.members["params"].signature)
-        m.submodules.store = store = ActivationStore(N, cap.act_words)
+        seq = Sequencer(cap, queues=queues.signature,
+                        ln_params=ln.signature.members["params"].signature)
+        m.submodules.seq = datapath(seq)
+        store = ActivationStore(N, cap.act_words)
+        m.submodules.store = datapath(store)
         m.submodules.probs = probs = Memory(shape=data.ArrayLayout(unsigned(PROB_FRAC + 1), N),
                                             depth=cap.max_tokens, init=[])
         probs_rd, probs_wr = probs.read_port(), probs.write_port()
-        m.submodules.fetcher = fetcher = TileFetcher(N, self.kmax)
-        m.submodules.a_reader = ra = TileReader(N)
-        m.submodules.w_reader = rw = TileReader(N, pack=BEAT_BYTES // N, half_words=self.kmax)
-        m.submodules.residual = res = ResidualReader(N)
-        m.submodules.columns = cols = ColumnPath(N, cap.max_tokens,
-                                                 router=router.signature.members["i"].signature.flip(),
-                                                 ln=ln.signature.members["o"].signature)
-        m.submodules.writer = writer = Writer(cap)
+        fetcher = TileFetcher(N, self.kmax)
+        m.submodules.fetcher = datapath(fetcher)
+        ra = TileReader(N)
+        m.submodules.a_reader = datapath(ra)
+        rw = TileReader(N, pack=BEAT_BYTES // N, half_words=self.kmax)
+        m.submodules.w_reader = datapath(rw)
+        res = ResidualReader(N)
+        m.submodules.residual = datapath(res)
+        cols = ColumnPath(N, cap.max_tokens,
+                          router=router.signature.members["i"].signature.flip(),
+                          ln=ln.signature.members["o"].signature)
+        m.submodules.columns = datapath(cols)
+        writer = Writer(cap)
+        m.submodules.writer = datapath(writer)
 
         # Descriptor queues, sequencer -> units.
         queues_to = (("aq", seq.a_tile, ra.tiles, Tile), ("wq", seq.w_tile, rw.tiles, Tile),
                      ("cq", seq.c_tile, cols.tiles, Tile), ("rq", seq.r_tile, res.tiles, Tile),
                      ("oq", seq.o_tile, writer.tiles, Tile), ("fq", seq.fetch, fetcher.fetch, Fetch))
         for name, source, sink, shape in queues_to:
-            m.submodules[name] = q = StreamQueue(shape, depth=4)
+            q = StreamQueue(shape, depth=4)
+            m.submodules[name] = datapath(q)
             wiring.connect(m, source, q.i)
             wiring.connect(m, q.o, sink)
         m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle),
                      fetcher.weights_base.eq(regs.weights_base)]
 
         self._control(m, regs, dma, seq, queues, ln)
+        self._abort(m, regs, abort, dma, seq)
         self._dma_read(m, dma, seq, fetcher)
         q_a, q_o = self._queue_memory(m, seq)
         self._readers(m, seq.phase, ra, rw, store, fetcher, probs_rd, q_a, seq)
@@ -164,7 +188,7 @@ class Accelerator(wiring.Component):
         """The sequencer's own connections: registers, queue builder, LayerNorm, DMA writes."""
         m.d.comb += [seq.start.eq(regs.start), seq.task.eq(regs.task), seq.weights_base.eq(regs.weights_base),
                      seq.image_base.eq(regs.image_base), seq.output_base.eq(regs.output_base),
-                     regs.done.eq(seq.done), regs.busy.eq(seq.busy), regs.cycles.eq(seq.cycles),
+                     regs.cycles.eq(seq.cycles),
                      regs.stalls.eq(seq.stalls)]
         wiring.connect(m, seq.experts, queues.experts)
         wiring.connect(m, seq.read, queues.read)
@@ -175,6 +199,21 @@ class Accelerator(wiring.Component):
         wiring.connect(m, seq.wr_cmd, dma.wr_cmd)
         wiring.connect(m, seq.wr_data, dma.wr_data)
         m.d.comb += seq.wr_busy.eq(dma.wr_busy)
+
+    @staticmethod
+    def _abort(m, regs, abort, dma, seq):
+        """The abort path's connections: causes in, halt to the DMA, status out."""
+        m.d.comb += [abort.start.eq(regs.start), abort.soft_reset.eq(regs.soft_reset), abort.busy.eq(seq.busy),
+                     abort.watchdog.eq(regs.watchdog), abort.dma_error.eq(dma.error),
+                     abort.dma_error_write.eq(dma.error_write), abort.dma_error_resp.eq(dma.error_resp),
+                     abort.dma_error_addr.eq(dma.error_addr), abort.dma_drained.eq(dma.drained),
+                     dma.halt.eq(abort.halt),
+                     regs.busy.eq(seq.busy | abort.aborting),
+                     # A frame that faulted reports the abort's done, never the sequencer's: its
+                     # END can come while the DMA's error waits to be taken up (a write's last B).
+                     regs.done.eq((seq.done & ~dma.error & ~abort.halt) | abort.done),
+                     regs.error.eq(abort.error), regs.aborting.eq(abort.aborting),
+                     regs.error_code.eq(abort.code), regs.error_addr.eq(abort.addr)]
 
     @staticmethod
     def _dma_read(m, dma, seq, fetcher):

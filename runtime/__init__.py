@@ -18,7 +18,7 @@ _EXPORTS = {
     "Bundle": "bundle", "write_bundle": "bundle",
     "PynqBackend": "backends", "SimulatorBackend": "backends",
     "AcceleratorError": "errors", "AcceleratorTimeout": "errors", "BuildMismatchError": "errors",
-    "BundleError": "errors", "InputError": "errors",
+    "BundleError": "errors", "InputError": "errors", "AcceleratorFault": "errors",
 }
 
 __all__ = list(_EXPORTS)

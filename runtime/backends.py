@@ -106,9 +106,13 @@ class SimulatorBackend:
         Cycles from a DRAM read request to its first data.
     poll_cycles : int
         Cycles simulated between status polls.
+    impolite : sim.dram.Impolite, optional
+        Back-pressure, jitter or error responses of the DRAM model (``error_range`` in bytes
+        from the start of the region).
     """
 
-    def __init__(self, engine="pysim", *, capacity=None, dram_latency=40, poll_cycles=512):
+    def __init__(self, engine="pysim", *, capacity=None, dram_latency=40, poll_cycles=512, impolite=None):
+        self.impolite = impolite
         self.engine = engine
         self.capacity = capacity
         self.dram_latency = dram_latency
@@ -120,7 +124,7 @@ class SimulatorBackend:
         from sim.session import open_session
 
         self.session = open_session(self.engine, dict(self.capacity or bundle.capacity), dram_bytes,
-                                    latency=self.dram_latency)
+                                    latency=self.dram_latency, impolite=self.impolite)
 
     def read(self, offset):
         return self.session.read(offset)

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bundle import Bundle, describe_capacity
-from .errors import AcceleratorTimeout, BuildMismatchError, InputError
+from .errors import AcceleratorFault, AcceleratorTimeout, BuildMismatchError, InputError
 from .image import as_pixels
 from .layout import dram_layout
-from .regs import CAPACITY_REGS, CLOCK_HZ, CONTROL_START, ID_VALUE, STATUS_BUSY, STATUS_DONE, VERSION, Reg
+from .regs import (CAPACITY_REGS, CLOCK_HZ, CONTROL_SOFT_RESET, CONTROL_START, ID_VALUE, STATUS_BUSY, STATUS_DONE,
+                   STATUS_ERROR, VERSION, Reg, error_message)
 
 __all__ = ["Accelerator", "Features"]
 
@@ -67,6 +68,9 @@ class Accelerator:
     backend : PynqBackend or SimulatorBackend
     timeout : float
         Seconds of accelerator time a frame may take (on the simulator: simulated time at 300 MHz).
+    watchdog : int
+        Arm the accelerator's watchdog: a frame busy for more than this many cycles stops with
+        ``ErrorCode.WATCHDOG``; 0 (the default) leaves it off.
 
     Raises
     ------
@@ -76,7 +80,9 @@ class Accelerator:
         When the accelerator is not the build the bundle was compiled for.
     """
 
-    def __init__(self, bundle, backend, *, timeout=1.0):
+    def __init__(self, bundle, backend, *, timeout=1.0, watchdog=0):
+        if not 0 <= watchdog < 1 << 32:
+            raise InputError(f"the watchdog counts 0..{(1 << 32) - 1} cycles, not {watchdog}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.backend = backend
         self.timeout = timeout
@@ -94,6 +100,7 @@ class Accelerator:
                 address = backend.base + offset
                 backend.write(Reg[f"{name}_LO"], address & 0xFFFF_FFFF)
                 backend.write(Reg[f"{name}_HI"], address >> 32)
+            backend.write(Reg.WATCHDOG, watchdog)
         except BaseException:
             backend.close()
             raise
@@ -145,6 +152,9 @@ class Accelerator:
         runtime.errors.AcceleratorTimeout
             When the frame does not finish within ``timeout``, or the accelerator stops without
             finishing.
+        runtime.errors.AcceleratorFault
+            When the accelerator stops the frame on an error (a bus error, the watchdog); it is
+            idle again and ready for the next frame.
         """
         self.check_task(task)
         if image is not None:
@@ -158,6 +168,11 @@ class Accelerator:
         while True:
             be.wait()
             status = be.read(Reg.STATUS)
+            if status & STATUS_ERROR:
+                code = be.read(Reg.ERROR_CODE)
+                addr = be.read(Reg.ERROR_ADDR_LO) | be.read(Reg.ERROR_ADDR_HI) << 32
+                raise AcceleratorFault(f"the accelerator stopped task {task} on an error: "
+                                       f"{error_message(code, addr)}", code, addr)
             if status & STATUS_DONE:
                 break
             if not status & STATUS_BUSY:
@@ -177,6 +192,21 @@ class Accelerator:
             routing = self._routing.decode(be.read_memory(self.layout.routing, self._routing.size))
             layers = tuple(self.bundle.routing["moe_layers"])
         return Features(int(task), raw, values, cycles, stalls, routing, layers)
+
+    def soft_reset(self, timeout=None):
+        """Stop whatever the accelerator does and return it to idle (CONTROL's soft-reset bit).
+
+        Outstanding bus transfers finish first, so this returns once the memory has answered
+        them; raises :class:`runtime.errors.AcceleratorTimeout` if it is not idle after
+        ``timeout`` seconds (default: the frame timeout).
+        """
+        be = self.backend
+        be.write(Reg.CONTROL, CONTROL_SOFT_RESET)
+        deadline = be.clock() + (self.timeout if timeout is None else timeout)
+        while be.read(Reg.STATUS) & STATUS_BUSY:
+            if be.clock() > deadline:
+                raise AcceleratorTimeout("the accelerator is still busy after a soft reset: is the bus wedged?")
+            be.wait()
 
     def close(self):
         """Release the DRAM buffer and the simulation, if any."""

@@ -6,6 +6,7 @@ compiled weights/program and the image into DRAM, write the base addresses and t
 wait for done, read the features and the counters.
 """
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import numpy as np
 
 from gateware.program import Capacity, compile_frame
 from runtime.layout import dram_layout as _region_layout
-from runtime.regs import Reg
+from runtime.regs import STATUS_BUSY, STATUS_DONE, STATUS_ERROR, Reg, error_message
 
 from .session import ENGINES, open_session
 from .trace import frame_timeline, phase_summary
@@ -28,7 +29,7 @@ _POLL_VERILATOR = 100_000
 
 
 class SimulationError(RuntimeError):
-    """The accelerator did not finish, or broke the bus protocol."""
+    """The accelerator did not finish, stopped on an error, or broke the bus protocol."""
 
 
 @dataclass
@@ -91,7 +92,8 @@ def simulate_frame(artifact, pixels, task, **kwargs):
 
 
 def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim", dram_latency=40,
-                    dram_beats_per_cycle=1.0, max_cycles=50_000_000, progress=None, trace=False, stage=None):
+                    dram_beats_per_cycle=1.0, impolite=None, max_cycles=50_000_000, progress=None, trace=False,
+                    stage=None):
     """Run frames back to back on one accelerator, one per entry of ``tasks``.
 
     The first frame writes every register; each later one writes only TASK and CONTROL, as a
@@ -112,6 +114,8 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
     dram_latency, dram_beats_per_cycle : int, float
         The DRAM model: cycles from a read address to its first beat, and sustained beats
         (16 bytes) per cycle.
+    impolite : sim.dram.Impolite, optional
+        Back-pressure, latency jitter, refresh stalls, error responses (``sim.dram``).
     max_cycles : int
         Give up (``SimulationError``) after this many cycles of one frame.
     progress : callable, optional
@@ -147,10 +151,16 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
     want = (cfg.in_chans, cfg.image_height, cfg.image_width)
     if pixels.shape != want:
         raise ValueError(f"pixels have shape {list(pixels.shape)}, expected {list(want)}")
+    if impolite is not None:
+        impolite.check(dram_latency, names_ok=True)
     cap = cap or Capacity.for_config(cfg, lanes)
     frame = compile_frame(artifact, cap)
     image = pixels.astype(np.int8).tobytes()
     w_addr, i_addr, o_addr, r_addr, size = dram_layout(frame, len(image))
+    if impolite is not None and isinstance(impolite.error_range, str):
+        region = {"weights": (w_addr, len(frame.weights)), "image": (i_addr, len(image)),
+                  "output": (o_addr, frame.output_bytes)}[impolite.error_range]
+        impolite = dataclasses.replace(impolite, error_range=(region[0], region[0] + region[1]))
     contents = [(w_addr, frame.weights), (i_addr, image)]
     setup = _register_writes(tasks[0], w_addr, i_addr, o_addr)[:-2]
     writes = [[(Reg.TASK, task), (Reg.CONTROL, 1)] for task in tasks]
@@ -158,7 +168,7 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
     stage = stage or _no_stage
     with stage(f"building the accelerator for {engine}", False):
         session = open_session(engine, cap, size, latency=dram_latency, beats_per_cycle=dram_beats_per_cycle,
-                               trace=trace)
+                               impolite=impolite, trace=trace)
     results = []
     try:
         for addr, blob in contents:
@@ -188,7 +198,7 @@ def _run_frame(session, engine, cfg, frame, frame_writes, addrs, max_cycles, pro
     while True:
         session.tick(poll)
         waited += poll
-        if _finished(session.read(Reg.STATUS), waited, max_cycles, progress):
+        if _finished(session, waited, max_cycles, progress):
             break
     cycles = session.read(Reg.CYCLES_LO)
     cycles |= session.read(Reg.CYCLES_HI) << 32
@@ -214,11 +224,16 @@ def _timeline(session, frame, since):
     return frame_timeline(session.recorder.segments(), session.cycle, frame.labels, since)
 
 
-def _finished(status, waited, max_cycles, progress):
+def _finished(session, waited, max_cycles, progress):
     """Whether a polled STATUS says done; raise if the accelerator stopped or ran out of time."""
-    if status & 2:
+    status = session.read(Reg.STATUS)
+    if status & STATUS_ERROR:
+        addr = session.read(Reg.ERROR_ADDR_LO) | session.read(Reg.ERROR_ADDR_HI) << 32
+        raise SimulationError(f"the accelerator stopped on an error: "
+                              f"{error_message(session.read(Reg.ERROR_CODE), addr)}")
+    if status & STATUS_DONE:
         return True
-    if not status & 1:
+    if not status & STATUS_BUSY:
         raise SimulationError("the accelerator stopped without finishing (bad program header?)")
     if waited > max_cycles:
         raise SimulationError(f"no result after {max_cycles} cycles")

@@ -2,7 +2,9 @@
 
 :class:`DRAMModel` serves a design's AXI4 manager port in Amaranth's simulator;
 ``sim/dram_model.cpp`` is the same model for the Verilator engine, attached with
-:func:`attach_verilator_dram`. Both have the same timing, cycle for cycle:
+:func:`attach_verilator_dram`. Both have the same timing, cycle for cycle.
+
+By default the memory is *polite*:
 
 * AR and AW are always ready. A read burst's first beat is valid ``latency`` cycles after the
   cycle of its AR handshake; bursts follow one another without gaps, in order.
@@ -12,27 +14,61 @@
   ``0.5`` every other, also after a stall. A beat once valid stays valid until RREADY takes it.
 * W is ready from the cycle after its burst's AW handshake, one beat per cycle, bytes stored as
   WSTRB says. The B response is valid the cycle after the last beat, one at a time, in order.
+* Every response is OKAY.
 * The counters ``bytes_read``/``bytes_written`` count whole beats moved on the bus;
   ``read_bursts``/``write_bursts`` count address handshakes.
+
+An :class:`Impolite` setting makes it behave like an interconnect and DDR controller under load,
+with every random choice drawn from one seeded splitmix64 generator that both models step in
+the same order (a draw happens only where its option is on, so the polite model draws nothing):
+
+* each cycle AR, AW and W are not ready with probabilities ``ar_drop``, ``aw_drop``,
+  ``w_drop`` (W only while a burst's address has been taken, as in the polite model);
+* a read burst's latency is drawn at its AR handshake, uniformly from ``latency`` to
+  ``latency_max``; bursts still come back in order;
+* every ``refresh_period`` cycles the memory refreshes for ``refresh_length`` cycles: no new
+  read beat is made valid and W is not ready;
+* all of this runs on a clock of its own that counts only the cycles in which the bus is in use
+  (a transfer offered or a burst outstanding): while the bus is idle nothing is drawn and the
+  refresh timer stands still, so the host's register accesses and polling (which take different
+  numbers of cycles under the two engines) never shift a frame's random choices;
+* a read beat that could go out is held back a cycle with probability ``r_gap``;
+* bursts that touch ``error_range`` are answered ``error_resp`` (SLVERR or DECERR): every beat of
+  such a read carries it on RRESP (with the memory's data), a write gets it on BRESP and stores
+  nothing.
+
+Per clock edge the draws come in this order: a read latency (at an AR handshake), the R gap,
+AR ready, AW ready, W ready for the next cycle.
 
 The model checks the protocol the accelerator must keep and raises (pysim) or records (C++)
 :class:`AXIProtocolError` on a burst that crosses a 4 KiB boundary, a misaligned address,
 AxSIZE other than the bus width, a burst type other than INCR, an access past the memory's
-end, or WLAST on the wrong beat. A rejected burst is not served.
+end, WLAST on the wrong beat, or an AR, AW or W transfer that is withdrawn or changed while it
+waits for READY. A rejected burst is not served.
+
+For fault tests it also notes ``error_cycle``, the first cycle an error response was on R or B
+(``None`` until then), and ``late_writes``, the write beats with any strobe set that were first
+offered after that cycle: a manager that stops writing on a fault keeps it at 0.
 """
 
 import ctypes
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.hdl import Value
 
-__all__ = ["AXIProtocolError", "DRAMModel", "VerilatorDRAM", "attach_verilator_dram",
-           "VERILATOR_OPTIONS", "CPP_SOURCE"]
+__all__ = ["AXIProtocolError", "DRAMModel", "Impolite", "REGIONS", "VerilatorDRAM", "attach_verilator_dram",
+           "VERILATOR_OPTIONS", "CPP_SOURCE", "SLVERR", "DECERR"]
 
 _PAGE = 4096
 _INCR = 1
 _ONE = 1 << 16      # a read beat's cost in tokens
+_MASK = (1 << 64) - 1
+#: The frame's DRAM regions an ``Impolite.error_range`` may name.
+REGIONS = ("weights", "image", "output")
+#: RRESP/BRESP codes the model can answer with.
+SLVERR, DECERR = 2, 3
 
 
 def _tokens(beats_per_cycle):
@@ -46,7 +82,95 @@ class AXIProtocolError(RuntimeError):
     """The design broke a rule of the AXI4 protocol, or addressed memory that does not exist."""
 
 
-def _check_params(size, data_width, latency, beats_per_cycle):
+@dataclass(frozen=True)
+class Impolite:
+    """How far the DRAM model departs from a polite memory (the module docstring says how).
+
+    The defaults are polite: a model given ``Impolite()`` behaves, cycle for cycle, as one given
+    nothing.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the random choices (any integer; taken modulo 2**64).
+    ar_drop, aw_drop, w_drop : float
+        Probability, each cycle, that AR / AW / W is not ready; in ``[0, 1)``.
+    r_gap : float
+        Probability that a read beat which could go out is held back a cycle; in ``[0, 1)``.
+    latency_max : int, optional
+        Read latency is drawn per burst from ``latency..latency_max`` (the model's ``latency``
+        is the low end); ``None`` keeps it fixed.
+    refresh_period, refresh_length : int
+        Every ``refresh_period`` cycles, ``refresh_length`` cycles without new read beats or
+        WREADY; 0 and 0 for none. The length must be shorter than the period.
+    error_range : (int, int) or str, optional
+        Byte addresses ``[lo, hi)``: a burst touching them is answered ``error_resp``. The frame
+        runner (``sim.accelerator.simulate_frames``) also takes a region's name, ``"weights"``,
+        ``"image"`` or ``"output"``, and replaces it by the region's addresses.
+    error_resp : int
+        :data:`SLVERR` (2) or :data:`DECERR` (3).
+    """
+
+    seed: int = 1
+    ar_drop: float = 0.0
+    aw_drop: float = 0.0
+    w_drop: float = 0.0
+    r_gap: float = 0.0
+    latency_max: int = None
+    refresh_period: int = 0
+    refresh_length: int = 0
+    error_range: tuple = None
+    error_resp: int = SLVERR
+
+    def check(self, latency, *, names_ok=False):
+        """Raise ``ValueError`` for settings that make no sense with read latency ``latency``
+        (``names_ok``: an ``error_range`` may still be a region's name)."""
+        for name in ("ar_drop", "aw_drop", "w_drop", "r_gap"):
+            p = getattr(self, name)
+            if not (isinstance(p, (int, float)) and 0 <= p < 1):
+                raise ValueError(f"{name} is a probability in [0, 1) (1 would never let a transfer "
+                                 f"through), not {p!r}")
+        if self.latency_max is not None and self.latency_max < latency:
+            raise ValueError(f"read latency range {latency}..{self.latency_max} is empty")
+        if self.refresh_period < 0 or self.refresh_length < 0:
+            raise ValueError(f"refresh period and length must not be negative, not "
+                             f"{self.refresh_period!r} and {self.refresh_length!r}")
+        if self.refresh_length and self.refresh_length >= self.refresh_period:
+            raise ValueError(f"a refresh of {self.refresh_length} cycles every {self.refresh_period} "
+                             f"cycles leaves no time to serve: the length must be below the period")
+        if isinstance(self.error_range, str):
+            if not names_ok or self.error_range not in REGIONS:
+                raise ValueError(f"error range {self.error_range!r} is not a pair of addresses"
+                                 + (f" or one of {', '.join(REGIONS)}" if names_ok else ""))
+        elif self.error_range is not None:
+            lo, hi = self.error_range
+            if not 0 <= lo < hi:
+                raise ValueError(f"error range [{lo:#x}, {hi:#x}) is empty or negative")
+        if self.error_resp not in (SLVERR, DECERR):
+            raise ValueError(f"error_resp must be SLVERR ({SLVERR}) or DECERR ({DECERR}), not "
+                             f"{self.error_resp!r}")
+
+    def thresholds(self):
+        """The probabilities as 32-bit thresholds: a draw's high half below one is a hit."""
+        return tuple(int(getattr(self, name) * (1 << 32))
+                     for name in ("ar_drop", "aw_drop", "w_drop", "r_gap"))
+
+
+class _SplitMix64:
+    """splitmix64 (Steele, Lea, Flood 2014), stepped exactly as ``dram_model.cpp`` steps it."""
+
+    def __init__(self, seed):
+        self.state = seed & _MASK
+
+    def next(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & _MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+        return (z ^ (z >> 31)) >> 32      # the high half: the better mixed bits
+
+
+def _check_params(size, data_width, latency, beats_per_cycle, impolite):
     if size < 1:
         raise ValueError(f"DRAM size must be positive, not {size!r}")
     if data_width not in {8 << i for i in range(8)}:
@@ -55,6 +179,10 @@ def _check_params(size, data_width, latency, beats_per_cycle):
         raise ValueError(f"read latency must be at least 1 cycle, not {latency!r}")
     if not 0 < beats_per_cycle <= 1:
         raise ValueError(f"beats_per_cycle must lie in (0, 1], not {beats_per_cycle!r}")
+    if impolite is not None:
+        if not isinstance(impolite, Impolite):
+            raise TypeError(f"impolite must be an Impolite, not {impolite!r}")
+        impolite.check(latency)
 
 
 def _check_range(what, addr, n, size):
@@ -66,7 +194,7 @@ class DRAMModel:
     """Byte-addressed memory with an AXI4 subordinate port for Amaranth's simulator.
 
     Timing and checks are described in the module docstring. The port has no ID signals (all
-    transfers in order) and answers OKAY.
+    transfers in order).
 
     Parameters
     ----------
@@ -75,13 +203,16 @@ class DRAMModel:
     data_width : int
         AXI data width in bits (the port's width must match).
     latency : int
-        Cycles from a read burst's AR handshake to its first valid beat, at least 1.
+        Cycles from a read burst's AR handshake to its first valid beat, at least 1 (the low end
+        of the range when ``impolite.latency_max`` is set).
     beats_per_cycle : float
         Sustained read beats per cycle, ``0 < beats_per_cycle <= 1``.
+    impolite : Impolite, optional
+        Back-pressure, latency jitter, refresh stalls, error responses; polite without.
 
     Attributes
     ----------
-    size, data_width, latency, beats_per_cycle
+    size, data_width, latency, beats_per_cycle, impolite
         As given.
     mem : bytearray
         The contents (:meth:`write` and :meth:`read` check bounds; this does not).
@@ -92,16 +223,26 @@ class DRAMModel:
     read_log : list of (int, int)
         Every accepted read burst as ``(byte address, bytes)``, in order: what a test needs to
         tell which weights were fetched, and how often.
+    cycle : int
+        Clock edges served.
+    error_cycle : int or None
+        The first cycle an error response was offered on R or B.
+    late_writes : int
+        Write beats with strobes set, first offered after ``error_cycle``.
     """
 
-    def __init__(self, size, *, data_width=128, latency=40, beats_per_cycle=1.0):
-        _check_params(size, data_width, latency, beats_per_cycle)
+    def __init__(self, size, *, data_width=128, latency=40, beats_per_cycle=1.0, impolite=None):
+        _check_params(size, data_width, latency, beats_per_cycle, impolite)
         self.size, self.data_width = size, data_width
         self.latency, self.beats_per_cycle = latency, beats_per_cycle
+        self.impolite = impolite
         self.beat = data_width // 8
         self.mem = bytearray(size)
         self.bytes_read = self.bytes_written = self.read_bursts = self.write_bursts = 0
         self.read_log = []
+        self.cycle = 0
+        self.error_cycle = None
+        self.late_writes = 0
 
     def write(self, addr, blob):
         """Store ``blob`` (bytes-like or a uint8 array) at byte ``addr``."""
@@ -147,28 +288,69 @@ class DRAMModel:
         if len(axi.rdata) != self.data_width:
             raise ValueError(f"port is {len(axi.rdata)} bits wide, the DRAM {self.data_width}")
         beat, mem, latency, rate = self.beat, self.mem, self.latency - 1, _tokens(self.beats_per_cycle)
+        imp = self.impolite or Impolite()
+        rng = _SplitMix64(imp.seed)
+        ar_thr, aw_thr, w_thr, gap_thr = imp.thresholds()
+        spread = 0 if imp.latency_max in (None, self.latency) else imp.latency_max - self.latency + 1
+        period, refresh = imp.refresh_period, imp.refresh_length
+        err_lo, err_hi = imp.error_range or (0, 0)
         full_strobe = (1 << beat) - 1
         reads, writes = deque(), deque()      # accepted bursts not yet started
-        r_addr = r_left = 0                   # the read burst being sent
+        r_addr = r_left = r_resp = 0          # the read burst being sent
         r_valid = False                       # a beat is on R
         credit = 0
-        w_addr = w_left = 0                   # the write burst being received
-        responses = 0                         # B responses owed
-        cycle = 0
+        w_addr = w_left = w_resp = 0          # the write burst being received
+        responses = deque()                   # B responses owed
+        arready = awready = True
+        wready = False
+        held = {}                             # AR/AW/W transfers offered and not yet taken
+        impolite = self.impolite is not None and self.impolite != Impolite(seed=imp.seed)
+        bus_cycle = 0
+        w_first = 0                           # the cycle the W beat now offered was first offered
         ctx.set(axi.arready, 1)
         ctx.set(axi.awready, 1)
         sampled = [Value.cast(s) for s in (
             axi.arvalid, axi.araddr, axi.arlen, axi.arsize, axi.arburst, axi.rready,
             axi.awvalid, axi.awaddr, axi.awlen, axi.awsize, axi.awburst,
             axi.wvalid, axi.wdata, axi.wstrb, axi.wlast, axi.bready)]
+
+        def hold(ch, valid, ready, payload):
+            # A transfer offered must stay offered, unchanged, until it is taken.
+            if ch in held and held[ch] != (valid, payload):
+                raise AXIProtocolError(f"{ch.upper()} transfer {'changed' if valid else 'withdrawn'} "
+                                       f"before READY took it (offered {held[ch][1]}, now "
+                                       f"{payload if valid else 'nothing'})")
+            if valid and not ready:
+                held[ch] = (valid, payload)
+            else:
+                held.pop(ch, None)
+
+        def touches_error(addr, nbytes):
+            return addr < err_hi and addr + nbytes > err_lo
+
         async for (_, _, arvalid, araddr, arlen, arsize, arburst, rready,
                    awvalid, awaddr, awlen, awsize, awburst,
                    wvalid, wdata, wstrb, wlast, bready) in ctx.tick().sample(*sampled):
-            cycle += 1
+            self.cycle += 1
+            cycle = self.cycle
+            # The impolite clock runs only while the bus is in use, so that idle time (the
+            # host's register accesses, its polling) never shifts a frame's random choices.
+            active = impolite and bool(arvalid or awvalid or wvalid or reads or r_left or writes or w_left
+                                       or responses)
+            if active:
+                bus_cycle += 1
+            refreshing = active and period and bus_cycle % period < refresh
+            if held or not (arready and awready):
+                hold("ar", arvalid, arready, (araddr, arlen, arsize, arburst) if arvalid else None)
+                hold("aw", awvalid, awready, (awaddr, awlen, awsize, awburst) if awvalid else None)
+            if "w" in held or (wvalid and not wready):
+                hold("w", wvalid, wready, (wdata, wstrb, wlast) if wvalid else None)
             # Read channel.
-            if arvalid:
+            if arvalid and arready:
                 self._check_burst("read", araddr, arlen + 1, arsize, arburst)
-                reads.append((cycle + latency, araddr, arlen + 1))
+                delay = latency + (rng.next() % spread if spread else 0)
+                resp = imp.error_resp if touches_error(araddr, (arlen + 1) * beat) else 0
+                reads.append((cycle + delay, araddr, arlen + 1, resp))
                 self.read_log.append((araddr, (arlen + 1) * beat))
                 self.read_bursts += 1
             if r_valid and rready:
@@ -177,28 +359,41 @@ class DRAMModel:
                 r_left -= 1
                 self.bytes_read += beat
             if not r_left and reads and reads[0][0] <= cycle:
-                _, r_addr, r_left = reads.popleft()
+                _, r_addr, r_left, r_resp = reads.popleft()
             credit += rate
-            if not r_valid and r_left:
+            if not r_valid and r_left and not refreshing:
                 if credit >= _ONE:
-                    credit -= _ONE
-                    r_valid = True
-                    ctx.set(axi.rdata, int.from_bytes(mem[r_addr:r_addr + beat], "little"))
-                    ctx.set(axi.rlast, r_left == 1)
+                    if gap_thr and rng.next() < gap_thr:
+                        credit = _ONE     # held back: still one beat banked, no more
+                    else:
+                        credit -= _ONE
+                        r_valid = True
+                        ctx.set(axi.rdata, int.from_bytes(mem[r_addr:r_addr + beat], "little"))
+                        ctx.set(axi.rlast, r_left == 1)
+                        ctx.set(axi.rresp, r_resp)
+                        if r_resp and self.error_cycle is None:
+                            self.error_cycle = cycle + 1
             elif credit > _ONE - rate:
                 # Idle or held by RREADY: bank one beat, no more.
                 credit = _ONE - rate
             ctx.set(axi.rvalid, r_valid)
 
-            # Write channels; WREADY is high exactly while w_left is nonzero.
-            if awvalid:
+            # Write channels.
+            if awvalid and awready:
                 self._check_burst("write", awaddr, awlen + 1, awsize, awburst)
-                writes.append((awaddr, awlen + 1))
+                writes.append((awaddr, awlen + 1,
+                               imp.error_resp if touches_error(awaddr, (awlen + 1) * beat) else 0))
                 self.write_bursts += 1
             if responses and bready:
-                responses -= 1
-            if wvalid and w_left:
-                if wstrb == full_strobe:
+                responses.popleft()
+            if wvalid and wready:
+                first = w_first or cycle
+                w_first = 0
+                if wstrb and self.error_cycle is not None and first > self.error_cycle:
+                    self.late_writes += 1
+                if w_resp:
+                    pass                  # an erroneous burst stores nothing
+                elif wstrb == full_strobe:
                     mem[w_addr:w_addr + beat] = wdata.to_bytes(beat, "little")
                 else:
                     raw = wdata.to_bytes(beat, "little")
@@ -213,11 +408,26 @@ class DRAMModel:
                 w_addr += beat
                 self.bytes_written += beat
                 if not w_left:
-                    responses += 1
+                    responses.append(w_resp)
+            elif wvalid and not w_first:
+                w_first = cycle
             if not w_left and writes:
-                w_addr, w_left = writes.popleft()
-            ctx.set(axi.wready, w_left != 0)
-            ctx.set(axi.bvalid, responses != 0)
+                w_addr, w_left, w_resp = writes.popleft()
+            if ar_thr and active:
+                arready = rng.next() >= ar_thr
+                ctx.set(axi.arready, arready)
+            if aw_thr and active:
+                awready = rng.next() >= aw_thr
+                ctx.set(axi.awready, awready)
+            wready = w_left != 0 and not refreshing
+            if w_thr and wready and active:
+                wready = rng.next() >= w_thr
+            ctx.set(axi.wready, wready)
+            ctx.set(axi.bvalid, bool(responses))
+            if responses:
+                ctx.set(axi.bresp, responses[0])
+                if responses[0] and self.error_cycle is None:
+                    self.error_cycle = cycle + 1
 
 
 class VerilatorDRAM:
@@ -242,6 +452,16 @@ class VerilatorDRAM:
         buf = ctypes.create_string_buffer(n)
         self.model.extra.dram_read(addr, buf, n)
         return buf.raw
+
+    def faults(self):
+        """``(cycle, error_cycle, late_writes)`` as :class:`DRAMModel` names them."""
+        out = (ctypes.c_uint64 * 3)()
+        self.model.extra.dram_faults(out)
+        return out[0], (out[1] - 1 if out[1] else None), out[2]
+
+    cycle = property(lambda self: self.faults()[0])
+    error_cycle = property(lambda self: self.faults()[1])
+    late_writes = property(lambda self: self.faults()[2])
 
     @property
     def error(self):
@@ -275,11 +495,15 @@ VERILATOR_OPTIONS = {
         "dram_read": (None, [ctypes.c_uint64, ctypes.c_char_p, ctypes.c_uint64]),
         "dram_stats": (None, [ctypes.POINTER(ctypes.c_uint64)]),
         "dram_error": (ctypes.c_char_p, []),
+        "dram_impolite": (ctypes.c_int, [ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint32,
+                                         ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
+                                         ctypes.c_uint32]),
+        "dram_faults": (None, [ctypes.POINTER(ctypes.c_uint64)]),
     },
 }
 
 
-def attach_verilator_dram(model, prefix, size, latency=40, beats_per_cycle=1.0):
+def attach_verilator_dram(model, prefix, size, latency=40, beats_per_cycle=1.0, impolite=None):
     """Attach the C++ DRAM to the AXI4 port ``prefix`` of a Verilator model.
 
     Parameters
@@ -289,7 +513,7 @@ def attach_verilator_dram(model, prefix, size, latency=40, beats_per_cycle=1.0):
     prefix : str
         The port's member path, ``"__"``-joined (``"axi"`` for ``dut.axi``); ``""`` when the
         AXI signals are top-level ports.
-    size, latency, beats_per_cycle
+    size, latency, beats_per_cycle, impolite
         As for :class:`DRAMModel`; the data width is the port's.
 
     Returns
@@ -302,11 +526,18 @@ def attach_verilator_dram(model, prefix, size, latency=40, beats_per_cycle=1.0):
     if rdata not in model.ports:
         axi_ports = sorted(name for name in model.ports if name.endswith("rdata"))
         raise ValueError(f"no AXI4 port {prefix!r} in the model (ports ending in rdata: {axi_ports})")
-    _check_params(size, model.ports[rdata].width, latency, beats_per_cycle)
+    _check_params(size, model.ports[rdata].width, latency, beats_per_cycle, impolite)
     if not hasattr(model.extra, "dram_attach"):
         raise ValueError("the model was not built with sim.dram.VERILATOR_OPTIONS")
     status = model.extra.dram_attach(prefix.encode(), size, latency, beats_per_cycle)
     if status != 0:
         raise RuntimeError(f"cannot attach the DRAM model to port {prefix!r} (status {status}: "
                            f"-1 a signal is missing, -2 already attached, -3 bad parameters)")
+    if impolite is not None:
+        thresholds = (ctypes.c_uint32 * 4)(*impolite.thresholds())
+        lo, hi = impolite.error_range or (0, 0)
+        latency_max = latency if impolite.latency_max is None else impolite.latency_max
+        if model.extra.dram_impolite(impolite.seed & _MASK, thresholds, latency_max, impolite.refresh_period,
+                                     impolite.refresh_length, lo, hi, impolite.error_resp) != 0:
+            raise RuntimeError("the C++ DRAM model refused the impolite settings")
     return VerilatorDRAM(model, size)

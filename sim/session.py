@@ -28,18 +28,18 @@ class PysimSession:
     ----------
     cap : gateware.program.Capacity
     dram_bytes : int
-    latency, beats_per_cycle : int, float
+    latency, beats_per_cycle, impolite : int, float, sim.dram.Impolite or None
         The DRAM model's (``sim.dram.DRAMModel``).
     trace : bool
         Record the trace port's segments (``sim.trace``) in ``recorder``; it slows the
         simulation down.
     """
 
-    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, trace=False):
+    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, impolite=None, trace=False):
         from amaranth.sim import Simulator
 
         self.dut = Accelerator(cap)
-        self.dram = DRAMModel(dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle)
+        self.dram = DRAMModel(dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle, impolite=impolite)
         self.cycle = 0
         self._request = self._reply = None
         self._sim = Simulator(self.dut)
@@ -99,14 +99,22 @@ class VerilatorSession:
     Parameters as for :class:`PysimSession`.
     """
 
-    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, trace=False):
+    #: Capacity -> (design, model) built in this process: later sessions of the same build
+    #: spawn a fresh model from it instead of converting the design to Verilog again.
+    _built = {}
+
+    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, impolite=None, trace=False):
         from sim.verilator_engine import VerilatorModel
 
-        self.dut = Accelerator(cap)
-        self.model = VerilatorModel(self.dut, name="accelerator",
-                                    extra_sources=[*VERILATOR_OPTIONS["extra_sources"], TRACE_CPP_SOURCE],
-                                    extra_functions={**VERILATOR_OPTIONS["extra_functions"], **TRACE_FUNCTIONS})
-        self.dram = attach_verilator_dram(self.model, "axi", dram_bytes, latency, beats_per_cycle)
+        if cap not in self._built:
+            dut = Accelerator(cap)
+            model = VerilatorModel(dut, name="accelerator",
+                                   extra_sources=[*VERILATOR_OPTIONS["extra_sources"], TRACE_CPP_SOURCE],
+                                   extra_functions={**VERILATOR_OPTIONS["extra_functions"], **TRACE_FUNCTIONS})
+            self._built[cap] = dut, model
+        self.dut, built = self._built[cap]
+        self.model = built.spawn()
+        self.dram = attach_verilator_dram(self.model, "axi", dram_bytes, latency, beats_per_cycle, impolite)
         self._bus = VerilatorAXIL(self.model, "ctrl")
         self.recorder = VerilatorTraceRecorder(self.model) if trace else None
 
@@ -133,12 +141,14 @@ class VerilatorSession:
         self.model.close()
 
 
-def open_session(engine, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, trace=False):
-    """The accelerator of capacity ``cap`` (a ``Capacity`` or a dict of its fields) on ``engine``;
-    with ``trace``, its ``recorder`` holds the trace port's segments (``sim.trace``)."""
+def open_session(engine, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, impolite=None, trace=False):
+    """The accelerator of capacity ``cap`` (a ``Capacity`` or a dict of its fields) on ``engine``,
+    its DRAM model set up with ``latency``, ``beats_per_cycle`` and ``impolite``; with ``trace``,
+    its ``recorder`` holds the trace port's segments (``sim.trace``)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if isinstance(cap, dict):
         cap = Capacity(**cap)
     session = PysimSession if engine == "pysim" else VerilatorSession
-    return session(cap, dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle, trace=trace)
+    return session(cap, dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle, impolite=impolite,
+                   trace=trace)

@@ -276,7 +276,7 @@ class VerilatorModel:
         self._words = {port.index: ctypes.c_uint32 * ((port.width + 31) // 32)
                        for port in stored if port.width > 64}
 
-        self.extra = SimpleNamespace()
+        self._extra_fns = {}
         for fn_name, (restype, argtypes) in (extra_functions or {}).items():
             try:
                 fn = getattr(self._lib, fn_name)
@@ -285,7 +285,21 @@ class VerilatorModel:
                                      f"sources (declare it extern \"C\")") from None
             fn.restype = restype
             fn.argtypes = [ctypes.c_void_p, *argtypes]
-            setattr(self.extra, fn_name, self._bind(fn))
+            self._extra_fns[fn_name] = fn
+        self._bind_extra()
+
+    def _bind_extra(self):
+        self.extra = SimpleNamespace(**{name: self._bind(fn) for name, fn in self._extra_fns.items()})
+
+    def spawn(self):
+        """Another model of the same build in its initial state, with nothing attached: no
+        conversion, no compile (the same component's ports address it)."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.compiled, other.compile_seconds = False, 0.0
+        other._ctx = self._lib.vm_create()
+        other._bind_extra()
+        return other
 
     def _bind(self, fn):
         def call(*args):

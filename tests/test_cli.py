@@ -58,11 +58,52 @@ def test_numerics_json_and_quantize(tmp_path):
     (["simulate", "--config", "tiny", "--artifact", "/no/such.npz"], "does not exist"),
     (["perf", "--config", "tiny", "--timeline", "frame.pdf"], "must end in .png or .svg"),
     (["perf", "--config", "tiny", "--timeline", "/no/such/folder/frame.png"], "does not exist"),
+    (["simulate", "--config", "tiny", "--ready-drop", "1.5"], "ar_drop is a probability in [0, 1)"),
+    (["simulate", "--config", "tiny", "--bus-error", "program"], "or one of weights, image, output"),
 ])
 def test_simulate_bad_input(args, message):
     r = run_m3vit(*args)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--r-gap", "-0.5"], "r_gap is a probability in [0, 1)"),
+    (["--dram-latency", "80-40"], "read latency range 80..40 is empty"),
+    (["--dram-latency", "fast"], "--dram-latency takes CYCLES or MIN-MAX"),
+    (["--dram-latency", "0"], "at least 1 cycle"),
+    (["--refresh", "100:100"], "the length must be below the period"),
+    (["--refresh", "100"], "--refresh takes two integers A:B"),
+    (["--bus-error", "0x2000:0x1000"], "is empty or negative"),
+])
+def test_dram_options_bad_values(argv, message):
+    """The DRAM model's options, parsed as ``m3vit simulate`` parses them (in process: cheap)."""
+    import argparse
+
+    from cli import UserError
+    from cli.sim import add_dram_options, dram_options
+
+    p = argparse.ArgumentParser()
+    add_dram_options(p)
+    with pytest.raises(UserError) as err:
+        dram_options(p.parse_args(argv))
+    assert message in str(err.value)
+
+
+def test_dram_options_values():
+    import argparse
+
+    from cli.sim import add_dram_options, dram_options
+    from sim.dram import DECERR, Impolite
+
+    p = argparse.ArgumentParser()
+    add_dram_options(p)
+    assert dram_options(p.parse_args([])) == (40, None)
+    argv = ["--dram-latency", "30-90", "--ready-drop", "0.25", "--r-gap", "0.1", "--refresh", "2340:105",
+            "--bus-error", "output", "--bus-error-resp", "decerr", "--dram-seed", "5"]
+    assert dram_options(p.parse_args(argv)) == (30, Impolite(
+        seed=5, ar_drop=0.25, aw_drop=0.25, w_drop=0.25, r_gap=0.1, latency_max=90, refresh_period=2340,
+        refresh_length=105, error_range="output", error_resp=DECERR))
 
 
 def test_simulate_rejects_malformed_or_foreign_artifact(tmp_path):

@@ -10,9 +10,9 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 from amaranth.sim import Simulator
 
-from gateware.axi import AXI4Signature, Burst
+from gateware.axi import AXI4Signature, Burst, Resp
 from gateware.dma import DMA
-from sim.dram import AXIProtocolError, DRAMModel
+from sim.dram import DECERR, SLVERR, AXIProtocolError, DRAMModel, Impolite
 from tests.sim_helpers import stream_receive, stream_send, stream_through
 
 BEAT = 16
@@ -280,9 +280,9 @@ class AXIPins(wiring.Component):
         return m
 
 
-def _hand_driven(tb, *, size=4 * PAGE, latency=3, bpc=1.0):
+def _hand_driven(tb, *, size=4 * PAGE, latency=3, bpc=1.0, impolite=None):
     dut = AXIPins()
-    dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc)
+    dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc, impolite=impolite)
     dram.write(0, bytes(range(256)) * (size // 256))
 
     async def testbench(ctx):
@@ -339,6 +339,26 @@ def test_protocol_checker_wlast(wlast_at):
 
     with pytest.raises(AXIProtocolError, match="WLAST (set|missing)"):
         _hand_driven(tb)
+
+
+@pytest.mark.parametrize("ch", ["ar", "aw"])
+@pytest.mark.parametrize("change, message", [("valid", "withdrawn"), ("addr", "changed")])
+def test_protocol_checker_holds_offered_transfers(ch, change, message):
+    """An address offered while the memory is not ready must stay, unchanged, until taken."""
+    async def tb(ctx, axi, dram):
+        for name, value in (("addr", 0), ("len", 0), ("size", 4), ("burst", Burst.INCR), ("valid", 1)):
+            ctx.set(getattr(axi, ch + name), value)
+        await ctx.tick()                      # taken: the memory starts out ready
+        ctx.set(getattr(axi, ch + "addr"), 0x10)
+        await ctx.tick()                      # offered; not ready (the draw for this cycle)
+        assert not ctx.get(getattr(axi, ch + "ready"))
+        ctx.set(getattr(axi, ch + change), 0 if change == "valid" else 0x20)
+        for _ in range(3):          # one-shot waits: nothing to clean up when the checker aborts
+            await ctx.tick()
+
+    drops = {"ar_drop": 0.99} if ch == "ar" else {"aw_drop": 0.99}
+    with pytest.raises(AXIProtocolError, match=f"{ch.upper()} transfer {message} before READY"):
+        _hand_driven(tb, impolite=Impolite(seed=5, **drops))
 
 
 def test_model_timing_strobes_and_rate():
@@ -461,10 +481,10 @@ def _stimulus(seed, size):
     return mem, rd_cmds, wr_cmds, wr_beats
 
 
-def _run_pysim(seed, size, latency, bpc, script_seed):
+def _run_pysim(seed, size, latency, bpc, script_seed, impolite=None):
     mem, rd_cmds, wr_cmds, wr_beats = _stimulus(seed, size)
     dut = DMA(addr_width=32, max_burst=32, max_outstanding=3)
-    dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc)
+    dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc, impolite=impolite)
     dram.write(0, mem)
     script = Script(dut, rd_cmds, wr_cmds, wr_beats, script_seed)
 
@@ -492,15 +512,21 @@ def verilator_dma():
     return build
 
 
-def test_verilator_dram_matches_pysim(verilator_dma):
+#: Back-pressure on every channel, latency jitter, refresh stalls and R gaps at once.
+IMPOLITE = Impolite(seed=9, ar_drop=0.3, aw_drop=0.3, w_drop=0.3, r_gap=0.25, latency_max=30,
+                    refresh_period=97, refresh_length=9)
+
+
+@pytest.mark.parametrize("impolite", [None, IMPOLITE], ids=["polite", "impolite"])
+def test_verilator_dram_matches_pysim(verilator_dma, impolite):
     from sim.dram import attach_verilator_dram
 
     size, latency, bpc = 4 * PAGE, 12, 0.75
-    want_script, want_dram, want_mem = _run_pysim(5, size, latency, bpc, script_seed=6)
+    want_script, want_dram, want_mem = _run_pysim(5, size, latency, bpc, script_seed=6, impolite=impolite)
 
     mem, rd_cmds, wr_cmds, wr_beats = _stimulus(5, size)
     dut, model = verilator_dma()
-    dram = attach_verilator_dram(model, "axi", size, latency, bpc)
+    dram = attach_verilator_dram(model, "axi", size, latency, bpc, impolite)
     dram.write(0, mem)
     script = Script(dut, rd_cmds, wr_cmds, wr_beats, 6)
     get = model.get
@@ -529,6 +555,10 @@ def test_verilator_dram_matches_pysim(verilator_dma):
     assert dram.write_bursts == sum(len(split(a, b, 32)) for a, b in wr_cmds)
     assert script.reads == want_script.reads
     assert script.end == want_script.end
+    if impolite is not None:
+        # The same stimulus takes longer against the impolite memory (so its options act).
+        polite_script, _, _ = _run_pysim(5, size, latency, bpc, script_seed=6)
+        assert script.end > polite_script.end + 50, (script.end, polite_script.end)
 
 
 @pytest.mark.parametrize("addr,beats,message", [(8, 1, "not aligned"),
@@ -548,3 +578,141 @@ def test_verilator_dram_reports_protocol_errors(verilator_dma, addr, beats, mess
     assert dram.error
     with pytest.raises(AXIProtocolError, match=message):
         dram.check()
+
+
+# --- Faults: an error response stops the DMA, which drains and writes nothing after it ----
+
+def test_impolite_rejects_bad_settings():
+    for kw, message in [({"ar_drop": 1.0}, "ar_drop is a probability in \\[0, 1\\)"),
+                        ({"r_gap": -0.1}, "r_gap is a probability"),
+                        ({"latency_max": 39}, "latency range 40..39 is empty"),
+                        ({"refresh_period": 10, "refresh_length": 10}, "length must be below the period"),
+                        ({"refresh_period": -1}, "must not be negative"),
+                        ({"error_range": (0x2000, 0x1000)}, "empty"),
+                        ({"error_range": "output"}, "not a pair of addresses"),
+                        ({"error_resp": 1}, "SLVERR \\(2\\) or DECERR")]:
+        with pytest.raises(ValueError, match=message):
+            DRAMModel(PAGE, latency=40, impolite=Impolite(**kw))
+    with pytest.raises(TypeError, match="Impolite"):
+        DRAMModel(PAGE, impolite={"ar_drop": 0.5})
+
+
+def test_splitmix64_reference_values():
+    """The generator both models step: splitmix64's published outputs for seed 0."""
+    from sim.dram import _SplitMix64
+
+    rng = _SplitMix64(0)
+    assert [rng.next() for _ in range(3)] == [0xE220A839, 0x6E789E6A, 0x06C45D18]
+
+
+def _first_failing_burst(cmds, max_burst, lo, hi):
+    for addr, beats in cmds:
+        for a, n in split(addr, beats, max_burst):
+            if a < hi and a + n * BEAT > lo:
+                return a
+    raise AssertionError("no burst touches the error range")
+
+
+@pytest.mark.parametrize("kind, resp", [("read", SLVERR), ("write", DECERR), ("write", SLVERR)])
+def test_fault_stops_drains_and_writes_nothing_after(kind, resp):
+    """Reads and writes run concurrently against a memory with back-pressure on every channel;
+    one page answers errors. The DMA latches the first failing burst, issues nothing more, takes
+    every outstanding beat and response, writes no byte after the fault and reports drained."""
+    size, max_burst = 8 * PAGE, 32
+    rng = np.random.default_rng(23 + resp)
+    wr_cmds = random_commands(rng, 14, (0, 4 * PAGE), max_beats=120)
+    rd_cmds = random_commands(rng, 14, (4 * PAGE, size), max_beats=120)
+    wr_beats = [int.from_bytes(rng.bytes(BEAT), "little") for _ in range(sum(b for _, b in wr_cmds))]
+    lo = 6 * PAGE if kind == "read" else 2 * PAGE
+    bad = (lo, lo + PAGE)
+    dut = DMA(addr_width=32, max_burst=max_burst, max_outstanding=3)
+    dram = DRAMModel(size, latency=15, impolite=Impolite(seed=4, ar_drop=0.3, aw_drop=0.3, w_drop=0.3,
+                                                         r_gap=0.2, latency_max=25, error_range=bad,
+                                                         error_resp=resp))
+    seen = {}
+
+    async def read_commands(ctx):
+        await stream_send(ctx, dut.rd_cmd, [{"addr": a, "beats": b} for a, b in rd_cmds], gaps=rng, gap_rate=0.2)
+
+    async def write_commands(ctx):
+        await stream_send(ctx, dut.wr_cmd, [{"addr": a, "beats": b} for a, b in wr_cmds], gaps=rng, gap_rate=0.2)
+
+    async def write_data(ctx):
+        await stream_send(ctx, dut.wr_data, wr_beats, gaps=rng, gap_rate=0.2)
+
+    async def read_data(ctx):
+        ctx.set(dut.rd_data.ready, 1)
+        async for _, _, valid in ctx.tick().sample(dut.rd_data.valid):
+            seen["beats"] = seen.get("beats", 0) + valid
+
+    async def watch(ctx):
+        cycle = 0
+        async for _, _, error, drained in ctx.tick().sample(dut.error, dut.drained):
+            cycle += 1
+            if error and "error" not in seen:
+                seen["error"] = cycle
+                seen["bursts"] = (dram.read_bursts, dram.write_bursts)
+            if error and drained:
+                seen["drained"] = cycle
+                break
+            assert cycle < 20_000, "no fault, or it never drained"
+        before = (dram.read_bursts, dram.write_bursts, dram.bytes_written, dram.bytes_read)
+        await ctx.tick().repeat(200)
+        assert (dram.read_bursts, dram.write_bursts, dram.bytes_written, dram.bytes_read) == before, \
+            "bus traffic after the DMA reported drained"
+        seen["final"] = {name: ctx.get(getattr(dut, name)) for name in ("error_write", "error_resp", "error_addr")}
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    dram.add_to(sim, dut.axi)
+    sim.add_testbench(read_commands, background=True)
+    sim.add_testbench(write_commands, background=True)
+    sim.add_testbench(write_data, background=True)
+    sim.add_testbench(read_data, background=True)
+    sim.add_testbench(watch)
+    sim.run()
+
+    cmds = rd_cmds if kind == "read" else wr_cmds
+    final = seen["final"]
+    assert final["error_write"] == (kind == "write")
+    assert final["error_resp"] == Resp(resp)
+    assert final["error_addr"] == _first_failing_burst(cmds, max_burst, *bad)
+    assert dram.error_cycle is not None and dram.late_writes == 0
+    assert seen["drained"] - seen["error"] < 2_000
+    # The fault stopped the traffic well before the commands ran out.
+    assert dram.read_bursts < sum(len(split(a, b, max_burst)) for a, b in rd_cmds) or kind == "write"
+    assert dram.write_bursts < sum(len(split(a, b, max_burst)) for a, b in wr_cmds) or kind == "read"
+
+
+def test_halt_drains_without_error():
+    """``halt`` (the accelerator's watchdog or soft reset) flushes like a fault, reporting none."""
+    size = 4 * PAGE
+    dut = DMA(addr_width=32, max_burst=16, max_outstanding=3)
+    dram = DRAMModel(size, latency=30, impolite=Impolite(seed=2, w_drop=0.5, aw_drop=0.5))
+    log = {}
+
+    async def tb(ctx):
+        ctx.set(dut.rd_data.ready, 0)        # reads stay outstanding until the flush takes them
+        ctx.set(dut.rd_cmd.payload, {"addr": 0, "beats": 200})
+        ctx.set(dut.rd_cmd.valid, 1)
+        ctx.set(dut.wr_cmd.payload, {"addr": 2 * PAGE, "beats": 100})
+        ctx.set(dut.wr_cmd.valid, 1)
+        ctx.set(dut.wr_data.valid, 1)
+        ctx.set(dut.wr_data.payload, 0x55)
+        await ctx.tick().repeat(20)
+        ctx.set(dut.halt, 1)
+        ctx.set(dut.wr_data.valid, 0)
+        cycles = 0
+        while not ctx.get(dut.drained):
+            await ctx.tick()
+            cycles += 1
+            assert not ctx.get(dut.rd_data.valid)
+        log.update(cycles=cycles, error=ctx.get(dut.error), rd_ready=ctx.get(dut.rd_cmd.ready),
+                   written=dram.read(2 * PAGE, 100 * BEAT))
+
+    simulate(dut, dram, tb)
+    assert not log["error"] and not log["rd_ready"] and log["cycles"] < 400
+    # 3 read bursts of 16 beats were outstanding; every write beat after the halt had no strobe.
+    assert dram.bytes_read == 3 * 16 * BEAT
+    beats_with_data = [i for i in range(100) if log["written"][i * BEAT:(i + 1) * BEAT] != bytes(BEAT)]
+    assert beats_with_data == list(range(len(beats_with_data))) and len(beats_with_data) < 20

@@ -209,6 +209,28 @@ def test_pynq_backend_through_stand_in(tiny):
     assert features.values.dtype == np.float32 and features.cycles > 0
 
 
+def test_driver_watchdog_fault_and_soft_reset(tiny):
+    """The driver arms the watchdog; a frame that runs past it raises AcceleratorFault naming the
+    code; a soft reset mid-frame returns the accelerator to idle."""
+    from runtime import AcceleratorFault, SimulatorBackend
+    from runtime.regs import STATUS_BUSY, ErrorCode
+
+    with Accelerator(tiny["bundle"], SimulatorBackend("pysim"), timeout=60, watchdog=2_000) as acc:
+        acc.set_image(np.load(tiny["image"]))
+        with pytest.raises(AcceleratorFault, match=r"stopped task 0 on an error: WATCHDOG \(code 5\)") as err:
+            acc.run(0)
+        assert (err.value.code, err.value.addr) == (ErrorCode.WATCHDOG, 0)
+        be = acc.backend
+        be.write(Reg.WATCHDOG, 0)
+        be.write(Reg.CONTROL, CONTROL_START)
+        be.wait()
+        assert be.read(Reg.STATUS) & STATUS_BUSY
+        acc.soft_reset()
+        assert be.read(Reg.STATUS) == 0
+    with pytest.raises(InputError, match="the watchdog counts"):
+        Accelerator(tiny["bundle"], SimulatorBackend("pysim"), watchdog=-1)
+
+
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_capacity_registers_report_the_build():
     assert CAPACITY_FIELDS == tuple(f.name for f in dataclasses.fields(Capacity))
@@ -347,6 +369,11 @@ def _truncate(bundle):
     ("map suffix", {"--routing-map": ["{tmp}/map.jpg"]}, "--routing-map {tmp}/map.jpg must name a .png file"),
     ("map folder", {"--routing-map": ["{tmp}/no/such/map.png"]}, "its folder is missing"),
     ("layer without map", {"--routing-layer": ["1"]}, "--routing-layer applies only with --routing-map"),
+    # The image read answered SLVERR: the accelerator stops with ERROR early in the frame.
+    ("bus error", {"--simulate": [], "--sim-bus-error": ["image"]},
+     "stopped task 0 on an error: READ_SLVERR (code 1): SLVERR answered to the read burst at 0x"),
+    ("bus error without simulate", {"--sim-bus-error": ["image"]}, "apply only with --simulate"),
+    ("bad watchdog", {"--watchdog": ["-1"]}, "--watchdog counts 0.."),
 ])
 def test_run_bad_input(tiny, tmp_path, case, args, message):
     bundle = tmp_path / "bundle"

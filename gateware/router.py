@@ -82,10 +82,10 @@ class Router(wiring.Component):
         fractional bits (golden ``route``'s weights); ``last`` on the final group's last valid
         token.
     latency : int
-        ``num_experts + 42``: when a group's ``last`` logit transfers on clock edge ``t`` and
+        ``num_experts + 43``: when a group's ``last`` logit transfers on clock edge ``t`` and
         the pipeline is idle with ``o`` ready, its first token transfers on ``o`` at edge
         ``t + latency``, and the rest on the following edges. Input register 1, PostProcess 7,
-        Softmax 34 (``Softmax.latency``), then the group's ``num_experts`` probability
+        Softmax 35 (``Softmax.latency``), then the group's ``num_experts`` probability
         transfers; the last of them loads the output register.
 
     Throughput: ``i`` takes one transfer per ``Softmax.input_period`` (2) cycles, the softmax's

@@ -163,6 +163,9 @@ class RowBank(wiring.Component):
     def _read(self, m, rd, held_dec):
         active = Signal()
         n = Signal(range(self.max_len + 1))
+        # The row's last index, kept beside n so that "last element" is an equality test on j,
+        # not a subtraction feeding a comparison (the read control's deepest path).
+        j_last = Signal(range(self.max_len))
         tag = Signal(self.start.payload.tag.shape())
         base = Signal(range(self.banks * self.max_len))
         j = self.index
@@ -170,7 +173,7 @@ class RowBank(wiring.Component):
         issue, issue_last = Signal(), Signal()
         m.d.comb += [
             issue.eq(active & self.o.ready),
-            issue_last.eq(issue & (j == n - 1)),
+            issue_last.eq(issue & (j == j_last)),
             self.start.ready.eq(~active | issue_last),
             held_dec.eq(issue_last),
             rd.addr.eq(base + j),
@@ -183,13 +186,13 @@ class RowBank(wiring.Component):
             m.d.sync += [active.eq(0), j.eq(0), base.eq(self._next_bank(base))]
         with m.If(self.start.valid & self.start.ready):
             m.d.sync += [active.eq(1), j.eq(0), n.eq(self.start.payload.n),
-                         tag.eq(self.start.payload.tag)]
+                         j_last.eq(self.start.payload.n - 1), tag.eq(self.start.payload.tag)]
         # The row's values travel with each element: the next row may start while the last
         # elements of the previous one are still in the unit's pipeline.
         with m.If(self.o.ready):
             m.d.sync += [
                 self.o.valid.eq(issue),
-                self.o.payload.last.eq(j == n - 1),
+                self.o.payload.last.eq(j == j_last),
                 self.o.payload.n.eq(n),
                 self.o.payload.tag.eq(tag),
             ]

@@ -44,8 +44,9 @@ class Softmax(TwoPassTiming, wiring.Component):
     out_frac : int
         Fractional bits of the output (attention uses 8, the gate 15); 1.0 is ``2**out_frac``.
     banks : int
-        Rows the buffer holds. With 2, pass 1 of row ``k + 1`` overlaps pass 2 of row ``k``;
-        with 3, rows of 29 or more elements stream back to back (see ``steady_period``).
+        Rows the buffer holds. With 2, pass 1 of row ``k + 1`` overlaps pass 2 of row ``k``, and
+        rows of 29 or more elements stream back to back at the input's rate; with 3, rows of 14
+        or more (see ``steady_period``).
 
     Attributes
     ----------
@@ -59,13 +60,12 @@ class Softmax(TwoPassTiming, wiring.Component):
         Cycles per row of the reciprocal divider: ``RCP_BITS - EXP_FRAC + 3`` (28).
     latency : int
         Clock edges from the transfer of a row's last input to the transfer of its first output
-        when the divider and pass 2 are free and ``o`` is ready: ``divider.latency + 8`` (34).
+        when the divider and pass 2 are free and ``o`` is ready: ``divider.latency + 9`` (35).
         Pass 1 adds 3 of them (exp table read, product, sum), the divider hand-offs 3, pass 2's
-        read-exp-multiply pipe 2.
+        distance-exp-multiply pipe 3.
     read_latency : int
-        3: clock edges from pass 2 reading an element from the row buffer to its ``o`` transfer
+        4: clock edges from pass 2 reading an element from the row buffer to its ``o`` transfer
         (``o`` ready).
-
     input_period : int
         2: ``i`` accepts one element every other cycle (``ready`` is low on the cycle after each
         transfer), the time pass 1's running-sum update takes with its product registered.
@@ -76,7 +76,7 @@ class Softmax(TwoPassTiming, wiring.Component):
     issues one element per cycle while ``o`` is ready, and the next row's first element on the
     cycle after the previous row's last when its reciprocal is ready. A lone row group of ``n``
     elements with ``o`` always ready thus spans ``3 * n + latency - 2`` cycles from first input
-    to last output (its inputs ``input_span(n) = 2 * n - 1`` of them). The divider, one per lane,
+    to last output (its inputs span ``input_span(n) = 2 * n - 1`` cycles). The divider, one per lane,
     takes ``divider_period`` (28) cycles per row. Steady state with back-to-back rows and ``o``
     always ready: ``steady_period(n)`` (``TwoPassTiming``: ``2 * n`` for the input, 28 for the
     divider, or a bank's hold of ``3 * n + 29`` cycles over ``banks``).
@@ -97,8 +97,8 @@ class Softmax(TwoPassTiming, wiring.Component):
         self.sum_width = (max_len << EXP_FRAC).bit_length()
         self.divider_period = _RCP_BITS_WIDTH + 2
         self.input_period = _PASS1_PERIOD
-        self.latency = _RCP_BITS_WIDTH + 6 + _PASS1_PERIOD
-        self.read_latency = 3
+        self.latency = _RCP_BITS_WIDTH + 7 + _PASS1_PERIOD
+        self.read_latency = 4
         super().__init__({
             "i": In(stream.Signature(lane_layout(lanes, signed(_IN_BITS), "u"))),
             "o": Out(stream.Signature(lane_layout(lanes, unsigned(out_frac + 1), "p"))),
@@ -200,29 +200,33 @@ class Softmax(TwoPassTiming, wiring.Component):
                          start.payload.tag.m.eq(rows.payload.stats.m)]
 
     def _normalise(self, m, bank, luts):
-        """Pass 2: exp of the distance to the max, times rcp, round, 2 stages after the read."""
+        """Pass 2: the distance to the max, exp, times rcp, round: 3 stages after the read."""
         r = bank.o
         advance = Signal()
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), r.ready.eq(advance)]
-        vb, lastb = Signal(), Signal()
+        va, lasta, vb, lastb = Signal(), Signal(), Signal(), Signal()
         with m.If(advance):
             m.d.sync += [
-                vb.eq(r.valid), lastb.eq(r.payload.last),
+                va.eq(r.valid), lasta.eq(r.payload.last),
+                vb.eq(va), lastb.eq(lasta),
                 self.o.valid.eq(vb), self.o.payload.last.eq(lastb),
             ]
         for k in range(self.lanes):
+            # The distance is registered before the exp table: the row buffer's read, a carry
+            # chain and the table's LUT tree in one cycle were the unit's deepest path.
             dist = Signal(_DIST_BITS, name=f"dist2_{k}")
+            rcpa = Signal(_RCP_BITS_WIDTH, name=f"rcpa{k}")
             qb = Signal(range(_MAX_Q + 1), name=f"qb{k}")
             rcpb = Signal(_RCP_BITS_WIDTH, name=f"rcpb{k}")
             e = rshift_round(luts[k].data, qb)
             m.d.comb += [
-                dist.eq(r.payload.tag.m[k] - r.payload.u[k]),
                 luts[k].addr.eq(dist[:EXP_IN_FRAC]),
                 luts[k].en.eq(advance),
             ]
             with m.If(advance):
                 m.d.sync += [
-                    qb.eq(_clamp_q(dist[EXP_IN_FRAC:])), rcpb.eq(r.payload.tag.rcp[k]),
+                    dist.eq(r.payload.tag.m[k] - r.payload.u[k]), rcpa.eq(r.payload.tag.rcp[k]),
+                    qb.eq(_clamp_q(dist[EXP_IN_FRAC:])), rcpb.eq(rcpa),
                     self.o.payload.p[k].eq(rshift_round(e * rcpb, RCP_BITS - self.out_frac)),
                 ]
 

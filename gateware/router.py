@@ -82,16 +82,17 @@ class Router(wiring.Component):
         fractional bits (golden ``route``'s weights); ``last`` on the final group's last valid
         token.
     latency : int
-        ``num_experts + 41``: when a group's ``last`` logit transfers on clock edge ``t`` and
+        ``num_experts + 43``: when a group's ``last`` logit transfers on clock edge ``t`` and
         the pipeline is idle with ``o`` ready, its first token transfers on ``o`` at edge
         ``t + latency``, and the rest on the following edges. Input register 1, PostProcess 7,
-        Softmax 33 (``Softmax.latency``), then the group's ``num_experts`` probability
+        Softmax 35 (``Softmax.latency``), then the group's ``num_experts`` probability
         transfers; the last of them loads the output register.
 
-    Throughput: ``i`` takes one transfer per cycle while the branches have room. Back to back,
-    with ``o`` ready, a group takes ``steady_period()`` cycles on average:
-    ``max(Softmax.steady_period(num_experts), lanes)``; the per-row reciprocal divider's 28
-    cycles dominate for the default 16 experts and 16 lanes (16 tokens per 28 cycles).
+    Throughput: ``i`` takes one transfer per ``Softmax.input_period`` (2) cycles, the softmax's
+    input rate, while the branches have room. Back to back, with ``o`` ready, a group takes
+    ``steady_period()`` cycles on average: ``max(Softmax.steady_period(num_experts), lanes)``;
+    the softmax's input, 2 cycles per expert, dominates for the default 16 experts and 16 lanes
+    (16 tokens per 32 cycles); for fewer than 14 experts its per-row divider's 28 cycles do.
     """
 
     def __init__(self, lanes, num_experts, k, max_tokens):
@@ -160,9 +161,17 @@ class Router(wiring.Component):
         pend_tk = Signal()
         pend_rq = Signal()
         accept = Signal()
+        # The softmax takes one logit per ``input_period`` cycles. Pacing the input to that rate
+        # keeps the requantiser from backing up, so every logit reaches the softmax the same
+        # number of cycles after its transfer (and ``latency`` holds for any ``num_experts``).
+        rest = Signal(range(softmax.input_period))
+        with m.If(accept):
+            m.d.sync += rest.eq(softmax.input_period - 1)
+        with m.Elif(rest != 0):
+            m.d.sync += rest.eq(rest - 1)
         m.d.comb += [
             self.i.ready.eq((~pend_tk | topk.i.ready) & (~pend_rq | requant.i.ready)
-                            & meta_q.w_rdy),
+                            & meta_q.w_rdy & (rest == 0)),
             accept.eq(self.i.valid & self.i.ready),
             topk.i.valid.eq(pend_tk),
             topk.i.payload.logits.eq(fork_logits),

@@ -16,10 +16,10 @@ class RowBank(wiring.Component):
 
     A two-pass unit (``Softmax``, ``LayerNorm``) connects its input to ``i``. Every element is
     written to the row's bank, a row per bank, ``banks`` banks used in turn. One cycle after its
-    transfer the element is in the unit's *stage* (``stage``), where the unit folds it into the
-    row's running statistics; as the row's last element leaves the stage, the unit's ``stats``
-    are latched with the row's length into a one-row slot, offered on ``rows`` (to the unit's
-    per-row divider). Pass 2: the unit hands each row's length and its per-row values (``tag``)
+    transfer the element is in the unit's *stage* (``stage``) for ``period`` cycles, where the
+    unit folds it into the row's running statistics; as the row's last element leaves the
+    stage, the unit's ``stats`` are latched with the row's length into a one-row slot, offered
+    on ``rows`` (to the unit's per-row divider). Pass 2: the unit hands each row's length and its per-row values (``tag``)
     to ``start``, rows in the order they came; the row is read back in element order, one
     element per cycle while ``o.ready``, each with the row's ``n`` and ``tag``. ``o.ready`` is
     the unit's pass-2 pipeline enable: it also enables the memory's read port.
@@ -38,24 +38,30 @@ class RowBank(wiring.Component):
         What pass 1 hands on per row, each field one value per lane.
     tag : dict of str to shape-castable
         What pass 2 carries with every element of a row, each field one value per lane.
+    period : int
+        Cycles each element spends in the stage (1 by default), so ``i`` takes at most one
+        element per ``period`` cycles: a unit whose statistics update needs a registered
+        operation (a pipelined multiply) inside its recurrence spreads it over ``period`` cycles.
 
     Attributes
     ----------
     i : In(stream.Signature(StructLayout({field: ArrayLayout(shape, lanes), "last": 1})))
         The row's elements, ``last`` on its final one (at most ``max_len``). Stalls while the
-        first element of a row finds ``banks`` rows held, and while the stage holds a row's
-        last element that the slot cannot take yet.
+        first element of a row finds ``banks`` rows held, while the stage holds an element in
+        its first ``period - 1`` cycles there, and while the stage holds a row's last element
+        that the slot cannot take yet.
     open : Out(1)
         A row is open: the element on ``i`` is not its row's first.
     stage : Out(StructLayout({"advance": 1, "update": 1, "first": 1, "last": 1}))
         The unit's statistics stage. ``advance``: it takes the element transferred on ``i``
         this cycle (or a bubble); ``update``: the element in it leaves this cycle, folded into
-        the row's statistics; ``first``/``last``: that element starts/ends its row.
+        the row's statistics (its ``period``-th cycle there, or later while the slot is full);
+        ``first``/``last``: that element starts/ends its row.
     stats : In(StructLayout({name: ArrayLayout(shape, lanes) for name, shape in stats}))
         The row's statistics including the element in the stage; latched as its last leaves.
     rows : Out(stream.Signature(StructLayout({"n": range(max_len + 1), "stats": stats})))
-        One transfer per row, valid from the edge its last element leaves the stage (two edges
-        after its ``i`` transfer when nothing stalls).
+        One transfer per row, valid from the edge its last element leaves the stage
+        (``period + 1`` edges after its ``i`` transfer when nothing stalls).
     start : In(stream.Signature(StructLayout({"n": range(max_len + 1), "tag": tag})))
         Pass 2 of the oldest row not yet started. Ready while no row is being read, or on the
         cycle the last element of the row being read is read.
@@ -68,10 +74,10 @@ class RowBank(wiring.Component):
         edge ``t + 1`` on (``o.ready`` high); then one element per cycle while ``o.ready``.
     """
 
-    def __init__(self, lanes, field, max_len, banks, *, stats, tag):
-        if lanes < 1 or max_len < 1 or banks < 1:
-            raise ValueError("lanes, max_len and banks must be positive")
-        self.field, self.max_len, self.banks = field[0], max_len, banks
+    def __init__(self, lanes, field, max_len, banks, *, stats, tag, period=1):
+        if lanes < 1 or max_len < 1 or banks < 1 or period < 1:
+            raise ValueError("lanes, max_len, banks and period must be positive")
+        self.field, self.max_len, self.banks, self.period = field[0], max_len, banks, period
         self.shape = data.ArrayLayout(field[1], lanes)
         length = range(max_len + 1)
 
@@ -114,9 +120,17 @@ class RowBank(wiring.Component):
         slot_valid = Signal()
         p = self.i.payload
 
+        # The element's cycles in the stage; it may leave on its period-th (``done``).
+        phase = Signal(range(self.period))
+        done = phase == self.period - 1
+        with m.If(self.stage.advance):
+            m.d.sync += phase.eq(0)
+        with m.Elif(v1 & ~done):
+            m.d.sync += phase.eq(phase + 1)
+
         accept = Signal()
         m.d.comb += [
-            self.stage.advance.eq(~(v1 & last1 & slot_valid)),
+            self.stage.advance.eq(~v1 | (done & ~(last1 & slot_valid))),
             self.i.ready.eq(self.stage.advance & (self.open | (held < self.banks))),
             accept.eq(self.i.valid & self.i.ready),
             held_inc.eq(accept & ~self.open),
@@ -149,6 +163,9 @@ class RowBank(wiring.Component):
     def _read(self, m, rd, held_dec):
         active = Signal()
         n = Signal(range(self.max_len + 1))
+        # The row's last index, kept beside n so that "last element" is an equality test on j,
+        # not a subtraction feeding a comparison (the read control's deepest path).
+        j_last = Signal(range(self.max_len))
         tag = Signal(self.start.payload.tag.shape())
         base = Signal(range(self.banks * self.max_len))
         j = self.index
@@ -156,7 +173,7 @@ class RowBank(wiring.Component):
         issue, issue_last = Signal(), Signal()
         m.d.comb += [
             issue.eq(active & self.o.ready),
-            issue_last.eq(issue & (j == n - 1)),
+            issue_last.eq(issue & (j == j_last)),
             self.start.ready.eq(~active | issue_last),
             held_dec.eq(issue_last),
             rd.addr.eq(base + j),
@@ -169,13 +186,13 @@ class RowBank(wiring.Component):
             m.d.sync += [active.eq(0), j.eq(0), base.eq(self._next_bank(base))]
         with m.If(self.start.valid & self.start.ready):
             m.d.sync += [active.eq(1), j.eq(0), n.eq(self.start.payload.n),
-                         tag.eq(self.start.payload.tag)]
+                         j_last.eq(self.start.payload.n - 1), tag.eq(self.start.payload.tag)]
         # The row's values travel with each element: the next row may start while the last
         # elements of the previous one are still in the unit's pipeline.
         with m.If(self.o.ready):
             m.d.sync += [
                 self.o.valid.eq(issue),
-                self.o.payload.last.eq(j == n - 1),
+                self.o.payload.last.eq(j == j_last),
                 self.o.payload.n.eq(n),
                 self.o.payload.tag.eq(tag),
             ]
@@ -183,16 +200,24 @@ class RowBank(wiring.Component):
 
 class TwoPassTiming:
     """The row rate of a two-pass unit built on a :class:`RowBank` (``Softmax``, ``LayerNorm``),
-    from its ``banks``, ``latency``, ``read_latency`` and ``divider_period``."""
+    from its ``banks``, ``latency``, ``read_latency``, ``divider_period`` and ``input_period``
+    (the RowBank's ``period``: cycles per input element, 1 unless the unit sets it)."""
+
+    input_period = 1
+
+    def input_span(self, n):
+        """Cycles from a row's first input transfer to its last, inclusive, at full rate."""
+        return self.input_period * (n - 1) + 1
 
     def steady_period(self, n):
         """Average cycles per row group for back-to-back rows of ``n`` elements, ``o`` ready.
 
-        The largest of three limits: the input (``n``), the per-row divider
+        The largest of three limits: the input (``input_period * n``), the per-row divider
         (``divider_period``), and the row buffer: a bank is held from a row's first input until
-        pass 2 has read its last element, ``2 * n + latency - read_latency - 1`` cycles, so
-        ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the sum of any
-        ``banks`` consecutive row periods) when one limit dominates.
+        pass 2 has read its last element, ``input_span(n) + n + latency - read_latency - 1``
+        cycles, so ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the sum
+        of any ``banks`` consecutive row periods) when one limit dominates.
         """
-        held = 2 * n + self.latency - self.read_latency - 1
-        return max(Fraction(n), Fraction(self.divider_period), Fraction(held, self.banks))
+        held = self.input_span(n) + n + self.latency - self.read_latency - 1
+        return max(Fraction(self.input_period * n), Fraction(self.divider_period),
+                   Fraction(held, self.banks))

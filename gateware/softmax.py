@@ -20,6 +20,9 @@ _IN_BITS = 16
 _DIST_BITS = _IN_BITS + 1
 #: ``rcp = 2**RCP_BITS // S`` with ``S >= 2**EXP_FRAC`` (the row maximum contributes 1.0).
 _RCP_BITS_WIDTH = RCP_BITS - EXP_FRAC + 1
+#: Cycles per element in pass 1: the running sum's rescale ``S * t`` is a registered product
+#: (the DSP's pipeline register), so the recurrence through ``S`` spans two cycles.
+_PASS1_PERIOD = 2
 
 
 class Softmax(TwoPassTiming, wiring.Component):
@@ -41,8 +44,9 @@ class Softmax(TwoPassTiming, wiring.Component):
     out_frac : int
         Fractional bits of the output (attention uses 8, the gate 15); 1.0 is ``2**out_frac``.
     banks : int
-        Rows the buffer holds. With 2, pass 1 of row ``k + 1`` overlaps pass 2 of row ``k``;
-        with 3, rows of 29 or more elements stream back to back (see ``steady_period``).
+        Rows the buffer holds. With 2, pass 1 of row ``k + 1`` overlaps pass 2 of row ``k``, and
+        rows of 29 or more elements stream back to back at the input's rate; with 3, rows of 14
+        or more (see ``steady_period``).
 
     Attributes
     ----------
@@ -56,21 +60,26 @@ class Softmax(TwoPassTiming, wiring.Component):
         Cycles per row of the reciprocal divider: ``RCP_BITS - EXP_FRAC + 3`` (28).
     latency : int
         Clock edges from the transfer of a row's last input to the transfer of its first output
-        when the divider and pass 2 are free and ``o`` is ready: ``divider.latency + 7`` (33).
-        Pass 1 adds 2 of them, the divider hand-offs 3, pass 2's read-exp-multiply pipe 2.
+        when the divider and pass 2 are free and ``o`` is ready: ``divider.latency + 9`` (35).
+        Pass 1 adds 3 of them (exp table read, product, sum), the divider hand-offs 3, pass 2's
+        distance-exp-multiply pipe 3.
     read_latency : int
-        3: clock edges from pass 2 reading an element from the row buffer to its ``o`` transfer
+        4: clock edges from pass 2 reading an element from the row buffer to its ``o`` transfer
         (``o`` ready).
+    input_period : int
+        2: ``i`` accepts one element every other cycle (``ready`` is low on the cycle after each
+        transfer), the time pass 1's running-sum update takes with its product registered.
 
-    Timing: ``i`` accepts one element per cycle; it stalls only when a row starts while ``banks``
-    rows are held (in pass 1, awaiting or in the divider, or in pass 2), or for one cycle when
-    a row's last element finds the divider's input slot still occupied. Pass 2 issues one element
-    per cycle while ``o`` is ready, and the next row's first element on the cycle after the
-    previous row's last when its reciprocal is ready. A lone row group of ``n`` elements with
-    ``o`` always ready thus spans ``2 * n + latency - 1`` cycles from first input to last output.
-    The divider, one per lane, takes ``divider_period`` (28) cycles per row, which bounds the
-    row rate for short rows (the gate's 16 experts). Steady state with back-to-back rows and ``o``
-    always ready: ``steady_period(n)`` (``TwoPassTiming``; a bank is held ``2 * n + 29`` cycles).
+    Timing: ``i`` accepts one element per ``input_period`` (2) cycles; beyond that it stalls only
+    when a row starts while ``banks`` rows are held (in pass 1, awaiting or in the divider, or in
+    pass 2), or while a row's last element finds the divider's input slot still occupied. Pass 2
+    issues one element per cycle while ``o`` is ready, and the next row's first element on the
+    cycle after the previous row's last when its reciprocal is ready. A lone row group of ``n``
+    elements with ``o`` always ready thus spans ``3 * n + latency - 2`` cycles from first input
+    to last output (its inputs span ``input_span(n) = 2 * n - 1`` cycles). The divider, one per lane,
+    takes ``divider_period`` (28) cycles per row. Steady state with back-to-back rows and ``o``
+    always ready: ``steady_period(n)`` (``TwoPassTiming``: ``2 * n`` for the input, 28 for the
+    divider, or a bank's hold of ``3 * n + 29`` cycles over ``banks``).
     """
 
     def __init__(self, lanes, max_len, out_frac, banks=2):
@@ -87,8 +96,9 @@ class Softmax(TwoPassTiming, wiring.Component):
         # Each element adds at most 1.0 (rescaling never grows the sum), so S <= n * 2**EXP_FRAC.
         self.sum_width = (max_len << EXP_FRAC).bit_length()
         self.divider_period = _RCP_BITS_WIDTH + 2
-        self.latency = _RCP_BITS_WIDTH + 7
-        self.read_latency = 3
+        self.input_period = _PASS1_PERIOD
+        self.latency = _RCP_BITS_WIDTH + 7 + _PASS1_PERIOD
+        self.read_latency = 4
         super().__init__({
             "i": In(stream.Signature(lane_layout(lanes, signed(_IN_BITS), "u"))),
             "o": Out(stream.Signature(lane_layout(lanes, unsigned(out_frac + 1), "p"))),
@@ -99,7 +109,8 @@ class Softmax(TwoPassTiming, wiring.Component):
         lanes, x = self.lanes, signed(_IN_BITS)
         m.submodules.rows = bank = RowBank(
             lanes, ("u", x), self.max_len, self.banks,
-            stats={"m": x, "s": unsigned(self.sum_width)}, tag={"m": x, "rcp": unsigned(_RCP_BITS_WIDTH)})
+            stats={"m": x, "s": unsigned(self.sum_width)}, tag={"m": x, "rcp": unsigned(_RCP_BITS_WIDTH)},
+            period=_PASS1_PERIOD)
         m.submodules.exp_lut = exp_lut = memory.Memory(
             shape=unsigned(EXP_FRAC + 1), depth=len(EXP_LUT), init=[int(v) for v in EXP_LUT])
         self._stats(m, bank, [exp_lut.read_port() for _ in range(lanes)])
@@ -108,7 +119,9 @@ class Softmax(TwoPassTiming, wiring.Component):
         return m
 
     def _stats(self, m, bank, luts):
-        """Pass 1: running max at the input, exp table read, then the running-sum update."""
+        """Pass 1: running max at the input, exp table read, then the running-sum update over
+        the element's two cycles in the bank's stage: ``S * t`` into a product register on the
+        first, the rounded shift, add and select back into ``S`` on the second."""
         p, stage = self.i.payload, bank.stage
         wiring.connect(m, wiring.flipped(self.i), bank.i)
         for k in range(self.lanes):
@@ -116,30 +129,46 @@ class Softmax(TwoPassTiming, wiring.Component):
             m_run = Signal(signed(_IN_BITS), name=f"m_run{k}")
             is_new = Signal(name=f"is_new{k}")
             dist = Signal(_DIST_BITS, name=f"dist{k}")
+            # Both differences at once, the new-maximum test read off the sign of one of them:
+            # one carry chain deep, not a comparison followed by a subtraction.
+            up = Signal(signed(_DIST_BITS), name=f"up{k}")
+            down = Signal(signed(_DIST_BITS), name=f"down{k}")
             m.d.comb += [
-                is_new.eq(bank.open & (x > m_run)),
-                dist.eq(Mux(bank.open, Mux(is_new, x - m_run, m_run - x), 0)),
+                up.eq(x - m_run),
+                down.eq(m_run - x),
+                is_new.eq(bank.open & down[-1]),
+                dist.eq(Mux(bank.open, Mux(down[-1], up, down), 0)),
                 luts[k].addr.eq(dist[:EXP_IN_FRAC]),
                 luts[k].en.eq(stage.advance),
             ]
             newmax1 = Signal(name=f"newmax1_{k}")
-            q1 = Signal(range(_MAX_Q + 1), name=f"q1_{k}")
+            # The shift's integer part goes into the stage unclamped; the clamp is taken there.
+            dist_hi1 = Signal(_DIST_BITS - EXP_IN_FRAC, name=f"dist_hi1_{k}")
             m1 = Signal(signed(_IN_BITS), name=f"m1_{k}")
             with m.If(self.i.valid & self.i.ready):
                 m.d.sync += [
                     m_run.eq(Mux(bank.open & ~is_new, m_run, x)),
                     m1.eq(Mux(bank.open & ~is_new, m_run, x)),
                     newmax1.eq(is_new),
-                    q1.eq(_clamp_q(dist)),
+                    dist_hi1.eq(dist[EXP_IN_FRAC:]),
                 ]
             s_run = Signal(self.sum_width, name=f"s_run{k}")
             t = luts[k].data
+            # The stage's first cycle fills three registers, free-running (no enable) so that
+            # the product maps onto the DSP's pipeline register. Their operands are steady for
+            # the element's two cycles in the stage (s_run is written only as an element
+            # leaves, t and dist_hi1 only as one enters), so on the second cycle they hold
+            # S * t, the clamped shift q and the shifted t of this element.
+            prod = Signal(self.sum_width + EXP_FRAC + 1, name=f"prod{k}")
+            q1 = Signal(range(_MAX_Q + 1), name=f"q1_{k}")
+            t_half = Signal(EXP_FRAC + 2, name=f"t_half{k}")
+            q_now = _clamp_q(dist_hi1)
+            m.d.sync += [prod.eq(s_run * t), q1.eq(q_now), t_half.eq((t << 1) >> q_now)]
             # Both branches of golden's update, then the same select on a new maximum. Each is
             # rshift_round written as (twice the value, shifted, + 1) >> 1 with the other term
             # folded into that one add: one carry chain after the shifter, not two or three.
-            t_half = (t << 1) >> q1
             added = (Cat(Const(1, 1), s_run) + t_half) >> 1
-            prod_half = (((s_run * t) << 1) >> EXP_FRAC) >> q1
+            prod_half = ((prod << 1) >> EXP_FRAC) >> q1
             rescaled = (prod_half + (1 + (1 << (EXP_FRAC + 1)))) >> 1
             s_new = Signal(self.sum_width, name=f"s_new{k}")
             m.d.comb += [
@@ -171,33 +200,38 @@ class Softmax(TwoPassTiming, wiring.Component):
                          start.payload.tag.m.eq(rows.payload.stats.m)]
 
     def _normalise(self, m, bank, luts):
-        """Pass 2: exp of the distance to the max, times rcp, round, 2 stages after the read."""
+        """Pass 2: the distance to the max, exp, times rcp, round: 3 stages after the read."""
         r = bank.o
         advance = Signal()
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), r.ready.eq(advance)]
-        vb, lastb = Signal(), Signal()
+        va, lasta, vb, lastb = Signal(), Signal(), Signal(), Signal()
         with m.If(advance):
             m.d.sync += [
-                vb.eq(r.valid), lastb.eq(r.payload.last),
+                va.eq(r.valid), lasta.eq(r.payload.last),
+                vb.eq(va), lastb.eq(lasta),
                 self.o.valid.eq(vb), self.o.payload.last.eq(lastb),
             ]
         for k in range(self.lanes):
+            # The distance is registered before the exp table: the row buffer's read, a carry
+            # chain and the table's LUT tree in one cycle were the unit's deepest path.
             dist = Signal(_DIST_BITS, name=f"dist2_{k}")
+            rcpa = Signal(_RCP_BITS_WIDTH, name=f"rcpa{k}")
             qb = Signal(range(_MAX_Q + 1), name=f"qb{k}")
             rcpb = Signal(_RCP_BITS_WIDTH, name=f"rcpb{k}")
             e = rshift_round(luts[k].data, qb)
             m.d.comb += [
-                dist.eq(r.payload.tag.m[k] - r.payload.u[k]),
                 luts[k].addr.eq(dist[:EXP_IN_FRAC]),
                 luts[k].en.eq(advance),
             ]
             with m.If(advance):
                 m.d.sync += [
-                    qb.eq(_clamp_q(dist)), rcpb.eq(r.payload.tag.rcp[k]),
+                    dist.eq(r.payload.tag.m[k] - r.payload.u[k]), rcpa.eq(r.payload.tag.rcp[k]),
+                    qb.eq(_clamp_q(dist[EXP_IN_FRAC:])), rcpb.eq(rcpa),
                     self.o.payload.p[k].eq(rshift_round(e * rcpb, RCP_BITS - self.out_frac)),
                 ]
 
 
-def _clamp_q(dist):
-    """The integer part of an exp shift, clamped as ``golden.softmax._split`` does."""
-    return Mux(dist[EXP_IN_FRAC:] > _MAX_Q, _MAX_Q, dist[EXP_IN_FRAC:])
+def _clamp_q(hi):
+    """A distance's integer part ``hi`` as an exp shift, clamped as ``golden.softmax._split``
+    does."""
+    return Mux(hi > _MAX_Q, _MAX_Q, hi)

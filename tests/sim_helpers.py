@@ -205,15 +205,16 @@ def row_outputs(payloads, field, shape):
 
 
 def check_lone_row(dut, in_cycles, out_cycles, n, what):
-    """One row group alone through a two-pass unit: ``n`` input cycles back to back, ``latency``
-    edges, then ``n`` output cycles back to back."""
-    assert in_cycles == list(range(in_cycles[0], in_cycles[0] + n))
+    """One row group alone through a two-pass unit: ``n`` inputs, one per ``input_period``
+    cycles, ``latency`` edges, then ``n`` output cycles back to back."""
+    step = dut.input_period
+    assert in_cycles == list(range(in_cycles[0], in_cycles[0] + step * n, step))
     assert out_cycles == list(range(out_cycles[0], out_cycles[0] + n))
     gap = out_cycles[0] - in_cycles[-1]
     print(f"{what} n={n}: last input -> first output {gap} edges, "
           f"row total {out_cycles[-1] - in_cycles[0] + 1} cycles")
     assert gap == dut.latency
-    assert out_cycles[-1] - in_cycles[0] + 1 == 2 * n + dut.latency - 1
+    assert out_cycles[-1] - in_cycles[0] + 1 == dut.input_span(n) + n + dut.latency - 1
 
 
 def check_steady_period(dut, out_cycles, n, what):

@@ -192,18 +192,18 @@ def test_heavy_backpressure():
 
 @pytest.mark.parametrize("lanes,num_experts,k", [
     (2, 4, 1), (4, 8, 3),   # the softmax's reciprocal divider bounds the rate
-    (16, 16, 2),            # default size: likewise, 28 cycles per group
-    (2, 28, 2),             # the softmax's row banks: 85/3 cycles per group
+    (16, 16, 2),            # default size: the softmax's input, 2 cycles per expert: 32
+    (2, 28, 2),             # likewise, 56 cycles per group (its row banks would allow 113/3)
     (32, 4, 1),             # the serialiser: one token per cycle
 ])
 def test_latency_and_throughput(lanes, num_experts, k):
-    """One group alone: first token ``latency`` edges after its last logit, then one token per
-    cycle. Back to back: groups settle to ``steady_period`` cycles each (exactly, over any
-    three consecutive groups)."""
+    """One group alone: logits taken one per 2 cycles (the softmax's input rate), first token
+    ``latency`` edges after the last, then one token per cycle. Back to back: groups settle to
+    ``steady_period`` cycles each (exactly, over any three consecutive groups)."""
     rng = np.random.default_rng(lanes + num_experts)
     dut, in_cycles, out_cycles = _run(lanes, k, [_gate_logits(rng, lanes, num_experts, 1 << 20)],
                                       30000, 24)
-    assert in_cycles == list(range(1, num_experts + 1))
+    assert in_cycles == list(range(1, 2 * num_experts, 2))
     assert out_cycles == list(range(out_cycles[0], out_cycles[0] + lanes))
     print(f"router lanes={lanes} E={num_experts} k={k}: latency "
           f"{out_cycles[0] - in_cycles[-1]} edges")

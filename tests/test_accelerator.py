@@ -72,7 +72,9 @@ def _check_timeline(result, report):
     assert sum(s.macs for s in timeline) == report["array_cycles"]
     assert {s.kind for s in timeline} == set(KINDS)
     for run in report["experts_run"]:
-        traced = {s.expert for s in timeline if s.kind == "experts" and s.layer == run["layer"]}
+        # Segments where the array computed: the few cycles between the MoE instruction's fetch
+        # and its gate phase show the expert register's old value with no MAC transfer.
+        traced = {s.expert for s in timeline if s.kind == "experts" and s.layer == run["layer"] and s.macs}
         assert traced == set(run["experts"]), f"layer {run['layer']}: experts traced {traced}"
 
 

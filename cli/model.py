@@ -1,6 +1,7 @@
 """``m3vit`` subcommands of the software side: ``golden``, ``numerics``, ``quantize``."""
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,19 @@ def check_output_path(path):
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise UserError(f"cannot write {path}: folder {parent} does not exist")
+
+
+def check_new_file(option, path, suffix, *, any_case=False):
+    """Refuse, before the long work, a ``--option`` file that is not ``*suffix``, is a folder, or
+    whose folder is missing or not writable."""
+    out = Path(path)
+    if (out.suffix.lower() if any_case else out.suffix) != suffix:
+        raise UserError(f"{option} {out} must name a {suffix} file")
+    if out.is_dir():
+        raise UserError(f"{option} {out} is a folder")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {out}: its folder is missing or not writable")
 
 
 def write_json(path, data):

@@ -5,7 +5,6 @@ runtime and the rest of the command keep to numpy.
 """
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,9 @@ _DISTINCT = 20
 
 def check_map_path(path):
     """Fail now, before any frame runs, if the map cannot be written or drawn."""
-    out = Path(path)
-    if out.suffix.lower() != ".png":
-        raise UserError(f"--routing-map {out} must name a .png file")
-    if out.is_dir():
-        raise UserError(f"--routing-map {out} is a folder")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write {out}: its folder is missing or not writable")
+    from cli.model import check_new_file
+
+    check_new_file("--routing-map", path, ".png", any_case=True)
     if importlib.util.find_spec("matplotlib") is None:
         raise UserError("--routing-map needs matplotlib (pip install matplotlib); it is not installed")
 

@@ -72,18 +72,6 @@ def _summary(features):
             f"rms {float((values.astype('float64') ** 2).mean() ** 0.5):.4g}")
 
 
-def _check_out(path):
-    """Fail now, before any frame runs, if the output file cannot be written."""
-    out = Path(path)
-    if out.suffix != ".npz":
-        raise UserError(f"--out {out} must name a .npz file")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write {out}: its folder is missing or not writable")
-
-
 def _backend(args, bundle):
     from runtime.backends import PynqBackend, SimulatorBackend
 
@@ -147,7 +135,9 @@ def _run(args):
     if args.timeout <= 0:
         raise UserError(f"--timeout must be positive, not {args.timeout}")
     if args.out:
-        _check_out(args.out)
+        from cli.model import check_new_file
+
+        check_new_file("--out", args.out, ".npz")
     if args.routing_layer is not None and not args.routing_map:
         raise UserError("--routing-layer applies only with --routing-map")
     if args.routing_map:

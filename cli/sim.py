@@ -1,5 +1,6 @@
 """``m3vit simulate`` and ``m3vit perf``: a frame through the simulated accelerator."""
 
+import argparse
 from pathlib import Path
 
 from cli import UserError
@@ -92,9 +93,9 @@ def _run(args, tasks, trace=False):
     cfg, weights, image = model_inputs(args)
     for task in tasks:
         check_task(cfg, task)
-    lanes = args.lanes or default_lanes(cfg)
+    lanes, cols = args.array or (args.lanes or default_lanes(cfg), None)
     try:
-        cap = Capacity.for_config(cfg, lanes)
+        cap = Capacity.for_config(cfg, lanes, cols)
     except CapacityError as err:
         raise UserError(str(err)) from None
     progress = Progress()
@@ -106,7 +107,7 @@ def _run(args, tasks, trace=False):
     with progress.stage("golden (integer) model"):
         goldens = [run_backbone(artifact, pixels, task) for task in tasks]
     print(f"simulating config {cfg.name}, task{'s' * (len(tasks) > 1)} {', '.join(map(str, tasks))}, "
-          f"{lanes}x{lanes} MAC array, engine {args.engine} (weights {weights.source})", flush=True)
+          f"{cap.shape} MAC array, engine {args.engine} (weights {weights.source})", flush=True)
     try:
         results = simulate_frames(artifact, pixels, tasks, cap=cap, engine=args.engine,
                                   dram_latency=latency, impolite=impolite, progress=progress.cycles, trace=trace,
@@ -115,6 +116,16 @@ def _run(args, tasks, trace=False):
         raise UserError(str(err)) from None
     return [(frame_report(artifact, task, result, golden, cap), np.argwhere(result.output != golden.output),
              result.timeline) for task, result, golden in zip(tasks, results, goldens)]
+
+
+def array_shape(text):
+    """``RxC`` as (R, C), for argparse: the MAC array's token lanes and output channels."""
+    rows, sep, cols = text.lower().partition("x")
+    if not (sep and rows.isdigit() and cols.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not RxC (e.g. 16x64)")
+    if int(rows) not in MAC_LANES:
+        raise argparse.ArgumentTypeError(f"R must be one of {', '.join(map(str, MAC_LANES))}, not {rows}")
+    return int(rows), int(cols)
 
 
 def _print(report, bad):
@@ -193,8 +204,12 @@ def register(sub):
         p.add_argument("--artifact", metavar="FILE", help="quantised artifact from m3vit quantize "
                                                           "(default: quantise now)")
         p.add_argument("--engine", choices=ENGINES, default=engine, help=f"simulator (default {engine})")
-        p.add_argument("--lanes", type=int, choices=MAC_LANES, help="MAC array rows and columns (default: 8 for "
-                                                                  "small models, else 16)")
+        shape = p.add_mutually_exclusive_group()
+        shape.add_argument("--lanes", type=int, choices=MAC_LANES, help="MAC array rows and columns (default: 8 for "
+                                                                      "small models, else 16)")
+        shape.add_argument("--array", type=array_shape, metavar="RxC",
+                           help="MAC array of R token lanes (8 or 16) by C output channels (R, or a multiple of "
+                                "R and of 16 up to 8R), e.g. 16x64")
         add_dram_options(p)
         if name == "perf":
             p.add_argument("--json", metavar="FILE", help="write the figures as JSON")

@@ -22,8 +22,8 @@ __all__ = ["ColumnPath"]
 class ColumnPath(wiring.Component):
     """Routes each tile's output columns by the phase's sink and turns results back into words.
 
-    A column is one output channel of ``lanes`` tokens. Columns past ``phase.n_cols`` are
-    dropped. For the router (gate logits) they go out on ``router`` with the tile's token block;
+    A column is one output channel of ``lanes`` tokens; a tile has ``cols`` of them. Columns
+    past ``phase.n_cols`` are dropped. For the router (gate logits) they go out on ``router`` with the tile's token block;
     otherwise through the post-processor (the tile's bias and requantisation, or the phase's
     fixed one; the residual's column added for ``RESIDUAL``), then GELU, the softmax (whose rows
     go into the probability buffer, ``probs_write``) or straight on. Results, and LayerNorm's
@@ -32,6 +32,8 @@ class ColumnPath(wiring.Component):
     Parameters
     ----------
     lanes, max_tokens : int
+    cols : int
+        Columns of a tile (the MAC array's); ``None`` means ``lanes``.
     router, ln : wiring.Signature
         The router's ``i`` and LayerNorm's ``o`` stream signatures.
 
@@ -40,7 +42,7 @@ class ColumnPath(wiring.Component):
     i : In(stream.Signature({"data": ArrayLayout(signed(ACC_BITS), lanes), "last": 1}))
         The MAC array's columns.
     tiles : In(stream.Signature(Tile))
-        Taken with a tile's ``lanes``-th column.
+        Taken with a tile's ``cols``-th column.
     phase : In(Phase)
     param_half, param_col : Out, param : In(TileParams)
         The weight buffer's record of the column's channel, read combinationally.
@@ -62,14 +64,14 @@ class ColumnPath(wiring.Component):
     64 on edge-moe for 16) mostly hides.
     """
 
-    def __init__(self, lanes, max_tokens, *, router, ln):
-        self.lanes, self.max_tokens = lanes, max_tokens
+    def __init__(self, lanes, max_tokens, *, cols=None, router, ln):
+        self.lanes, self.max_tokens, self.cols = lanes, max_tokens, cols or lanes
         word = lane_layout(lanes, signed(16))
         probs = data.StructLayout({"addr": 16, "data": data.ArrayLayout(unsigned(PROB_FRAC + 1), lanes)})
         super().__init__({
             "i": In(stream.Signature(lane_layout(lanes, signed(ACC_BITS)))),
             "tiles": In(stream.Signature(Tile)), "phase": In(Phase),
-            "param_half": Out(1), "param_col": Out(range(lanes)), "param": In(TileParams),
+            "param_half": Out(1), "param_col": Out(range(self.cols)), "param": In(TileParams),
             "residual": In(stream.Signature(word)),
             "release": Out(2), "retire": Out(1),
             "router": Out(router), "ln": In(ln),
@@ -92,12 +94,13 @@ class ColumnPath(wiring.Component):
 
     def _columns(self, m, post):
         """The MAC array's columns, one per cycle, to the router or the post-processor."""
-        N, ph, t, mac, res = self.lanes, self.phase, self.tiles.payload, self.i, self.residual
-        col = Signal(range(N))
-        cols_valid = Signal(range(N + 1))
+        N, C = self.lanes, self.cols
+        ph, t, mac, res = self.phase, self.tiles.payload, self.i, self.residual
+        col = Signal(range(C))
+        cols_valid = Signal(range(C + 1))
         rem_cols = Signal(signed(18))
-        m.d.comb += [rem_cols.eq(ph.n_cols - t.cb * N),
-                     cols_valid.eq(Mux(rem_cols >= N, N, Mux(rem_cols < 0, 0, rem_cols)))]
+        m.d.comb += [rem_cols.eq(ph.n_cols - t.cb * C),
+                     cols_valid.eq(Mux(rem_cols >= C, C, Mux(rem_cols < 0, 0, rem_cols)))]
         keep = col < cols_valid
         m.d.comb += [self.param_half.eq(t.half), self.param_col.eq(col)]
         record, router = self.param, self.router
@@ -127,7 +130,7 @@ class ColumnPath(wiring.Component):
             m.d.comb += [post.i.payload.residual[i].eq(res.payload.data[i]) for i in range(N)]
         with m.If(col_taken):
             m.d.sync += col.eq(col + 1)
-            with m.If(col == N - 1):
+            with m.If(col == C - 1):
                 m.d.sync += col.eq(0)
                 m.d.comb += self.tiles.ready.eq(1)
                 with m.If(t.release):

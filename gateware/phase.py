@@ -40,8 +40,9 @@ class Sink(enum.Enum, shape=3):
 
 
 #: One tile: token block ``tb`` by output-channel block ``cb``, its weights in buffer half
-#: ``half``; ``release`` on the last tile to use that half, ``last`` on the phase's last tile.
-Tile = data.StructLayout({"tb": 12, "cb": 12, "half": 1, "release": 1, "last": 1})
+#: ``half``; ``release`` on the last tile to use that half, ``last`` on the phase's last tile;
+#: ``blocks``: the token words per token it yields (its valid channels in words, or LayerNorm's row).
+Tile = data.StructLayout({"tb": 12, "cb": 12, "half": 1, "release": 1, "last": 1, "blocks": 8})
 #: One weight-tile fetch: DRAM offset (from ``weights_base``), beats, the buffer half it fills.
 Fetch = data.StructLayout({"addr": ADDR_BITS, "beats": 16, "half": 1})
 
@@ -60,12 +61,13 @@ Phase = data.StructLayout({
     "w": WRead,
     "d": Dest,
     "n_cols": 16,               # output channels
-    "n_cb": 12,                 # output-channel blocks, ceil(n_cols / lanes)
+    "n_cb": 12,                 # output-channel blocks, ceil(n_cols / cols)
     "narrow": 1,                # post-processor saturates to ACT_BITS
     "fix_params": 1,            # one (mult, shift) for all channels, no bias, instead of the tile's
     "fix_mult": 16,             # that (mult, shift); GELU's requantisation
     "fix_shift": 6,
-    "blocks_per_tile": 8,       # token words per column of a tile (LayerNorm: the row's chunks)
+    "blocks_per_tile": 8,       # token words per token of a whole tile (LayerNorm: the row's chunks)
+    "last_blocks": 8,           # the same for the last channel block, which may be partly empty
     "ln_shift": 6,              # LayerNorm affine shift and epsilon term
     "ln_eps": 48,
 })

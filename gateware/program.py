@@ -10,9 +10,10 @@ DRAM (byte addresses relative to the ``weights_base`` register):
 
 - offset 0: a 16-byte :data:`~gateware.records.Header` naming the program: ``count``
   :data:`~gateware.records.Instr` records of ``INSTR_BYTES`` each, after all the data.
-- parameters and weight *tiles*. A tile is one block of ``lanes`` output channels of a linear
-  layer: ``lanes`` :data:`~gateware.records.TileParams` records, then for each input element
-  ``k`` the ``lanes`` int8 weights of the block's channels. The MAC array reads a tile in
+- parameters and weight *tiles*. A tile is one block of ``cols`` output channels of a linear
+  layer (the MAC array's columns; the last block zero-padded): ``cols``
+  :data:`~gateware.records.TileParams` records, then for each input element ``k`` the ``cols``
+  int8 weights of the block's channels. The MAC array reads a tile in
   exactly this order, so a tile streams in one burst and is reused for every token block.
 - LayerNorm parameters: per channel one :data:`~gateware.records.LNParams` record.
 - the position embedding, int16 ``[tokens, dim]`` row-major.
@@ -26,6 +27,7 @@ On chip, every tensor lives in one activation memory of ``lanes``-wide int16 wor
 channels ``[c * lanes, (c + 1) * lanes)`` are word ``base + t * stride + c`` of its region.
 """
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +46,10 @@ __all__ = ["Op", "OutMode", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "ADDR_BITS"
 assert BEAT == BEAT_BYTES
 
 
+#: Most column groups (activation words per tile row) an array may have.
+MAX_COLUMN_GROUPS = 8
+
+
 class CapacityError(ValueError):
     """A config or program that the accelerator's on-chip memories cannot hold."""
 
@@ -55,7 +61,11 @@ class Capacity:
     Parameters
     ----------
     lanes : int
-        MAC array rows and columns, and the width of an activation word (a multiple of 8).
+        MAC array rows R (token lanes), and the width of an activation word: 8 or 16.
+    cols : int
+        MAC array columns C (output channels of a tile), a multiple of ``lanes`` and of a DRAM
+        beat (16 bytes) or equal to ``lanes``; ``None`` (the default) means ``lanes``, the
+        square array.
     act_words : int
         Depth of the activation memory.
     max_tokens : int
@@ -78,17 +88,36 @@ class Capacity:
     num_experts: int = 16
     top_k: int = 2
     max_program: int = 512
+    cols: int = None
 
     def __post_init__(self):
         # A DRAM beat must split into whole int8 words and build whole int16 words.
         if self.lanes not in MAC_LANES:
             raise CapacityError(f"lanes must be one of {', '.join(map(str, MAC_LANES))}, not {self.lanes}")
+        if self.cols is None:
+            object.__setattr__(self, "cols", self.lanes)
+        # A tile's weights for one inner index must fill whole DRAM beats (or be half of one, the
+        # square 8-lane array), and its channels whole activation words.
+        if (self.cols % self.lanes or not (self.cols == self.lanes or self.cols % BEAT_BYTES == 0)
+                or not self.lanes <= self.cols <= MAX_COLUMN_GROUPS * self.lanes):
+            raise CapacityError(f"cols must be {self.lanes} or a multiple of {math.lcm(self.lanes, BEAT_BYTES)} "
+                                f"up to {MAX_COLUMN_GROUPS * self.lanes} on a {self.lanes}-lane array, not {self.cols}")
+
+    @property
+    def groups(self):
+        """Column groups G = cols / lanes: activation words per tile row."""
+        return self.cols // self.lanes
+
+    @property
+    def shape(self):
+        """The MAC array as ``"RxC"``."""
+        return f"{self.lanes}x{self.cols}"
 
     @classmethod
-    def for_config(cls, cfg, lanes, **overrides):
-        """The smallest capacity that holds ``cfg`` at ``lanes``."""
+    def for_config(cls, cfg, lanes, cols=None, **overrides):
+        """The smallest capacity that holds ``cfg`` on a ``lanes`` x ``cols`` array."""
         need = _requirements(cfg, lanes)
-        kw = dict(lanes=lanes, act_words=need["act_words"], max_tokens=cfg.tokens,
+        kw = dict(lanes=lanes, cols=cols, act_words=need["act_words"], max_tokens=cfg.tokens,
                   max_k_chunks=need["k_chunks"], max_dim_chunks=cfg.dim // lanes,
                   num_experts=cfg.num_experts, top_k=cfg.top_k,
                   max_program=need["program"])
@@ -96,9 +125,9 @@ class Capacity:
         return cls(**kw)
 
 
-def tile_bytes(k, lanes):
-    """DRAM bytes of one tile with inner dimension ``k``."""
-    return PARAM_BYTES * lanes + k * lanes
+def tile_bytes(k, cols):
+    """DRAM bytes of one tile of ``cols`` output channels with inner dimension ``k``."""
+    return PARAM_BYTES * cols + k * cols
 
 
 def _regions(cfg, lanes):
@@ -208,18 +237,18 @@ class _Image:
         return addr
 
 
-def _tiles(w, b, mult, shift, lanes):
-    """The tiles of ``w [n_out, k]`` as bytes (see module docstring)."""
+def _tiles(w, b, mult, shift, cols):
+    """The tiles of ``w [n_out, k]`` as bytes, ``cols`` channels each (see module docstring)."""
     n_out, k = w.shape
-    blocks = -(-n_out // lanes)
+    blocks = -(-n_out // cols)
     out = bytearray()
     for cb in range(blocks):
-        ch = slice(cb * lanes, min((cb + 1) * lanes, n_out))
-        pad = lanes - (ch.stop - ch.start)
+        ch = slice(cb * cols, min((cb + 1) * cols, n_out))
+        pad = cols - (ch.stop - ch.start)
         rec = {name: np.pad(np.asarray(v[ch], np.int64), (0, pad)) for name, v in
                (("bias", b), ("mult", mult), ("shift", shift))}
-        wt = np.zeros((k, lanes), dtype=np.int8)
-        wt[:, :lanes - pad] = w[ch].T
+        wt = np.zeros((k, cols), dtype=np.int8)
+        wt[:, :cols - pad] = w[ch].T
         out += pack_records(TileParams, **rec) + wt.tobytes()
     return bytes(out)
 
@@ -232,7 +261,7 @@ class _Compiler:
     """The DRAM image and the instructions of one frame, built step by step."""
 
     def __init__(self, artifact, cap):
-        self.cfg, self.t, self.n = artifact.config, artifact.tensors, cap.lanes
+        self.cfg, self.t, self.n, self.cols = artifact.config, artifact.tensors, cap.lanes, cap.cols
         self.regions, self.act_words = _regions(self.cfg, self.n)
         self.img = _Image()
         self.img.add(bytes(BEAT_BYTES))                       # header, filled in at the end
@@ -248,7 +277,7 @@ class _Compiler:
     def tiles(self, prefix, lead=()):
         t = self.t
         return _tiles(t[prefix + "w"][lead], t[prefix + "b"][lead], t[prefix + "mult"][lead],
-                      t[prefix + "shift"][lead], self.n)
+                      t[prefix + "shift"][lead], self.cols)
 
     def dense_object(self, blob):
         self.dense += len(blob) + (-len(blob) % BEAT_BYTES)
@@ -310,7 +339,7 @@ class _Compiler:
         cfg, t, n, p, region = self.cfg, self.t, self.n, step.params, self.region
         zeros = np.zeros(cfg.num_experts, np.int64)
         gates = [_tiles(t[p + "gate.w"][task], zeros, zeros + t[p + "gate.mult"][task],
-                        zeros + t[p + "gate.shift"][task], n) for task in range(cfg.num_tasks)]
+                        zeros + t[p + "gate.shift"][task], self.cols) for task in range(cfg.num_tasks)]
         experts = [(self.tiles(p + "expert_fc1.", (e,)), self.tiles(p + "expert_fc2.", (e,)))
                    for e in range(cfg.num_experts)]
         self.gate_bytes[step.layer] = len(gates[0])

@@ -22,9 +22,12 @@ class ResidualReader(wiring.Component):
     During the MoE combine's last pass (``final.active``) it only addresses word ``final.addr``
     of the destination for the writer, every cycle.
 
+    With ``groups`` G > 1 a tile spans G words per token (channel block ``cb`` is words
+    ``G * cb`` to ``G * cb + G - 1``), read word by word, each word's ``lanes`` tokens in turn.
+
     Parameters
     ----------
-    lanes : int
+    lanes, groups : int
 
     Attributes
     ----------
@@ -39,8 +42,8 @@ class ResidualReader(wiring.Component):
         Throughput: one word read per cycle, ``lanes`` elements out per ``lanes`` cycles.
     """
 
-    def __init__(self, lanes):
-        self.lanes = lanes
+    def __init__(self, lanes, groups=1):
+        self.lanes, self.groups = lanes, groups
         word = data.ArrayLayout(signed(16), lanes)
         super().__init__({
             "tiles": In(stream.Signature(Tile)), "dest": In(Dest), "final": In(Final),
@@ -50,22 +53,24 @@ class ResidualReader(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        N, d, t, fin = self.lanes, self.dest, self.tiles.payload, self.final
+        N, G, d, t, fin = self.lanes, self.groups, self.dest, self.tiles.payload, self.final
         m.submodules.transpose = tp = Transpose(N, signed(16))
         wiring.connect(m, tp.o, wiring.flipped(self.o))
-        r = Signal(range(N))
+        r, grp = Signal(range(N)), Signal(range(G))
         valid, zero = Signal(), Signal()
         en = Signal()
         m.d.comb += [en.eq(~valid | tp.i.ready), self.mem_en.eq(en | fin.active)]
         with m.If(fin.active):
             m.d.comb += self.mem_addr.eq(d.base + fin.addr)
         with m.Else():
-            m.d.comb += self.mem_addr.eq(d.base + (t.tb * N + r + d.offset) * d.stride + d.chunk0 + t.cb)
+            m.d.comb += self.mem_addr.eq(d.base + (t.tb * N + r + d.offset) * d.stride + d.chunk0 + t.cb * G + grp)
         with m.If(self.tiles.valid & en & ~fin.active):
             m.d.sync += [valid.eq(1), zero.eq(r >= clamp_rows(m, N, d.rows, t.tb)), r.eq(r + 1)]
             with m.If(r == N - 1):
-                m.d.sync += r.eq(0)
-                m.d.comb += self.tiles.ready.eq(1)
+                m.d.sync += [r.eq(0), grp.eq(grp + 1)]
+                with m.If(grp == G - 1):
+                    m.d.sync += grp.eq(0)
+                    m.d.comb += self.tiles.ready.eq(1)
         with m.Elif(en):
             m.d.sync += valid.eq(0)
         m.d.comb += [tp.i.valid.eq(valid), tp.i.payload.data.eq(Mux(zero, 0, self.mem_data))]

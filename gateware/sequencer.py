@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+import numpy as np
+
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -12,13 +14,27 @@ from .phase import AMode, Fetch, Phase, Position, Sink, Tile, WMode
 from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr,
                       LNParams, Op, OutMode)
 
-__all__ = ["Sequencer", "Final"]
+__all__ = ["Sequencer", "Final", "ceil_div"]
 
 DATA_WIDTH = 8 * BEAT_BYTES
 
 #: The MoE combine's last pass: while ``active``, word ``addr`` of the accumulator and the
 #: residual is read, and (``valid``) word ``word`` is written back.
 Final = data.StructLayout({"active": 1, "valid": 1, "addr": 24, "word": 24})
+
+
+def ceil_div(value, divisor):
+    """``ceil(value / divisor)`` for an unsigned ``value`` of up to 16 bits and a constant
+    ``divisor``: a shift for a power of two, else a multiply by a rounded-up reciprocal, checked
+    exact over the whole range here (no divider in the hardware)."""
+    if divisor & (divisor - 1) == 0:
+        return (value + divisor - 1) >> (divisor.bit_length() - 1)
+    v = np.arange(1 << 17, dtype=np.int64)       # value + divisor - 1 stays below 2**17
+    for shift in range(17, 40):
+        mult = -(-(1 << shift) // divisor)
+        if np.array_equal((v * mult) >> shift, v // divisor):
+            return ((value + divisor - 1) * mult) >> shift
+    raise ValueError(f"no reciprocal of {divisor} is exact over 17 bits")
 
 
 def act_write_layout(lanes):
@@ -152,14 +168,14 @@ class _Settings:
         self.m.d.sync += [d.base.eq(base), d.stride.eq(stride), d.chunk0.eq(chunk0), d.rows.eq(rows),
                           d.offset.eq(offset)]
 
-    def set_sink(self, sink, w=1, c=1, r=0, o=1, blocks=1):
+    def set_sink(self, sink, w=1, c=1, r=0, o=1, blocks=None):
         regs = self.r
         self.m.d.sync += [self.ph.sink.eq(sink), regs.use_w.eq(w), regs.use_c.eq(c), regs.use_r.eq(r),
-                          regs.use_o.eq(o), self.ph.blocks_per_tile.eq(blocks)]
+                          regs.use_o.eq(o), self.ph.blocks_per_tile.eq(self.G if blocks is None else blocks)]
 
     def set_tiles(self, k_chunks, dram):
-        r, N = self.r, self.N
-        bytes_ = PARAM_BYTES * N + k_chunks * N * N
+        r, N, C = self.r, self.N, self.C
+        bytes_ = PARAM_BYTES * C + k_chunks * N * C
         self.m.d.sync += [r.fetch_base.eq(dram), r.tile_bytes.eq(bytes_), r.fetch_beats.eq(bytes_ // BEAT_BYTES)]
 
     def set_columns(self, n_cols, narrow=None, fix_params=None, mult=None, shift=None):
@@ -226,8 +242,8 @@ class _PhaseStates(_Settings):
             self.set_sink(Sink.ROUTER, o=0)
             self.set_columns(ins.n_out)
             m.d.sync += seq.dma_owner.eq(0)
-            # With more experts than lanes, each token block needs every gate tile in turn.
-            self.start_tiles(0, self.n_blocks, outer=ins.n_out > N)
+            # With more experts than columns, each token block needs every gate tile in turn.
+            self.start_tiles(0, self.n_blocks, outer=ins.n_out > self.C)
             m.next = "ISSUE"
         with m.State("MOE_EXPERT"):
             m.d.comb += seq.experts.ready.eq(1)
@@ -382,7 +398,7 @@ class _TileStates(_Settings):
 
     def _descriptors(self):
         """The tile and fetch descriptors the ISSUE state pushes, and the MoE prefetch."""
-        m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
+        m, seq, r, ins, N, C = self.m, self.seq, self.r, self.ins, self.N, self.C
         first_tb = r.tb == 0
         m.d.comb += r.need_fetch.eq(r.use_w & (self.ph.w.mode == WMode.TILE) & (r.tb_outer | first_tb))
         m.d.comb += r.last_tile.eq(Mux(r.tb_outer, (r.tb == r.tb_end - 1) & (r.cb == self.n_cb - 1),
@@ -390,7 +406,8 @@ class _TileStates(_Settings):
         tile = Signal(Tile)
         m.d.comb += [tile.tb.eq(r.tb), tile.cb.eq(r.cb),
                      tile.half.eq(Mux(r.need_fetch, Mux(r.prefetched, r.pre_half, r.half), r.cur_half)),
-                     tile.release.eq(r.tb_outer | (r.tb == r.tb_end - 1)), tile.last.eq(r.last_tile)]
+                     tile.release.eq(r.tb_outer | (r.tb == r.tb_end - 1)), tile.last.eq(r.last_tile),
+                     tile.blocks.eq(Mux(r.cb == self.n_cb - 1, self.last_blocks, self.ph.blocks_per_tile))]
         for unit in "awcro":
             m.d.comb += getattr(seq, f"{unit}_tile").payload.eq(tile)
         m.d.comb += [seq.fetch.payload.addr.eq(r.fetch_base + r.cb * r.tile_bytes),
@@ -399,10 +416,10 @@ class _TileStates(_Settings):
         next_expert = seq.experts.payload.expert
         with m.If(self.ph.sink == Sink.GELU):
             m.d.comb += [prefetch.addr.eq(ins.dram1 + r.expert * ins.stride1 + ins.dram2),
-                         prefetch.beats.eq((PARAM_BYTES * N + ins.count * N * N) // BEAT_BYTES)]
+                         prefetch.beats.eq((PARAM_BYTES * C + ins.count * N * C) // BEAT_BYTES)]
         with m.Else():
             m.d.comb += [prefetch.addr.eq(ins.dram1 + next_expert * ins.stride1),
-                         prefetch.beats.eq((PARAM_BYTES * N + ins.k_chunks * N * N) // BEAT_BYTES)]
+                         prefetch.beats.eq((PARAM_BYTES * C + ins.k_chunks * N * C) // BEAT_BYTES)]
         m.d.comb += prefetch.half.eq(r.half)
         with m.If(r.prefetch):
             m.d.comb += [seq.fetch.payload.eq(prefetch), seq.fetch.valid.eq(1)]
@@ -510,11 +527,12 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
 
     def __init__(self, seq, m):
         self.seq, self.m, self.cap, self.N = seq, m, seq.cap, seq.cap.lanes
+        self.C, self.G = seq.cap.cols, seq.cap.groups
         self.words_per_beat = BEAT_BYTES // self.N         # int8 words (N lanes) per DRAM beat
         self.beats_per_word16 = 2 * self.N // BEAT_BYTES   # DRAM beats per int16 word
         cap = self.cap
         self.ins, self.ph = Signal(Instr), Signal(Phase)
-        self.n_cb = Signal(12)
+        self.n_cb, self.last_blocks = Signal(12), Signal(8)
         self.r = SimpleNamespace(
             pc=Signal(16), n_instr=Signal(16), prog_off=Signal(ADDR_BITS), beat=Signal(24),
             acc=Signal(INSTR_BYTES * 8),
@@ -547,8 +565,12 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
 
     def build(self):
         m, seq, r, N = self.m, self.seq, self.r, self.N
-        m.d.comb += [self.n_cb.eq((self.ph.n_cols + N - 1) // N), seq.phase.eq(self.ph),
-                     seq.phase.n_cb.eq(self.n_cb)]
+        ph = self.ph
+        m.d.comb += [self.n_cb.eq(ceil_div(ph.n_cols, self.C)), seq.phase.eq(ph), seq.phase.n_cb.eq(self.n_cb),
+                     # The last channel block's words: what is left of the channels after the others.
+                     self.last_blocks.eq(Mux(ph.sink == Sink.LAYERNORM, ph.blocks_per_tile,
+                                             ceil_div(ph.n_cols, N) - (self.n_cb - 1) * self.G)),
+                     seq.phase.last_blocks.eq(self.last_blocks)]
         m.d.sync += r.outstanding.eq(r.outstanding + r.issue - seq.retire)
         m.d.comb += [seq.position.running.eq(r.running), seq.position.pc.eq(r.pc), seq.position.expert.eq(r.expert)]
         with m.If(seq.busy):

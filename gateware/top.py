@@ -2,7 +2,7 @@
 
 The sequencer runs the program of ``gateware/program.py`` (compiled from the config and the
 quantised artifact) one instruction at a time. Matrix products are cut into *tiles*: a block of
-``lanes`` tokens by a block of ``lanes`` output channels, over the whole inner dimension. For each
+``lanes`` tokens by a block of ``cols`` output channels, over the whole inner dimension. For each
 tile the sequencer pushes one descriptor into the queue of every unit the phase uses; the units
 then run on their own, joined only by their streams:
 
@@ -71,8 +71,8 @@ class Accelerator(wiring.Component):
     Parameters
     ----------
     cap : Capacity
-        Sizes of the on-chip memories and the array (``gateware.program.Capacity``); the default
-        holds the edge-moe config on a 16 x 16 array.
+        Sizes of the on-chip memories and the ``lanes`` x ``cols`` array
+        (``gateware.program.Capacity``); the default holds the edge-moe config on a 16 x 16 array.
 
     Attributes
     ----------
@@ -113,7 +113,8 @@ class Accelerator(wiring.Component):
         m.submodules.dma = datapath(dma)
         wiring.connect(m, wiring.flipped(self.axi), dma.axi)
 
-        mac = MACArray(N, N)
+        C, G = cap.cols, cap.groups
+        mac = MACArray(N, C)
         m.submodules.mac = datapath(mac)
         ln = LayerNorm(N, cap.max_dim_chunks * N)
         m.submodules.layernorm = datapath(ln)
@@ -138,15 +139,15 @@ class Accelerator(wiring.Component):
         m.submodules.probs = probs = Memory(shape=data.ArrayLayout(unsigned(PROB_FRAC + 1), N),
                                             depth=cap.max_tokens, init=[])
         probs_rd, probs_wr = probs.read_port(), probs.write_port()
-        fetcher = TileFetcher(N, self.kmax)
+        fetcher = TileFetcher(C, self.kmax)
         m.submodules.fetcher = datapath(fetcher)
         ra = TileReader(N)
         m.submodules.a_reader = datapath(ra)
-        rw = TileReader(N, pack=BEAT_BYTES // N, half_words=self.kmax)
+        rw = TileReader(N, groups=G, pack=fetcher.pack, half_words=self.kmax)
         m.submodules.w_reader = datapath(rw)
-        res = ResidualReader(N)
+        res = ResidualReader(N, G)
         m.submodules.residual = datapath(res)
-        cols = ColumnPath(N, cap.max_tokens,
+        cols = ColumnPath(N, cap.max_tokens, cols=C,
                           router=router.signature.members["i"].signature.flip(),
                           ln=ln.signature.members["o"].signature)
         m.submodules.columns = datapath(cols)
@@ -242,7 +243,7 @@ class Accelerator(wiring.Component):
     def _readers(self, m, ph, ra, rw, store, fetcher, probs_rd, q_a, seq):
         """The A reader on the activations or the probability buffer, the W reader on the
         activations or the weight buffer, each walking as the phase says."""
-        N = self.lanes
+        N, C = self.lanes, self.cap.cols
         m.d.comb += [store.a.en.eq(ra.mem_en), probs_rd.en.eq(ra.mem_en), store.a.addr.eq(ra.mem_addr),
                      probs_rd.addr.eq(ra.mem_addr), q_a.addr.eq(ra.list_addr), ra.list_token.eq(q_a.data.token)]
         m.d.comb += [store.w.en.eq(rw.mem_en), fetcher.w_en.eq(rw.mem_en), store.w.addr.eq(rw.mem_addr),
@@ -259,11 +260,11 @@ class Accelerator(wiring.Component):
             m.d.comb += [rw.go.eq(ready), seq.stall.eq(rw.tiles.valid & ~ready)]
             with m.If(rw.tiles.ready & w_t.release):
                 m.d.comb += fetcher.spend.eq(1 << w_t.half)
-            for i in range(N):
-                m.d.comb += rw.mem_data[i].eq(fetcher.w_data.as_value().word_select(rw.sub * N + i, 8).as_signed()
-                                              if BEAT_BYTES > N else fetcher.w_data[i])
+            for i in range(C):
+                m.d.comb += rw.mem_data[i].eq(fetcher.w_data.as_value().word_select(rw.sub * C + i, 8).as_signed()
+                                              if fetcher.pack > 1 else fetcher.w_data[i])
         with m.Else():
-            m.d.comb += [rw.go.eq(1), rw.mem_data.eq(store.w.data)]
+            m.d.comb += [rw.go.eq(1)] + [rw.mem_data[i].eq(store.w.data[i]) for i in range(N)]
 
     def _join(self, m, seq, a_out, w_out, mac, ln):
         """The A and W streams into the MAC array, A alone into LayerNorm or to the store."""
@@ -278,7 +279,7 @@ class Accelerator(wiring.Component):
             m.d.comb += [mac.i.valid.eq(both), a_out.ready.eq(both & mac.i.ready),
                          w_out.ready.eq(both & mac.i.ready), mac.i.payload.last.eq(a_out.payload.last)]
             m.d.comb += [mac.i.payload.a[i].eq(a_out.payload.data[i]) for i in range(N)]
-            m.d.comb += [mac.i.payload.w[i].eq(w_out.payload.data[i]) for i in range(N)]
+            m.d.comb += [mac.i.payload.w[i].eq(w_out.payload.data[i]) for i in range(self.cap.cols)]
         with m.Else():
             # STORE16: the sequencer takes the words to the DMA.
             m.d.comb += [seq.store.valid.eq(a_out.valid), seq.store.payload.eq(a_out.payload),
@@ -295,7 +296,7 @@ class Accelerator(wiring.Component):
                      cols.probs_arm.eq(seq.probs_arm), seq.probs_pending.eq(cols.probs_pending)]
         m.d.comb += [probs_wr.en.eq(cols.probs_write.valid), probs_wr.addr.eq(cols.probs_write.payload.addr),
                      probs_wr.data.eq(cols.probs_write.payload.data)]
-        m.d.comb += [writer.dest.eq(ph.d), writer.blocks.eq(ph.blocks_per_tile),
+        m.d.comb += [writer.dest.eq(ph.d),
                      writer.combine.eq(ph.sink == Sink.COMBINE), writer.final.eq(seq.final),
                      writer.residual.eq(store.r.data), q_o.addr.eq(writer.list_addr),
                      writer.list_token.eq(q_o.data.token), writer.list_weight.eq(q_o.data.weight),

@@ -18,9 +18,9 @@ __all__ = ["Writer"]
 class Writer(wiring.Component):
     """Stores each tile's result words, or adds them into the MoE accumulator, and retires tiles.
 
-    A tile's words come token by token (``lanes`` per column block, ``blocks`` column blocks per
-    tile): token ``t``'s word goes to ``dest.base + (t + dest.offset) * dest.stride +
-    dest.chunk0 + cb``; tokens past ``dest.rows`` are dropped. With ``combine``, the token is
+    A tile's words come token by token (``lanes`` per column block, the tile's ``blocks`` column
+    blocks): token ``t``'s word of block ``b`` goes to ``dest.base + (t + dest.offset) *
+    dest.stride + dest.chunk0 + groups * cb + b``; tokens past ``dest.rows`` are dropped. With ``combine``, the token is
     the expert queue's entry ``t`` instead, and the word, times the entry's gate weight, is added
     into that token's accumulator word (``dest.stride`` words per token). The last pass
     (``final.active``, driven by the sequencer) rounds the accumulator into the residual stream:
@@ -36,8 +36,6 @@ class Writer(wiring.Component):
     i : In(stream.Signature({"data": ArrayLayout(signed(16), lanes), "last": 1}))
         Result words, one token each (``last`` unused); taken while a descriptor is there.
     dest : In(Dest)
-    blocks : In(8)
-        Column blocks per tile.
     combine : In(1)
     final : In(Final)
     residual : In(ArrayLayout(signed(16), lanes))
@@ -53,11 +51,12 @@ class Writer(wiring.Component):
 
     def __init__(self, cap):
         self.cap, N = cap, cap.lanes
+        self.groups = cap.groups
         word = data.ArrayLayout(signed(16), N)
         super().__init__({
             "tiles": In(stream.Signature(Tile)),
             "i": In(stream.Signature(data.StructLayout({"data": word, "last": 1}))),
-            "dest": In(Dest), "blocks": In(8), "combine": In(1), "final": In(Final), "residual": In(word),
+            "dest": In(Dest), "combine": In(1), "final": In(Final), "residual": In(word),
             "list_addr": Out(16), "list_token": In(16), "list_weight": In(16),
             "act_write": Out(stream.Signature(act_write_layout(N), always_ready=True)),
             "retire": Out(1),
@@ -79,7 +78,7 @@ class Writer(wiring.Component):
             m.d.sync += r.eq(r + 1)
             with m.If(r == N - 1):
                 m.d.sync += [r.eq(0), blk.eq(blk + 1)]
-                with m.If(blk == self.blocks - 1):
+                with m.If(blk == t.blocks - 1):
                     m.d.sync += blk.eq(0)
                     m.d.comb += [self.tiles.ready.eq(1), self.retire.eq(1)]
         out = self.act_write
@@ -88,13 +87,15 @@ class Writer(wiring.Component):
         with m.Elif(self.combine):
             valid, addr = Signal(), Signal(range(cap.max_tokens * cap.max_dim_chunks))
             weight, value = Signal(16), Signal(data.ArrayLayout(signed(16), N))
-            m.d.comb += [acc_rd.en.eq(1), acc_rd.addr.eq(self.list_token * d.stride + d.chunk0 + t.cb)]
+            m.d.comb += [acc_rd.en.eq(1),
+                         acc_rd.addr.eq(self.list_token * d.stride + d.chunk0 + t.cb * self.groups + blk)]
             m.d.sync += [valid.eq(keep), addr.eq(acc_rd.addr), weight.eq(self.list_weight),
                          value.eq(self.i.payload.data)]
             m.d.comb += [acc_wr.en.eq(valid), acc_wr.addr.eq(addr)]
             m.d.comb += [acc_wr.data[i].eq(acc_rd.data[i] + weight * value[i]) for i in range(N)]
         with m.Else():
-            m.d.comb += [out.payload.addr.eq(d.base + (t.tb * N + r + d.offset) * d.stride + d.chunk0 + t.cb + blk),
+            m.d.comb += [out.payload.addr.eq(d.base + (t.tb * N + r + d.offset) * d.stride + d.chunk0
+                                             + t.cb * self.groups + blk),
                          out.payload.data.eq(self.i.payload.data), out.valid.eq(keep)]
         return m
 

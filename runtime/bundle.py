@@ -132,7 +132,10 @@ class Bundle:
         try:
             files = manifest["files"]
             config = {name: manifest["config"][name] for name in CONFIG_FIELDS}
-            capacity = {name: int(manifest["capacity"][name]) for name in CAPACITY_FIELDS}
+            # Bundles from before the rectangular array have no cols: theirs was square.
+            capacity = {name: int(manifest["capacity"][name] if name != "cols"
+                                  else manifest["capacity"].get("cols", manifest["capacity"]["lanes"]))
+                        for name in CAPACITY_FIELDS}
             register_map = tuple(int(v) for v in manifest["register_map"])
             output_scale = float(manifest["output"]["scale"])
             routing = manifest.get("routing")

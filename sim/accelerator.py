@@ -256,24 +256,24 @@ def useful_macs(cfg, tokens_per_layer_expert):
     return macs
 
 
-def array_cycles(cfg, lanes, expert_tokens):
-    """Cycles the MAC array itself needs for one frame: each tile (``lanes`` tokens by ``lanes``
-    output channels) takes one cycle per inner element, partly empty tiles included.
+def array_cycles(cfg, rows, cols, expert_tokens):
+    """Operand transfers into the MAC array in one frame: each tile (``rows`` tokens by ``cols``
+    output channels) takes one per inner element, partly empty tiles included.
 
     ``expert_tokens``: MoE layer -> token counts of the experts that ran. The frame's cycles above
-    this are the rest of the machine (fetch stalls, LayerNorm, phase changes); useful MACs below
-    ``lanes**2`` times this are tile padding.
+    this are the rest of the machine (fetch stalls, LayerNorm, phase changes, operands that take
+    more than a cycle); useful MACs below ``rows * cols`` times this are tile padding.
     """
-    t, d, n = cfg.tokens, cfg.dim, lanes
+    t, d = cfg.tokens, cfg.dim
 
-    def gemm(rows, out, k):
-        return -(-rows // n) * -(-out // n) * k
+    def gemm(n_rows, out, k):
+        return -(-n_rows // rows) * -(-out // cols) * k
 
-    blocks = -(-t // n)
+    blocks = -(-t // rows)
     cycles = gemm(cfg.num_patches, d, cfg.patch_dim)
     for layer in range(cfg.depth):
         cycles += gemm(t, 3 * d, d) + gemm(t, d, d)
-        cycles += cfg.heads * blocks * (gemm(n, t, cfg.head_dim) + gemm(n, cfg.head_dim, t))
+        cycles += cfg.heads * blocks * (gemm(rows, t, cfg.head_dim) + gemm(rows, cfg.head_dim, t))
         if cfg.is_moe(layer):
             cycles += gemm(t, cfg.num_experts, d)
             for count in expert_tokens[layer]:
@@ -300,20 +300,21 @@ def frame_report(artifact, task, result, golden, cap):
         per_expert = np.bincount(np.asarray(trace[layer]["experts"]).ravel(), minlength=cfg.num_experts)
         counts[layer] = [int(per_expert[e]) for e in active]
         minimum += frame.gate_bytes[layer] + len(active) * frame.expert_bytes[layer]
-    n = cap.lanes
+    n, pes = cap.lanes, cap.lanes * cap.cols
     macs = useful_macs(cfg, queued)
-    tile_cycles = array_cycles(cfg, n, counts)
+    tile_cycles = array_cycles(cfg, cap.lanes, cap.cols, counts)
     mismatches = int(np.count_nonzero(result.output != golden.output))
     # Tokens (per MoE layer) whose recorded experts differ from golden's, in rank order.
     routing_mismatches = int(np.count_nonzero((result.routing != golden_routing(cfg, golden)).any(axis=-1)))
     return {
-        "config": cfg.name, "task": task, "engine": result.engine, "lanes": n, "array": f"{n}x{n}", "ports": 1,
+        "config": cfg.name, "task": task, "engine": result.engine, "lanes": n, "cols": cap.cols, "array": cap.shape,
+        "ports": 1, "array_dsp": pes,
         "bit_exact": mismatches == 0, "mismatches": mismatches,
         "cycles": result.cycles, "stall_cycles": result.stalls, "dram_stall_cycles": result.stalls,
         "latency_ms_at_300mhz": result.cycles / 300e6 * 1e3,
-        "useful_macs": macs, "mac_utilization": macs / (n * n * result.cycles),
+        "useful_macs": macs, "mac_utilization": macs / (pes * result.cycles),
         "array_cycles": tile_cycles, "array_busy_fraction": tile_cycles / result.cycles,
-        "tile_fill": macs / (n * n * tile_cycles),
+        "tile_fill": macs / (pes * tile_cycles),
         "dram_bytes": result.dram_read + result.dram_written, "dram_bytes_read": result.dram_read,
         "dram_bytes_written": result.dram_written, "dram_bytes_min": minimum,
         "experts_run": experts_run, "routing_matches": routing_mismatches == 0,

@@ -1,6 +1,9 @@
 """The writer on its own: plain stores, and the MoE combine with its final rounding against golden."""
 
+import dataclasses
+
 import numpy as np
+import pytest
 
 from gateware.program import Capacity
 from gateware.writer import Writer
@@ -26,24 +29,26 @@ def _words(rng, count):
     return [[int(v) for v in rng.integers(-32768, 32768, N)] for _ in range(count)]
 
 
-def test_store_walks_the_destination():
-    """Two tiles of two column blocks each: token ``t``'s word of column block ``blk`` goes to
-    ``base + (t + offset) * stride + chunk0 + cb + blk``; tokens past ``rows`` are dropped; a
-    tile retires with its last word."""
+@pytest.mark.parametrize("groups", [1, 2])
+def test_store_walks_the_destination(groups):
+    """Tiles of one or two column blocks (the last channel block of a wide array may be partly
+    empty): token ``t``'s word of column block ``blk`` goes to ``base + (t + offset) * stride +
+    chunk0 + groups * cb + blk``; tokens past ``rows`` are dropped; a tile retires with its last
+    word."""
     rng = np.random.default_rng(1)
     dest = {"base": 3, "stride": 4, "chunk0": 1, "rows": 11, "offset": 1}
-    tiles, blocks = [(0, 0), (1, 2)], 2
-    words = _words(rng, len(tiles) * blocks * N)
-    dut = Writer(CAP)
+    tiles = [(0, 0, 2), (1, 2, 2), (1, 3, 1)]
+    words = _words(rng, sum(blocks for _, _, blocks in tiles) * N)
+    dut = Writer(dataclasses.replace(CAP, cols=groups * N))
     log, retired = [], []
 
     async def testbench(ctx):
         ctx.set(dut.dest, dest)
-        ctx.set(dut.blocks, blocks)
-        for k, (tb, cb) in enumerate(tiles):
-            ctx.set(dut.tiles.payload, {"tb": tb, "cb": cb})
+        sent = 0
+        for tb, cb, blocks in tiles:
+            ctx.set(dut.tiles.payload, {"tb": tb, "cb": cb, "blocks": blocks})
             ctx.set(dut.tiles.valid, 1)
-            tile_words = words[k * blocks * N:(k + 1) * blocks * N]
+            tile_words, sent = words[sent:sent + blocks * N], sent + blocks * N
             await stream_send(ctx, dut.i, [{"data": w, "last": 0} for w in tile_words], gaps=rng)
         ctx.set(dut.tiles.valid, 0)
         await ctx.tick()
@@ -54,12 +59,13 @@ def test_store_walks_the_destination():
 
     run_simulation(dut, testbench, processes=[_writes(dut, log), retire])
     expected, word = [], iter(words)
-    for tb, cb in tiles:
+    for tb, cb, blocks in tiles:
         for blk in range(blocks):
             for r in range(N):
                 w, t = next(word), tb * N + r
                 if t < dest["rows"]:
-                    addr = dest["base"] + (t + dest["offset"]) * dest["stride"] + dest["chunk0"] + cb + blk
+                    addr = (dest["base"] + (t + dest["offset"]) * dest["stride"] + dest["chunk0"] + groups * cb
+                            + blk)
                     expected.append((addr, w))
     assert log == expected
     assert len(retired) == len(tiles)
@@ -94,14 +100,13 @@ def test_combine_then_final_rounding():
 
     async def testbench(ctx):
         ctx.set(dut.dest, dest)
-        ctx.set(dut.blocks, 1)
         ctx.set(dut.combine, 1)
         for (tokens, weights), tile_words in zip(queues, words):
             listing["queue"] = (tokens, weights)
             look_up(ctx, ctx.get(dut.list_addr))
             ctx.set(dut.dest.rows, len(tokens))
             for tb in range(-(-len(tokens) // N)):
-                ctx.set(dut.tiles.payload, {"tb": tb, "cb": 0})
+                ctx.set(dut.tiles.payload, {"tb": tb, "cb": 0, "blocks": 1})
                 ctx.set(dut.tiles.valid, 1)
                 await stream_send(ctx, dut.i, [{"data": w, "last": 0} for w in tile_words[tb * N:(tb + 1) * N]])
                 ctx.set(dut.tiles.valid, 0)

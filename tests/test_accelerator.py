@@ -61,6 +61,23 @@ def test_tiny_frame_bit_exact_pysim(tiny, tiny_frame):
     assert report["routing_matches"] and report["routing_mismatches"] == 0
 
 
+@pytest.mark.xdist_group("tiny-wide")
+def test_tiny_frame_wide_array_pysim(tiny):
+    """An 8 x 32 array (four column groups): every tile's channels span four activation words,
+    K is read four tokens' blocks at a time and V four words per key; bit-exact, the routing is
+    golden's, the trace adds up, and the frame needs fewer tile cycles than on 8 x 8."""
+    artifact, pixels = tiny
+    cap = Capacity.for_config(artifact.config, 8, 32)
+    result = simulate_frame(artifact, pixels, 0, cap=cap, engine="pysim", trace=True)
+    golden = run_backbone(artifact, pixels, 0)
+    report = frame_report(artifact, 0, result, golden, cap)
+    assert report["bit_exact"], f"{report['mismatches']} features differ"
+    assert report["routing_matches"] and report["array"] == "8x32" and report["array_dsp"] == 256
+    _check_timeline(result, report)
+    square = frame_report(artifact, 0, result, golden, Capacity.for_config(artifact.config, 8))
+    assert report["array_cycles"] < square["array_cycles"] / 2
+
+
 def _check_timeline(result, report):
     """The trace's segments tile the frame and add up to the accelerator's own counters."""
     timeline = result.timeline
@@ -101,6 +118,9 @@ def test_capacity_errors(tiny):
         compile_frame(artifact, Capacity.for_config(cfg, 8, max_tokens=4))
     with pytest.raises(CapacityError, match="lanes"):
         Capacity(lanes=12)
+    for lanes, cols in ((8, 12), (16, 24), (16, 144), (8, 4)):
+        with pytest.raises(CapacityError, match="cols must be"):
+            Capacity(lanes=lanes, cols=cols)
     wide = dataclasses.replace(cfg, dim=36, heads=2)
     with pytest.raises(CapacityError, match="multiple"):
         check_capacity(wide, Capacity(lanes=8))

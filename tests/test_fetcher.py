@@ -1,16 +1,19 @@
 """The tile fetcher on its own: one tile from a DRAM stand-in into a half of its buffer."""
 
 import numpy as np
+import pytest
 
 from gateware.fetcher import TileFetcher
 from gateware.records import BEAT_BYTES, TileParams, pack_records
 
 from tests.sim_helpers import run_simulation, stream_put, stream_send
 
-N, KMAX, K = 8, 16, 4
+KMAX, K = 16, 4
 
 
-def test_fetch_fills_half_until_spent():
+@pytest.mark.parametrize("N", [8, 32])
+def test_fetch_fills_half_until_spent(N):
+    """Half a beat per tile row (8 columns), or a row of two beats in two memories (32)."""
     rng = np.random.default_rng(0)
     bias = rng.integers(-2**31, 2**31, N)
     mult, shift = rng.integers(0, 2**16, N), rng.integers(0, 40, N)
@@ -35,9 +38,10 @@ def test_fetch_fills_half_until_spent():
             p = ctx.get(dut.param)
             assert (p.bias, p.mult, p.shift) == (bias[j], mult[j], shift[j])
         ctx.set(dut.w_en, 1)
-        ctx.set(dut.w_addr, 0)                            # half 0, beat 0: weights k = 0, 1
+        ctx.set(dut.w_addr, 1)                            # half 0, word 1: rows k = 2, 3 or row k = 1
         await ctx.tick()
-        assert [ctx.get(dut.w_data[i]) for i in range(BEAT_BYTES)] == weights[:2].ravel().tolist()
+        want = weights[2:4].ravel() if N < BEAT_BYTES else weights[1]
+        assert [ctx.get(dut.w_data[i]) for i in range(max(N, BEAT_BYTES))] == want.tolist()
         ctx.set(dut.spend, 0b01)
         await ctx.tick()
         ctx.set(dut.spend, 0)

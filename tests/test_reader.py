@@ -10,8 +10,8 @@ from tests.sim_helpers import memory_port, run_simulation, stream_put, stream_re
 N = 4
 
 
-def _run(walk, tiles, mem, count, tokens=None, stalls=True):
-    dut = TileReader(N)
+def _run(walk, tiles, mem, count, tokens=None, stalls=True, groups=1):
+    dut = TileReader(N, groups=groups)
     out = []
 
     async def testbench(ctx):
@@ -31,7 +31,7 @@ def _run(walk, tiles, mem, count, tokens=None, stalls=True):
                 ctx.set(dut.list_token, int(tokens[addr % len(tokens)]))
 
     run_simulation(dut, testbench, sink, processes=[memory_port(dut, mem), token_list])
-    return np.array([[p.data[i] for i in range(N)] for p in out]), [p.last for p in out]
+    return np.array([[p.data[i] for i in range(groups * N)] for p in out]), [p.last for p in out]
 
 
 @pytest.mark.parametrize("use_list", [False, True])
@@ -61,5 +61,37 @@ def test_plain_walk_two_tiles():
     base, stride, count = 7, 3, 5
     data, last = _run(dict(by_cb=1, base=base, stride=stride, count=count), [(0, 2), (0, 4)], mem, 2 * count)
     want = [mem[base + k * stride + cb] for cb in (2, 4) for k in range(count)]
+    np.testing.assert_array_equal(data, np.array(want))
+    assert last == ([False] * (count - 1) + [True]) * 2
+
+
+def test_wide_transposed_walk():
+    """Two groups: a block is ``2 * lanes`` tokens (the tile's ``cb``), element j carries channel j
+    of all of them side by side; tokens past ``rows`` are 0."""
+    rng = np.random.default_rng(3)
+    mem = rng.integers(-3000, 3000, size=(96, N))
+    base, stride, chunk0, chunks, rows, cb = 2, 3, 1, 2, 13, 1
+    walk = dict(transposed=1, by_cb=1, base=base, stride=stride, chunk0=chunk0, chunks=chunks, rows=rows)
+    data, last = _run(walk, [(0, cb)], mem, chunks * N, groups=2)
+    want = np.zeros((chunks * N, 2 * N), np.int64)
+    for c in range(chunks):
+        for i in range(2 * N):
+            t = cb * 2 * N + i
+            if t < rows:
+                want[c * N:(c + 1) * N, i] = mem[base + t * stride + chunk0 + c]
+    np.testing.assert_array_equal(data, want)
+    assert last == [False] * (chunks * N - 1) + [True]
+
+
+def test_wide_plain_walk_gathers_words():
+    """Two groups by channel block: element k is words ``2 * cb`` and ``2 * cb + 1`` of token k
+    side by side (V for A.V on a wide array)."""
+    rng = np.random.default_rng(4)
+    mem = rng.integers(-3000, 3000, size=(64, N))
+    base, stride, chunk0, count = 5, 6, 1, 4
+    data, last = _run(dict(by_cb=1, base=base, stride=stride, chunk0=chunk0, count=count), [(0, 0), (0, 1)],
+                      mem, 2 * count, groups=2)
+    want = [np.concatenate([mem[base + k * stride + chunk0 + 2 * cb + g] for g in range(2)])
+            for cb in (0, 1) for k in range(count)]
     np.testing.assert_array_equal(data, np.array(want))
     assert last == ([False] * (count - 1) + [True]) * 2

@@ -1,6 +1,7 @@
 """The residual reader on its own: each tile's destination words, transposed, against numpy."""
 
 import numpy as np
+import pytest
 
 from gateware.residual import ResidualReader
 from tests.sim_helpers import memory_port, run_simulation, stream_put, stream_receive
@@ -8,14 +9,16 @@ from tests.sim_helpers import memory_port, run_simulation, stream_put, stream_re
 N = 4
 
 
-def test_tiles_read_the_destination_transposed():
+@pytest.mark.parametrize("groups", [1, 2])
+def test_tiles_read_the_destination_transposed(groups):
     """Two tiles of a destination region with an offset: element ``j`` of a tile is channel
-    ``j`` of its token block; tokens past ``rows`` read as zero; random back-pressure."""
+    ``j`` of its token block (``groups`` words per tile); tokens past ``rows`` read as zero;
+    random back-pressure."""
     rng = np.random.default_rng(3)
     mem = rng.integers(-32768, 32768, size=(96, N))
     dest = {"base": 5, "stride": 3, "chunk0": 1, "rows": 6, "offset": 2}
     tiles = [(0, 1), (1, 0)]
-    dut = ResidualReader(N)
+    dut = ResidualReader(N, groups)
     out = []
 
     async def testbench(ctx):
@@ -24,18 +27,20 @@ def test_tiles_read_the_destination_transposed():
             await stream_put(ctx, dut.tiles, {"tb": tb, "cb": cb})
 
     async def sink(ctx):
-        out.extend(await stream_receive(ctx, dut.o, N * len(tiles), stalls=np.random.default_rng(4)))
+        out.extend(await stream_receive(ctx, dut.o, groups * N * len(tiles), stalls=np.random.default_rng(4)))
 
     run_simulation(dut, testbench, sink, processes=[memory_port(dut, mem)])
     got = np.array([[int(v) for v in p.data] for p in out])
     want = []
     for tb, cb in tiles:
-        block = np.zeros((N, N), np.int64)           # [token, channel]
-        for i in range(N):
-            t = tb * N + i
-            if t < dest["rows"]:
-                block[i] = mem[dest["base"] + (t + dest["offset"]) * dest["stride"] + dest["chunk0"] + cb]
-        want.extend(block.T)
+        for g in range(groups):
+            block = np.zeros((N, N), np.int64)           # [token, channel]
+            for i in range(N):
+                t = tb * N + i
+                if t < dest["rows"]:
+                    block[i] = mem[dest["base"] + (t + dest["offset"]) * dest["stride"] + dest["chunk0"]
+                                   + groups * cb + g]
+            want.extend(block.T)
     np.testing.assert_array_equal(got, np.array(want))
 
 

@@ -16,11 +16,12 @@ def read_port_signature(lanes):
 
 
 class ActivationStore(wiring.Component):
-    """``depth`` words of ``lanes`` int16, one write port and three read ports.
+    """``depth`` words of ``lanes`` int16, one write port and two read ports.
 
-    The memory is held once per reader, all copies written together: the three readers each
-    take a word every cycle, and a URAM288 has two ports (one goes to the write). In URAM a
-    16 K-word copy is 4 x 4 blocks, so the board build's three take 48 of the 96.
+    The memory is held once per reader, all copies written together: both readers take a word
+    every cycle, and a URAM288 has two ports (one goes to the write). In URAM a 16 K-word copy
+    is 4 x 4 blocks, so the board build's two take 32 of the 96. (The W reader reads K and V
+    from the attention buffers of ``gateware.kv_buffers`` instead.)
 
     Parameters
     ----------
@@ -29,20 +30,20 @@ class ActivationStore(wiring.Component):
     Attributes
     ----------
     write : In(stream.Signature(act_write_layout(lanes), always_ready=True))
-    a, w, r : In(read_port_signature(lanes))
-        The A reader's, the W reader's and the residual reader's ports; latency 1 cycle.
+    a, r : In(read_port_signature(lanes))
+        The A reader's and the residual reader's ports; latency 1 cycle.
     """
 
     def __init__(self, lanes, depth):
         self.lanes, self.depth = lanes, depth
         super().__init__({
             "write": In(stream.Signature(act_write_layout(lanes), always_ready=True)),
-            **{name: In(read_port_signature(lanes)) for name in "awr"},
+            **{name: In(read_port_signature(lanes)) for name in "ar"},
         })
 
     def elaborate(self, platform):
         m = Module()
-        for name in "awr":
+        for name in "ar":
             m.submodules[f"act_{name}"] = copy = Memory(shape=data.ArrayLayout(signed(16), self.lanes),
                                                         depth=self.depth, init=[], attrs={"ram_style": "ultra"})
             read, write, port = copy.read_port(), copy.write_port(), getattr(self, name)

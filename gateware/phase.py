@@ -10,7 +10,8 @@ from amaranth.lib import data, enum
 
 from .records import ADDR_BITS
 
-__all__ = ["AMode", "WMode", "Sink", "Tile", "Fetch", "ARead", "WRead", "Dest", "Phase", "Position", "Trace"]
+__all__ = ["AMode", "WMode", "Sink", "Tile", "Fetch", "ARead", "WRead", "Dest", "KVCopy", "Phase", "Position",
+           "Trace"]
 
 
 class AMode(enum.Enum, shape=2):
@@ -24,8 +25,8 @@ class AMode(enum.Enum, shape=2):
 class WMode(enum.Enum, shape=2):
     """What the W reader streams."""
     TILE = 0      # the weight-tile buffer
-    TRANS = 1     # tokens of a region, transposed (K for QK^T)
-    DIRECT = 2    # one word per token (V for A.V)
+    TRANS = 1     # K for QK^T, transposed from the K buffer
+    DIRECT = 2    # V for A.V, one word per token from the V buffer
 
 
 class Sink(enum.Enum, shape=3):
@@ -54,6 +55,10 @@ WRead = data.StructLayout({"mode": WMode, "base": 24, "stride": 8, "chunk0": 8, 
 #: Where results go: token ``t`` of ``rows`` is written at ``base + (t + offset) * stride + chunk0``.
 Dest = data.StructLayout({"base": 24, "stride": 8, "chunk0": 8, "rows": 16, "offset": 8})
 
+#: A QKV GEMM's copy of K and V into the attention buffers: words ``k_chunk`` to ``v_chunk - 1``
+#: of each token are K, the as many from ``v_chunk`` on are V.
+KVCopy = data.StructLayout({"on": 1, "k_chunk": 8, "v_chunk": 8})
+
 #: The settings of one phase.
 Phase = data.StructLayout({
     "sink": Sink,
@@ -70,6 +75,7 @@ Phase = data.StructLayout({
     "last_blocks": 8,           # the same for the last channel block, which may be partly empty
     "ln_shift": 6,              # LayerNorm affine shift and epsilon term
     "ln_eps": 48,
+    "kv": KVCopy,
 })
 
 #: Where in the program the sequencer is: ``running`` from the first instruction's fetch to the

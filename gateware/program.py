@@ -27,7 +27,6 @@ On chip, every tensor lives in one activation memory of ``lanes``-wide int16 wor
 channels ``[c * lanes, (c + 1) * lanes)`` are word ``base + t * stride + c`` of its region.
 """
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +45,7 @@ __all__ = ["Op", "OutMode", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "ADDR_BITS"
 assert BEAT == BEAT_BYTES
 
 
-#: Most column groups (activation words per tile row) an array may have.
+#: Most column groups (activation words per tile row) an array may have, a power of two.
 MAX_COLUMN_GROUPS = 8
 
 
@@ -98,10 +97,12 @@ class Capacity:
             object.__setattr__(self, "cols", self.lanes)
         # A tile's weights for one inner index must fill whole DRAM beats (or be half of one, the
         # square 8-lane array), and its channels whole activation words.
-        if (self.cols % self.lanes or not (self.cols == self.lanes or self.cols % BEAT_BYTES == 0)
-                or not self.lanes <= self.cols <= MAX_COLUMN_GROUPS * self.lanes):
-            raise CapacityError(f"cols must be {self.lanes} or a multiple of {math.lcm(self.lanes, BEAT_BYTES)} "
-                                f"up to {MAX_COLUMN_GROUPS * self.lanes} on a {self.lanes}-lane array, not {self.cols}")
+        # Column groups are a power of two: the attention buffers' banks are picked by address bits.
+        shapes = [self.lanes << i for i in range(MAX_COLUMN_GROUPS.bit_length())
+                  if self.lanes << i == self.lanes or (self.lanes << i) % BEAT_BYTES == 0]
+        if self.cols not in shapes:
+            raise CapacityError(f"cols must be one of {', '.join(map(str, shapes))} on a {self.lanes}-lane array, "
+                                f"not {self.cols}")
 
     @property
     def groups(self):
@@ -162,6 +163,9 @@ def check_capacity(cfg, cap: Capacity):
                     ("expert_hidden", cfg.expert_hidden), ("patch_dim", cfg.patch_dim)):
         if v % n:
             raise CapacityError(f"{what} = {v} is not a multiple of the {n} lanes")
+    if cfg.head_dim % cap.cols:
+        raise CapacityError(f"head_dim = {cfg.head_dim} is not a multiple of the {cap.cols} columns (A.V reads a "
+                            f"head's V words whole from the V buffer's banks)")
     need = _requirements(cfg, n)
     limits = (("activation words", need["act_words"], cap.act_words),
               ("tokens", cfg.tokens, cap.max_tokens),
@@ -261,7 +265,8 @@ class _Compiler:
     """The DRAM image and the instructions of one frame, built step by step."""
 
     def __init__(self, artifact, cap):
-        self.cfg, self.t, self.n, self.cols = artifact.config, artifact.tensors, cap.lanes, cap.cols
+        self.cfg, self.t, self.n, self.cols, self.groups = (artifact.config, artifact.tensors, cap.lanes, cap.cols,
+                                                            cap.groups)
         self.regions, self.act_words = _regions(self.cfg, self.n)
         self.img = _Image()
         self.img.add(bytes(BEAT_BYTES))                       # header, filled in at the end
@@ -311,8 +316,10 @@ class _Compiler:
             self.linear(step)
         elif step.op == "attention":
             hc, h = cfg.head_dim // n, step.head
-            self.emit(op=Op.ATTENTION, rows=cfg.tokens, k_chunks=hc, src_chunk=h * hc, aux_chunk=d + h * hc,
-                      v_chunk=2 * d + h * hc, dst_chunk=h * hc,
+            # K's words in the K buffer are the head's; V's buffer holds a token's words in
+            # rows of ``groups``.
+            self.emit(op=Op.ATTENTION, rows=cfg.tokens, k_chunks=hc, src_chunk=h * hc, aux_chunk=h * hc,
+                      v_chunk=h * hc // self.groups, dst_chunk=h * hc,
                       mult=int(t[p + "score.mult"]), shift=int(t[p + "score.shift"]),
                       mult2=int(t[p + "av.mult"]), shift2=int(t[p + "av.shift"]),
                       **region("qkv", "src"), **region("attn", "dst"))
@@ -332,6 +339,10 @@ class _Compiler:
                       shift2=int(t[g + "shift"]), **region("hidden", "dst"))
         elif step.add_residual:
             self.emit(**fields, out_mode=OutMode.RESIDUAL, narrow=0, **region("residual", "dst"))
+        elif step.dst == "qkv":
+            # K and V also go into the attention buffers, whose banks A.V and QK^T read whole.
+            d = self.cfg.dim // self.n
+            self.emit(**fields, out_mode=OutMode.QKV, narrow=1, aux_chunk=d, v_chunk=2 * d, **region("qkv", "dst"))
         else:
             self.emit(**fields, out_mode=OutMode.WRITE, narrow=1, **region(step.dst, "dst"))
 

@@ -1,6 +1,6 @@
 """A tile reader: walks one operand of a tile through a memory, into the MAC array's order."""
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -36,12 +36,11 @@ class TileReader(wiring.Component):
     while a tile is read). A transposed walk goes through a block transposer, so a word of
     ``lanes`` tokens' channel ``c`` comes out as ``lanes`` elements, one token each.
 
-    With ``groups`` G > 1 an element is G words wide (the W operand of a ``lanes`` x
-    ``G * lanes`` array): a transposed walk takes ``G * lanes`` tokens per block through G
-    transposers side by side, and a plain walk by channel block (``by_cb``, unpacked) gathers
-    words ``G * cb`` to ``G * cb + G - 1`` of each element; both read one word per cycle, so they
-    stream an element every G cycles. A packed walk reads whole elements from a memory that is
-    G words wide.
+    With ``groups`` G > 1 the memory is G words wide (G banks read together) and so is an
+    element (the W operand of a ``lanes`` x ``G * lanes`` array): a transposed walk feeds word
+    ``g`` of each read to transposer ``g``, whose tokens are those of block ``G * block + g``
+    (bank ``g`` of the attention K buffer holds every G-th token block); a plain walk reads whole
+    elements. Either streams an element per cycle.
 
     Parameters
     ----------
@@ -63,8 +62,8 @@ class TileReader(wiring.Component):
     go : In(1)
         The tile's data is there to read (the weight buffer's half is full); reads wait for it.
     mem_addr, mem_en : Out(24), Out(1)
-        The memory's read port; ``mem_data`` (``groups * lanes`` lanes, of which a transposed or
-        gathering walk uses the first ``lanes``) is expected the cycle after an enabled read,
+        The memory's read port; ``mem_data`` (``groups * lanes`` lanes) is expected the cycle
+        after an enabled read,
         with the element ``sub`` selected for a packed walk.
     list_addr : Out(16), list_token : In(16)
         The token list (the expert's queue): entry ``list_addr``, read combinationally.
@@ -87,81 +86,61 @@ class TileReader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         N, G, w, t = self.lanes, self.groups, self.walk, self.tiles.payload
-        span = G * N          # tokens of a transposed block
         tps = [Transpose(N, signed(16)) for _ in range(G)]
         for g, tp in enumerate(tps):
             m.submodules[f"transpose{g}" if G > 1 else "transpose"] = tp
-        c, r, grp = Signal(16), Signal(range(span)), Signal(range(G))
-        valid, zero_q, last_q, chunk_last_q = Signal(), Signal(), Signal(), Signal()   # beside the read data
-        grp_q = Signal(range(G))
+        c, r = Signal(16), Signal(range(N))
+        valid, zero_q, last_q = Signal(), Signal(G), Signal()     # beside the memory's read data
         dst_ready, en = Signal(), Signal()
         m.d.comb += [en.eq(~valid | dst_ready), self.mem_en.eq(en)]
 
         block = Mux(w.by_cb, t.cb, t.tb)
-        m.d.comb += self.list_addr.eq(block * span + r)
-        token = Mux(w.list, self.list_token, block * span + r)
-        # A plain walk by channel block gathers G words per element.
-        gather = Signal()
-        if G > 1:
-            m.d.comb += gather.eq(w.by_cb & ~w.packed & ~w.transposed)
-        gen_zero, gen_last, addr, read_grp = Signal(), Signal(), Signal(24), Signal(range(G))
+        m.d.comb += self.list_addr.eq(block * N + r)
+        token = Mux(w.list, self.list_token, block * N + r)
+        gen_zero, gen_last, addr = Signal(G), Signal(), Signal(24)
         with m.If(w.transposed):
             m.d.comb += [addr.eq(w.base + token * w.stride + w.chunk0 + c),
-                         gen_zero.eq(r >= clamp_rows(m, span, w.rows, block)),
-                         gen_last.eq((c == w.chunks - 1) & (r == span - 1)), read_grp.eq(r // N)]
+                         gen_last.eq((c == w.chunks - 1) & (r == N - 1))]
+            m.d.comb += [gen_zero[g].eq(r >= clamp_rows(m, N, w.rows, block * G + g)) for g in range(G)]
         with m.Else():
-            m.d.comb += [addr.eq(w.base + c * w.stride + w.chunk0 + Mux(w.by_cb, t.cb * G + grp, 0)
+            m.d.comb += [addr.eq(w.base + c * w.stride + w.chunk0 + Mux(w.by_cb, t.cb, 0)
                                  + Mux(w.by_half, t.half * self.half_words, 0)),
-                         gen_last.eq((c == w.count - 1) & ((grp == G - 1) | ~gather)), read_grp.eq(grp)]
+                         gen_last.eq(c == w.count - 1)]
         m.d.comb += self.mem_addr.eq(Mux(w.packed, addr // self.pack, addr))
 
         read = self.tiles.valid & self.go & en
         with m.If(read):
-            m.d.sync += [valid.eq(1), zero_q.eq(gen_zero), last_q.eq(gen_last), chunk_last_q.eq(c == w.chunks - 1),
-                         grp_q.eq(read_grp)]
+            m.d.sync += [valid.eq(1), zero_q.eq(gen_zero), last_q.eq(gen_last)]
             if self.pack > 1:
                 m.d.sync += self.sub.eq(addr % self.pack)
-            # A transposed walk reads the block's tokens of a chunk before the next chunk.
+            # A transposed walk reads the N tokens of a chunk before the next chunk.
             with m.If(w.transposed):
-                with m.If(r == span - 1):
+                with m.If(r == N - 1):
                     m.d.sync += [r.eq(0), c.eq(c + 1)]
                 with m.Else():
                     m.d.sync += r.eq(r + 1)
-            with m.Elif(gather & (grp != G - 1)):
-                m.d.sync += grp.eq(grp + 1)
             with m.Else():
-                m.d.sync += [c.eq(c + 1), grp.eq(0)]
+                m.d.sync += c.eq(c + 1)
             with m.If(gen_last):
-                m.d.sync += [c.eq(0), r.eq(0), grp.eq(0)]
+                m.d.sync += [c.eq(0), r.eq(0)]
                 m.d.comb += self.tiles.ready.eq(1)
         with m.Elif(en):
             m.d.sync += valid.eq(0)
 
         word = Signal.like(self.mem_data)
-        with m.If(~zero_q):
-            m.d.comb += word.eq(self.mem_data)
-        first = word.as_value()[:16 * N]
+        for g in range(G):
+            with m.If(~zero_q[g]):
+                m.d.comb += word.as_value()[16 * N * g:16 * N * (g + 1)].eq(
+                    self.mem_data.as_value()[16 * N * g:16 * N * (g + 1)])
         for g, tp in enumerate(tps):
-            # A transposer's ``last`` counts only on its block's last word; with G of them, each
-            # block of the tile's last chunk is tagged.
-            m.d.comb += [tp.i.payload.data.eq(first), tp.i.payload.last.eq(last_q if G == 1 else chunk_last_q),
-                         tp.i.valid.eq(valid & w.transposed & (grp_q == g))]
-        all_out = Cat(tp.o.valid for tp in tps).all()
-        gathered = [Signal(16 * N, name=f"gathered{g}") for g in range(G - 1)]
+            m.d.comb += [tp.i.payload.data.eq(word.as_value()[16 * N * g:16 * N * (g + 1)]),
+                         tp.i.payload.last.eq(last_q), tp.i.valid.eq(valid & w.transposed)]
         with m.If(w.transposed):
-            m.d.comb += [dst_ready.eq(Array(tp.i.ready for tp in tps)[grp_q]), self.o.valid.eq(all_out),
+            # The transposers run in lockstep: they take and give their words together.
+            m.d.comb += [dst_ready.eq(tps[0].i.ready), self.o.valid.eq(tps[0].o.valid),
                          self.o.payload.data.eq(Cat(tp.o.payload.data for tp in tps)),
                          self.o.payload.last.eq(tps[0].o.payload.last)]
-            m.d.comb += [tp.o.ready.eq(self.o.ready & all_out) for tp in tps]
-        with m.Elif(gather & (grp_q != G - 1)):
-            m.d.comb += dst_ready.eq(1)
-            with m.If(valid):
-                for g in range(G - 1):
-                    with m.If(grp_q == g):
-                        m.d.sync += gathered[g].eq(first)
-        with m.Elif(gather):
-            m.d.comb += [self.o.valid.eq(valid), self.o.payload.data.eq(Cat(*gathered, first)),
-                         self.o.payload.last.eq(last_q), dst_ready.eq(self.o.ready)]
+            m.d.comb += [tp.o.ready.eq(self.o.ready) for tp in tps]
         with m.Else():
             m.d.comb += [self.o.valid.eq(valid), self.o.payload.data.eq(word),
                          self.o.payload.last.eq(last_q), dst_ready.eq(self.o.ready)]

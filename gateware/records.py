@@ -46,6 +46,7 @@ class OutMode(enum.IntEnum, shape=2):
     WRITE = 0
     RESIDUAL = 1        # add the destination's value before saturating
     GELU = 2            # GELU (mult2/shift2) then write
+    QKV = 3             # write, and copy K (from word aux_chunk) and V (from v_chunk) for attention
 
 
 #: The first DRAM beat at ``weights_base``.

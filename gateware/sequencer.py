@@ -10,6 +10,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .dma import command_layout
+from .kv_buffers import kv_strides
 from .phase import AMode, Fetch, Phase, Position, Sink, Tile, WMode
 from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr,
                       LNParams, Op, OutMode)
@@ -168,10 +169,12 @@ class _Settings:
         self.m.d.sync += [d.base.eq(base), d.stride.eq(stride), d.chunk0.eq(chunk0), d.rows.eq(rows),
                           d.offset.eq(offset)]
 
-    def set_sink(self, sink, w=1, c=1, r=0, o=1, blocks=None):
-        regs = self.r
+    def set_sink(self, sink, w=1, c=1, r=0, o=1, blocks=None, kv=0):
+        regs, ins = self.r, self.ins
         self.m.d.sync += [self.ph.sink.eq(sink), regs.use_w.eq(w), regs.use_c.eq(c), regs.use_r.eq(r),
-                          regs.use_o.eq(o), self.ph.blocks_per_tile.eq(self.G if blocks is None else blocks)]
+                          regs.use_o.eq(o), self.ph.blocks_per_tile.eq(self.G if blocks is None else blocks),
+                          self.ph.kv.on.eq(kv), self.ph.kv.k_chunk.eq(ins.aux_chunk),
+                          self.ph.kv.v_chunk.eq(ins.v_chunk)]
 
     def set_tiles(self, k_chunks, dram):
         r, N, C = self.r, self.N, self.C
@@ -213,7 +216,7 @@ class _PhaseStates(_Settings):
         m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
         with m.State("ATT_QK"):
             self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, ins.src_chunk, ins.k_chunks, ins.rows)
-            self.set_w(WMode.TRANS, ins.src_base, ins.src_stride, ins.aux_chunk, rows=ins.rows)
+            self.set_w(WMode.TRANS, 0, self.kv_strides[0], ins.aux_chunk, rows=ins.rows)
             self.set_sink(Sink.SOFTMAX, o=0)
             self.set_columns(ins.rows, 0, 1, ins.mult, ins.shift)
             m.d.comb += seq.probs_arm.eq(1)
@@ -223,7 +226,7 @@ class _PhaseStates(_Settings):
             m.next = "ISSUE"
         with m.State("ATT_AV"):
             self.set_a(AMode.PROBS, 0, 0, 0, 0, ins.rows)
-            self.set_w(WMode.DIRECT, ins.src_base, ins.src_stride, ins.v_chunk, length=ins.rows)
+            self.set_w(WMode.DIRECT, 0, self.kv_strides[1], ins.v_chunk, length=ins.rows)
             self.set_d(ins.dst_base, ins.dst_stride, ins.dst_chunk, ins.rows)
             self.set_sink(Sink.WRITE)
             self.set_columns(ins.k_chunks * N, narrow=1, mult=ins.mult2, shift=ins.shift2)
@@ -528,6 +531,7 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
     def __init__(self, seq, m):
         self.seq, self.m, self.cap, self.N = seq, m, seq.cap, seq.cap.lanes
         self.C, self.G = seq.cap.cols, seq.cap.groups
+        self.kv_strides = kv_strides(seq.cap)
         self.words_per_beat = BEAT_BYTES // self.N         # int8 words (N lanes) per DRAM beat
         self.beats_per_word16 = 2 * self.N // BEAT_BYTES   # DRAM beats per int16 word
         cap = self.cap
@@ -674,6 +678,8 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
                             self.set_sink(Sink.RESIDUAL, r=1)
                         with m.Case(OutMode.GELU):
                             self.set_sink(Sink.GELU)
+                        with m.Case(OutMode.QKV):
+                            self.set_sink(Sink.WRITE, kv=1)
                     self.start_tiles(0, self.n_blocks)
                     m.next = "ISSUE"
                 with m.Case(Op.ATTENTION):

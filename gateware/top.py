@@ -47,6 +47,7 @@ from .control import ControlRegisters
 from .dma import DMA
 from .expert_queue import ExpertQueueBuilder
 from .fetcher import TileFetcher
+from .kv_buffers import KVBuffers
 from .layernorm import LayerNorm
 from .mac_array import MACArray
 from .phase import AMode, Fetch, Sink, Tile, Trace, WMode
@@ -147,6 +148,7 @@ class Accelerator(wiring.Component):
         m.submodules.w_reader = datapath(rw)
         res = ResidualReader(N, G)
         m.submodules.residual = datapath(res)
+        m.submodules.kv = kv = KVBuffers(cap)
         cols = ColumnPath(N, cap.max_tokens, cols=C,
                           router=router.signature.members["i"].signature.flip(),
                           ln=ln.signature.members["o"].signature)
@@ -170,9 +172,10 @@ class Accelerator(wiring.Component):
         self._abort(m, regs, abort, dma, seq)
         self._dma_read(m, dma, seq, fetcher)
         q_a, q_o = self._queue_memory(m, seq)
-        self._readers(m, seq.phase, ra, rw, store, fetcher, probs_rd, q_a, seq)
+        self._readers(m, seq.phase, ra, rw, store, fetcher, kv, probs_rd, q_a, seq)
         self._join(m, seq, ra.o, rw.o, mac, ln)
         self._results(m, seq, store, fetcher, res, cols, writer, probs_wr, q_o)
+        wiring.connect(m, writer.kv_write, kv.write)
         wiring.connect(m, mac.o, cols.i)
         wiring.connect(m, cols.router, router.i)
         wiring.connect(m, ln.o, cols.ln)
@@ -240,14 +243,14 @@ class Accelerator(wiring.Component):
                      q_wr.data.weight.eq(w.payload.weight)]
         return q_a, q_o
 
-    def _readers(self, m, ph, ra, rw, store, fetcher, probs_rd, q_a, seq):
+    def _readers(self, m, ph, ra, rw, store, fetcher, kv, probs_rd, q_a, seq):
         """The A reader on the activations or the probability buffer, the W reader on the
-        activations or the weight buffer, each walking as the phase says."""
+        weight buffer or the attention buffers, each walking as the phase says."""
         N, C = self.lanes, self.cap.cols
         m.d.comb += [store.a.en.eq(ra.mem_en), probs_rd.en.eq(ra.mem_en), store.a.addr.eq(ra.mem_addr),
                      probs_rd.addr.eq(ra.mem_addr), q_a.addr.eq(ra.list_addr), ra.list_token.eq(q_a.data.token)]
-        m.d.comb += [store.w.en.eq(rw.mem_en), fetcher.w_en.eq(rw.mem_en), store.w.addr.eq(rw.mem_addr),
-                     fetcher.w_addr.eq(rw.mem_addr)]
+        m.d.comb += [kv.read_en.eq(rw.mem_en), fetcher.w_en.eq(rw.mem_en), kv.read_addr.eq(rw.mem_addr),
+                     fetcher.w_addr.eq(rw.mem_addr), kv.read_v.eq(ph.w.mode == WMode.DIRECT)]
         _a_walk(m, ph, ra.walk)
         _w_walk(m, ph, rw.walk)
         with m.If(ph.a.mode == AMode.PROBS):
@@ -264,7 +267,7 @@ class Accelerator(wiring.Component):
                 m.d.comb += rw.mem_data[i].eq(fetcher.w_data.as_value().word_select(rw.sub * C + i, 8).as_signed()
                                               if fetcher.pack > 1 else fetcher.w_data[i])
         with m.Else():
-            m.d.comb += [rw.go.eq(1)] + [rw.mem_data[i].eq(store.w.data[i]) for i in range(N)]
+            m.d.comb += [rw.go.eq(1), rw.mem_data.eq(kv.read_data)]
 
     def _join(self, m, seq, a_out, w_out, mac, ln):
         """The A and W streams into the MAC array, A alone into LayerNorm or to the store."""
@@ -296,7 +299,7 @@ class Accelerator(wiring.Component):
                      cols.probs_arm.eq(seq.probs_arm), seq.probs_pending.eq(cols.probs_pending)]
         m.d.comb += [probs_wr.en.eq(cols.probs_write.valid), probs_wr.addr.eq(cols.probs_write.payload.addr),
                      probs_wr.data.eq(cols.probs_write.payload.data)]
-        m.d.comb += [writer.dest.eq(ph.d),
+        m.d.comb += [writer.dest.eq(ph.d), writer.kv.eq(ph.kv),
                      writer.combine.eq(ph.sink == Sink.COMBINE), writer.final.eq(seq.final),
                      writer.residual.eq(store.r.data), q_o.addr.eq(writer.list_addr),
                      writer.list_token.eq(q_o.data.token), writer.list_weight.eq(q_o.data.weight),

@@ -8,7 +8,8 @@ from amaranth.lib.wiring import In, Out
 from golden.fixedpoint import RES_BITS
 from golden.moe import GATE_FRAC
 
-from .phase import Dest, Tile
+from .kv_buffers import kv_write_layout
+from .phase import Dest, KVCopy, Tile
 from .reader import clamp_rows
 from .sequencer import Final, act_write_layout
 
@@ -43,6 +44,10 @@ class Writer(wiring.Component):
     list_addr : Out(16), list_token : In(16), list_weight : In(16)
         The expert queue, read combinationally.
     act_write : Out(stream.Signature(act_write_layout(lanes), always_ready=True))
+    kv : In(KVCopy)
+    kv_write : Out(stream.Signature(kv_write_layout(cap), always_ready=True))
+        With ``kv.on`` (the QKV GEMM), each stored word of K or V again, for the attention
+        buffers (``gateware.kv_buffers``).
     retire : Out(1)
         Pulses with a tile's last word.
 
@@ -59,6 +64,7 @@ class Writer(wiring.Component):
             "dest": In(Dest), "combine": In(1), "final": In(Final), "residual": In(word),
             "list_addr": Out(16), "list_token": In(16), "list_weight": In(16),
             "act_write": Out(stream.Signature(act_write_layout(N), always_ready=True)),
+            "kv": In(KVCopy), "kv_write": Out(stream.Signature(kv_write_layout(cap), always_ready=True)),
             "retire": Out(1),
         })
 
@@ -94,9 +100,16 @@ class Writer(wiring.Component):
             m.d.comb += [acc_wr.en.eq(valid), acc_wr.addr.eq(addr)]
             m.d.comb += [acc_wr.data[i].eq(acc_rd.data[i] + weight * value[i]) for i in range(N)]
         with m.Else():
-            m.d.comb += [out.payload.addr.eq(d.base + (t.tb * N + r + d.offset) * d.stride + d.chunk0
-                                             + t.cb * self.groups + blk),
+            word = d.chunk0 + t.cb * self.groups + blk
+            m.d.comb += [out.payload.addr.eq(d.base + (t.tb * N + r + d.offset) * d.stride + word),
                          out.payload.data.eq(self.i.payload.data), out.valid.eq(keep)]
+            kv, kv_out = self.kv, self.kv_write
+            is_k = (word >= kv.k_chunk) & (word < kv.v_chunk)
+            is_v = (word >= kv.v_chunk) & (word < 2 * kv.v_chunk - kv.k_chunk)
+            m.d.comb += [kv_out.valid.eq(keep & kv.on & (is_k | is_v)), kv_out.payload.v.eq(is_v),
+                         kv_out.payload.tb.eq(t.tb), kv_out.payload.lane.eq(r),
+                         kv_out.payload.chunk.eq(Mux(is_v, word - kv.v_chunk, word - kv.k_chunk)),
+                         kv_out.payload.data.eq(self.i.payload.data)]
         return m
 
     def _final(self, m, acc_rd, acc_wr, acc_bits):

@@ -66,32 +66,33 @@ def test_plain_walk_two_tiles():
 
 
 def test_wide_transposed_walk():
-    """Two groups: a block is ``2 * lanes`` tokens (the tile's ``cb``), element j carries channel j
-    of all of them side by side; tokens past ``rows`` are 0."""
+    """Two groups over a two-word memory (the attention K buffer): word ``g`` of a read holds
+    token block ``2 * cb + g``; element j carries channel j of both blocks' tokens side by side;
+    tokens past ``rows`` are 0 per block."""
     rng = np.random.default_rng(3)
-    mem = rng.integers(-3000, 3000, size=(96, N))
+    mem = rng.integers(-3000, 3000, size=(96, 2 * N))
     base, stride, chunk0, chunks, rows, cb = 2, 3, 1, 2, 13, 1
     walk = dict(transposed=1, by_cb=1, base=base, stride=stride, chunk0=chunk0, chunks=chunks, rows=rows)
     data, last = _run(walk, [(0, cb)], mem, chunks * N, groups=2)
     want = np.zeros((chunks * N, 2 * N), np.int64)
     for c in range(chunks):
-        for i in range(2 * N):
-            t = cb * 2 * N + i
-            if t < rows:
-                want[c * N:(c + 1) * N, i] = mem[base + t * stride + chunk0 + c]
+        for g in range(2):
+            for i in range(N):
+                if (2 * cb + g) * N + i < rows:
+                    word = mem[base + (cb * N + i) * stride + chunk0 + c]
+                    want[c * N:(c + 1) * N, g * N + i] = word[g * N:(g + 1) * N]
     np.testing.assert_array_equal(data, want)
     assert last == [False] * (chunks * N - 1) + [True]
 
 
-def test_wide_plain_walk_gathers_words():
-    """Two groups by channel block: element k is words ``2 * cb`` and ``2 * cb + 1`` of token k
-    side by side (V for A.V on a wide array)."""
+def test_wide_plain_walk():
+    """Two groups by channel block over a two-word memory (the attention V buffer): element k of
+    tile ``cb`` is the memory's whole word ``base + k * stride + chunk0 + cb``."""
     rng = np.random.default_rng(4)
-    mem = rng.integers(-3000, 3000, size=(64, N))
+    mem = rng.integers(-3000, 3000, size=(64, 2 * N))
     base, stride, chunk0, count = 5, 6, 1, 4
     data, last = _run(dict(by_cb=1, base=base, stride=stride, chunk0=chunk0, count=count), [(0, 0), (0, 1)],
                       mem, 2 * count, groups=2)
-    want = [np.concatenate([mem[base + k * stride + chunk0 + 2 * cb + g] for g in range(2)])
-            for cb in (0, 1) for k in range(count)]
+    want = [mem[base + k * stride + chunk0 + cb] for cb in (0, 1) for k in range(count)]
     np.testing.assert_array_equal(data, np.array(want))
     assert last == ([False] * (count - 1) + [True]) * 2

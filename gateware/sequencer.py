@@ -2,8 +2,6 @@
 
 from types import SimpleNamespace
 
-import numpy as np
-
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -25,17 +23,9 @@ Final = data.StructLayout({"active": 1, "valid": 1, "addr": 24, "word": 24})
 
 
 def ceil_div(value, divisor):
-    """``ceil(value / divisor)`` for an unsigned ``value`` of up to 16 bits and a constant
-    ``divisor``: a shift for a power of two, else a multiply by a rounded-up reciprocal, checked
-    exact over the whole range here (no divider in the hardware)."""
-    if divisor & (divisor - 1) == 0:
-        return (value + divisor - 1) >> (divisor.bit_length() - 1)
-    v = np.arange(1 << 17, dtype=np.int64)       # value + divisor - 1 stays below 2**17
-    for shift in range(17, 40):
-        mult = -(-(1 << shift) // divisor)
-        if np.array_equal((v * mult) >> shift, v // divisor):
-            return ((value + divisor - 1) * mult) >> shift
-    raise ValueError(f"no reciprocal of {divisor} is exact over 17 bits")
+    """``ceil(value / divisor)`` for a power-of-two constant ``divisor``: a shift, no divider."""
+    assert divisor & (divisor - 1) == 0, "the array's rows and columns are powers of two"
+    return (value + divisor - 1) >> (divisor.bit_length() - 1)
 
 
 def act_write_layout(lanes):

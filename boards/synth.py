@@ -134,15 +134,18 @@ def logic_depth(cells, *, chains_as_one=False):
     return max(depth.values(), default=0)
 
 
-def _bit_names(netnames, bits):
+def _bit_names(netnames, bits, *, hidden=True):
     """Readable name of each of ``bits`` from a ``write_json`` module's ``netnames``.
 
     A name the design gave (no ``$``, not hidden) wins over Yosys' own, so that a path reads in
     Amaranth's hierarchical signal names; among equals the shortest, being the least nested alias.
-    A bit of a wide net is named ``net[i]``. Bits no net names map to None.
+    A bit of a wide net is named ``net[i]``. Bits no net names map to None, and so do those only
+    hidden (Yosys-made) names name where ``hidden`` is false.
     """
     best = {}
     for name, net in netnames.items():
+        if net.get("hide_name") and not hidden:
+            continue
         wide, offset, upto = len(net["bits"]) > 1, net.get("offset", 0), net.get("upto", 0)
         rank = (bool(net.get("hide_name")), "$" in name, len(name), name)
         for i, bit in enumerate(net["bits"]):
@@ -244,11 +247,16 @@ def _name_ends(cells, netnames, depth, first, last):
     """Readable ``(from, to)`` names for a path from cell ``first`` to counted cell ``last``.
 
     ``from`` names an input of ``first`` from outside the counted logic, ``to`` an output of
-    ``last``, by the first of: a name the design gave that net (or, for a register output seen only
-    at a port, the port's: Yosys moves the name onto the output buffer); for ``to``, the output
-    names of the register (else DSP, memory) it loads, marked with the cell type and input, as in
-    ``count[3] (FDRE.D)``; the Amaranth source line of the cell at that end, as in
-    ``FDRE.Q at gateware/abort.py:68``; a name Yosys made; ``bit N``.
+    ``last``, by the first of:
+
+    1. a name the design gave that net (no ``$``), or for a register seen only at a port, the
+       port's (Yosys moves the name onto the output buffer);
+    2. for ``to``, such a name of the register (else DSP, memory) the net loads, marked with its
+       type and input, as in ``count[3] (FDRE.D)``;
+    3. the Amaranth source line of the cell at that end, as in ``FDRE.Q at gateware/abort.py:75``;
+    4. a public name with a ``$`` (Amaranth's ``$signal`` for a signal it could not name), then,
+       for ``to``, such a name of the register it loads;
+    5. a name Yosys made; ``bit N``.
     """
     def ports(name, direction):
         cell = cells[name]
@@ -270,40 +278,47 @@ def _name_ends(cells, netnames, depth, first, last):
     ends = ([b for b in ends if any(r not in depth for r, _ in readers.get(b, ()))]
             or [b for b in ends if not readers.get(b)] or ends)
     loads = [(name, port) for b in ends for name, port in readers.get(b, ()) if name not in depth]
+    sources = [(name, port) for b in starts for name, port in drivers.get(b, ())]
     wanted = set(starts) | set(ends) | {b for name, _ in loads for _, b in ports(name, "output")}
     buffered = {b: [o for name, _ in readers.get(b, ()) if _PASS.match(cells[name]["type"])
                     for _, o in ports(name, "output")] for b in wanted}
-    names = _bit_names(netnames, wanted | {o for outs in buffered.values() for o in outs})
+    wanted |= {o for outs in buffered.values() for o in outs}
+    names, public = _bit_names(netnames, wanted), _bit_names(netnames, wanted, hidden=False)
 
-    def designed(bits):
-        # The design's own names for these nets, or their buffered copies'.
-        return [n for b in bits for n in [names[b], *(names[o] for o in buffered.get(b, ()))]
-                if n is not None and "$" not in n]
+    def aliases(bits, table, designed=False):
+        # Names of these nets or of their buffered copies; ``designed``: only the design's own.
+        return [n for b in bits for n in [table[b], *(table[o] for o in buffered.get(b, ()))]
+                if n is not None and not (designed and "$" in n)]
 
     def best(candidates):
         # The shortest, as _bit_names ranks aliases; sorted, so that ties read the same every run.
         return min(candidates, key=lambda n: (len(n), n), default=None)
 
-    def fallback(bits, cell_port):
-        return (best(cell_port) or best(names[b] for b in bits if names[b] is not None)
-                or (f"bit {bits[0]}" if bits else None))
+    def by_kind(cell_ports, label):
+        # Registers first: they hold the state a designer names; a DSP or memory next.
+        for registers in (True, False):
+            found = best(text for name, port in cell_ports
+                         if bool(_FF.match(cells[name]["type"])) == registers
+                         for text in label(name, f"{cells[name]['type']}.{port}"))
+            if found is not None:
+                return found
+        return None
 
-    start = best(designed(starts)) or fallback(
-        starts, [f"{cells[name]['type']}.{port} at {_source(cells[name])}"
-                 for b in starts for name, port in drivers.get(b, ()) if _source(cells[name])])
-    end = best(designed(ends))
-    if end is None:
-        # Registers first: their outputs are the state a designer names; a DSP or memory next.
-        for wanted_kind in (True, False):
-            end = best(f"{n} ({cells[name]['type']}.{port})" for name, port in loads
-                       if bool(_FF.match(cells[name]["type"])) == wanted_kind
-                       for n in designed(b for _, b in ports(name, "output")))
-            if end is not None:
-                break
-    if end is None:
-        end = fallback(ends, [f"{cells[name]['type']}.{port} at {_source(cells[name])}"
-                              for name, port in sorted(loads, key=lambda load: not _FF.match(
-                                  cells[load[0]]["type"])) if _source(cells[name])][:1])
+    def source(name, where):
+        return [f"{where} at {_source(cells[name])}"] if _source(cells[name]) else []
+
+    def loaded(designed):
+        return by_kind(loads, lambda name, where: [
+            f"{n} ({where})" for n in aliases([b for _, b in ports(name, "output")], public, designed)])
+
+    def bit(bits):
+        return f"bit {bits[0]}" if bits else None
+
+    start = (best(aliases(starts, public, designed=True)) or by_kind(sources, source)
+             or best(aliases(starts, public)) or best(aliases(starts, names)) or bit(starts))
+    end = (best(aliases(ends, public, designed=True)) or loaded(designed=True) or by_kind(loads, source)
+           or best(aliases(ends, public)) or loaded(designed=False) or best(aliases(ends, names))
+           or bit(ends))
     return start, end
 
 

@@ -115,12 +115,15 @@ def test_deepest_path_names_both_counts_paths():
 
 def test_deepest_path_falls_back_to_ports_sources_and_bits():
     """Without the design's names, a path end reads as the port a register drives, the Amaranth
-    line the register came from (not Yosys' techmap file), or a bit number."""
+    line the register came from (not Yosys' techmap file), an Amaranth ``$signal`` name of the
+    register loaded (over Yosys' name of the net itself), or a bit number."""
     cells = _two_paths()
-    plain = deepest_path(cells, {"tb_out": _net([28])})
-    assert (plain["from"], plain["to"]) == ("FDRE.Q at /elsewhere/gateware/foo.py:12", "bit 49")
-    chained = deepest_path(cells, {"tb_out": _net([28])}, chains_as_one=True)
+    netnames = {"tb_out": _net([28]), "$abc$1$aiger$o49": _net([49], hide=1), "\\$signal": _net([32])}
+    plain = deepest_path(cells, netnames)
+    assert (plain["from"], plain["to"]) == ("FDRE.Q at /elsewhere/gateware/foo.py:12", "$signal (FDRE.D)")
+    chained = deepest_path(cells, netnames, chains_as_one=True)
     assert (chained["from"], chained["to"]) == ("bit 20", "tb_out (FDRE.D)")
+    assert deepest_path(cells)["to"] == "bit 49"
 
 
 def test_count_cells():

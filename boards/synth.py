@@ -234,13 +234,16 @@ _ROOT = str(Path(__file__).resolve().parents[1]) + "/"
 def _source(cell):
     """``path:line`` of the Amaranth statement a cell came from, or None.
 
-    Mapped cells carry the ``src`` of both the design and Yosys' techmap library (``a|b``); only
-    the design's says where to look.
+    Mapped cells carry the ``src`` of both the design and Yosys' techmap library (``a|b``), and
+    merged cells several of the design's; a line of this project's says more than one inside
+    Amaranth or Python (an FSM's state register points at ``contextlib.py``), which says more
+    than the techmap's.
     """
-    for src in cell.get("attributes", {}).get("src", "").split("|"):
-        if src and "/share/" not in src:
-            return src[len(_ROOT):] if src.startswith(_ROOT) else src
-    return None
+    srcs = [src for src in cell.get("attributes", {}).get("src", "").split("|") if src and "/share/" not in src]
+    for src in srcs:
+        if src.startswith(_ROOT):
+            return src[len(_ROOT):]
+    return srcs[0] if srcs else None
 
 
 def _name_ends(cells, netnames, depth, first, last):

@@ -1,6 +1,7 @@
 """Open-source synthesis report: cell counting, logic depth, one real Yosys run, CLI errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from amaranth import Module, Signal, signed
@@ -9,6 +10,8 @@ from amaranth.lib.wiring import In, Out
 
 from boards.synth import count_cells, deepest_path, logic_depth, synthesize
 from tests.cli_helpers import run_m3vit
+
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cell(kind, inputs, outputs):
@@ -67,7 +70,9 @@ def _two_paths():
     """Path A: five chained carries (5 levels plain, 1 as one chain); path B: LUT, a two-carry
     chain, LUT (4 plain, 3 as one). Each count's deepest is a different path."""
     return {
-        "ff_a": _ff(1, 2, src="/elsewhere/gateware/foo.py:12|/share/xilinx/ff_map.v:68.41-68.95"),
+        # Merged and mapped: Amaranth's own line, the project's, Yosys' techmap library's.
+        "ff_a": _ff(1, 2, src=f"/usr/lib/python3.11/contextlib.py:144|{_ROOT}/gateware/foo.py:12"
+                              "|/share/xilinx/ff_map.v:68.41-68.95"),
         "c0": _carry("0", 2, 40, 41),
         "c1": _carry(40, 3, 42, 43),
         "c2": _carry(42, 3, 44, 45),
@@ -114,13 +119,13 @@ def test_deepest_path_names_both_counts_paths():
 
 
 def test_deepest_path_falls_back_to_ports_sources_and_bits():
-    """Without the design's names, a path end reads as the port a register drives, the Amaranth
-    line the register came from (not Yosys' techmap file), an Amaranth ``$signal`` name of the
-    register loaded (over Yosys' name of the net itself), or a bit number."""
+    """Without the design's names, a path end reads as the port a register drives, the line the
+    register came from (the project's, not Python's or Yosys' techmap file), an Amaranth
+    ``$signal`` name of the register loaded (over Yosys' name of the net itself), or a bit number."""
     cells = _two_paths()
     netnames = {"tb_out": _net([28]), "$abc$1$aiger$o49": _net([49], hide=1), "\\$signal": _net([32])}
     plain = deepest_path(cells, netnames)
-    assert (plain["from"], plain["to"]) == ("FDRE.Q at /elsewhere/gateware/foo.py:12", "$signal (FDRE.D)")
+    assert (plain["from"], plain["to"]) == ("FDRE.Q at gateware/foo.py:12", "$signal (FDRE.D)")
     chained = deepest_path(cells, netnames, chains_as_one=True)
     assert (chained["from"], chained["to"]) == ("bit 20", "tb_out (FDRE.D)")
     assert deepest_path(cells)["to"] == "bit 49"

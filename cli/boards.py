@@ -72,6 +72,10 @@ def _synth(args):
         results.append(r)
         print(f"{name:<14}{r['dsp']:>6}{r['lut']:>8}{r['lutram']:>8}{r['ff']:>8}{r['bram']:>8g}{r['uram']:>6}"
               f"{r['lut_levels']:>8}{r['lut_levels_chains_as_one']:>8}{r['seconds']:>7}", flush=True)
+        # The chains-as-one path, since that count tracks delay; the JSON has the plain one too.
+        path = r["deepest_path_chains_as_one"]
+        print(f"{'':<14}deepest (chain=1): {path['from']} -> {path['to']}  [{' '.join(path['cells'])}]",
+              flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -1,14 +1,17 @@
 """Open-source synthesis report: cell counting, logic depth, one real Yosys run, CLI errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from boards.synth import count_cells, logic_depth, synthesize
+from boards.synth import count_cells, deepest_path, logic_depth, synthesize
 from tests.cli_helpers import run_m3vit
+
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cell(kind, inputs, outputs):
@@ -51,6 +54,81 @@ def test_logic_depth_chains_as_one():
     }
     assert logic_depth(cells) == 7
     assert logic_depth(cells, chains_as_one=True) == 4
+
+
+def _ff(d, q, **attributes):
+    return {"type": "FDRE", "port_directions": {"C": "input", "D": "input", "Q": "output"},
+            "connections": {"C": [99], "D": [d], "Q": [q]}, "attributes": attributes}
+
+
+def _carry(ci, s, co, o):
+    return {"type": "CARRY4", "port_directions": {"CI": "input", "S": "input", "CO": "output", "O": "output"},
+            "connections": {"CI": [ci], "S": [s], "CO": [co], "O": [o]}}
+
+
+def _two_paths():
+    """Path A: five chained carries (5 levels plain, 1 as one chain); path B: LUT, a two-carry
+    chain, LUT (4 plain, 3 as one). Each count's deepest is a different path."""
+    return {
+        # Merged and mapped: Amaranth's own line, the project's, Yosys' techmap library's.
+        "ff_a": _ff(1, 2, src=f"/usr/lib/python3.11/contextlib.py:144|{_ROOT}/gateware/foo.py:12"
+                              "|/share/xilinx/ff_map.v:68.41-68.95"),
+        "c0": _carry("0", 2, 40, 41),
+        "c1": _carry(40, 3, 42, 43),
+        "c2": _carry(42, 3, 44, 45),
+        "c3": _carry(44, 3, 46, 47),
+        "c4": _carry(46, 3, 48, 49),                         # CO 48 unused: not where A ends
+        "ff_b": _ff(49, 32),
+        "ff_c": _ff(19, 20),
+        "lut_a": _cell("LUT6", [20], [21]),
+        "cb0": _carry("0", 21, 22, 23),
+        "cb1": _carry(22, "1", 24, 25),
+        "lut_b": _cell("LUT2", [25, 20], [26]),
+        "ff_d": _ff(26, 27),
+        "obuf": {"type": "OBUF", "port_directions": {"I": "input", "O": "output"},
+                 "connections": {"I": [27], "O": [28]}},
+    }
+
+
+def _net(bits, hide=0):
+    return {"hide_name": hide, "bits": bits, "attributes": {}}
+
+
+def test_deepest_path_names_both_counts_paths():
+    """The plain and the chains-as-one count each name their own path: its ends in the design's
+    signal names (a wide net's bit indexed, Yosys' names passed over) and its cells in order."""
+    cells = _two_paths()
+    netnames = {
+        "$auto$ff.cc:337:slice$7": _net([2], hide=1),       # Yosys' alias of seq.count[0]
+        "seq.count": _net([2, 3]),
+        "$abc$1$aiger$o49": _net([49], hide=1),             # only Yosys names A's last net:
+        "seq.acc": _net([30, 31, 32, 33]),                  # name the register it loads
+        "seq.r.tb": _net([20]),
+        "seq.r.next": _net([26]),
+    }
+    plain = deepest_path(cells, netnames)
+    assert plain == {"levels": 5, "from": "seq.count[0]", "to": "seq.acc[2] (FDRE.D)",
+                     "cells": ["CARRY4"] * 5}
+    chained = deepest_path(cells, netnames, chains_as_one=True)
+    assert chained == {"levels": 3, "from": "seq.r.tb", "to": "seq.r.next",
+                       "cells": ["LUT6", "CARRY4x2", "LUT2"]}
+    for chains_as_one in (False, True):
+        assert deepest_path(cells, netnames, chains_as_one=chains_as_one)["levels"] == \
+            logic_depth(cells, chains_as_one=chains_as_one)
+    assert deepest_path({}) == {"levels": 0, "from": None, "to": None, "cells": []}
+
+
+def test_deepest_path_falls_back_to_ports_sources_and_bits():
+    """Without the design's names, a path end reads as the port a register drives, the line the
+    register came from (the project's, not Python's or Yosys' techmap file), an Amaranth
+    ``$signal`` name of the register loaded (over Yosys' name of the net itself), or a bit number."""
+    cells = _two_paths()
+    netnames = {"tb_out": _net([28]), "$abc$1$aiger$o49": _net([49], hide=1), "\\$signal": _net([32])}
+    plain = deepest_path(cells, netnames)
+    assert (plain["from"], plain["to"]) == ("FDRE.Q at gateware/foo.py:12", "$signal (FDRE.D)")
+    chained = deepest_path(cells, netnames, chains_as_one=True)
+    assert (chained["from"], chained["to"]) == ("bit 20", "tb_out (FDRE.D)")
+    assert deepest_path(cells)["to"] == "bit 49"
 
 
 def test_count_cells():

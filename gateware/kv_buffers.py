@@ -49,6 +49,7 @@ class KVBuffers(wiring.Component):
     Attributes
     ----------
     write : In(stream.Signature(kv_write_layout(cap), always_ready=True))
+        Stored on the second clock edge after it is valid.
     read_addr, read_en : In(24), In(1)
     read_v : In(1)
         Read V, else K; ``read_data`` (``G * lanes`` lanes) the cycle after an enabled read.
@@ -70,8 +71,13 @@ class KVBuffers(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cap, w = self.cap, self.write.payload
+        cap = self.cap
         G, N = cap.groups, cap.lanes
+        # Writes are registered before their addresses are formed: the writer's word arithmetic
+        # and the buffer's address arithmetic would otherwise make one deep path. Nothing reads
+        # K or V until the next phase, after a barrier, so the cycle costs nothing.
+        w, w_valid = Signal(kv_write_layout(cap)), Signal()
+        m.d.sync += [w.eq(self.write.payload), w_valid.eq(self.write.valid)]
         log_g = G.bit_length() - 1
         k_addr = ((w.tb >> log_g) * N + w.lane) * self.k_stride + w.chunk
         k_bank = w.tb[:log_g] if G > 1 else 0
@@ -87,7 +93,7 @@ class KVBuffers(wiring.Component):
                 m.submodules[f"{name}{g}"] = mem = Memory(shape=word, depth=depth, init=[])
                 rd, wr = mem.read_port(), mem.write_port()
                 m.d.comb += [rd.addr.eq(self.read_addr), rd.en.eq(self.read_en & (self.read_v == is_v)),
-                             wr.addr.eq(addr), wr.en.eq(self.write.valid & (w.v == is_v) & (bank == g))]
+                             wr.addr.eq(addr), wr.en.eq(w_valid & (w.v == is_v) & (bank == g))]
                 m.d.comb += [wr.data[i].eq(w.data[i]) for i in range(N)]
                 banks.append(rd.data)
             k_data, v_data = banks

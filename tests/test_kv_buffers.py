@@ -35,6 +35,7 @@ def test_wide_reads_see_the_written_words(cols):
                                         "data": [int(x) for x in (v if is_v else k)[t, c]]})
             await ctx.tick()
         ctx.set(dut.write.valid, 0)
+        await ctx.tick()                    # the last write lands a cycle later
         ctx.set(dut.read_en, 1)
         for cb in range(-(-tokens // (N * G))):
             for lane in range(N):

@@ -143,15 +143,17 @@ class ColumnPath(wiring.Component):
         N, ph = self.lanes, self.phase
         key, prob_j = Signal(16), Signal(16)
         src_valid, src_data, src_ready = Signal(), Signal(data.ArrayLayout(signed(16), N)), Signal()
+        # The units' payloads go to them whatever the sink; only the handshakes follow it, so no
+        # sink decode sits in front of the data (it was 3 of the board top's deepest path's levels).
+        m.d.comb += [gelu.i.payload.eq(post.o.payload.data), gelu.mult.eq(ph.fix_mult), gelu.shift.eq(ph.fix_shift),
+                     softmax.i.payload.u.eq(post.o.payload.data), softmax.i.payload.last.eq(key == ph.a.rows - 1)]
         with m.Switch(ph.sink):
             with m.Case(Sink.GELU):
-                m.d.comb += [gelu.i.valid.eq(post.o.valid), gelu.i.payload.eq(post.o.payload.data),
-                             post.o.ready.eq(gelu.i.ready), gelu.mult.eq(ph.fix_mult), gelu.shift.eq(ph.fix_shift),
+                m.d.comb += [gelu.i.valid.eq(post.o.valid), post.o.ready.eq(gelu.i.ready),
                              src_valid.eq(gelu.o.valid), gelu.o.ready.eq(src_ready)]
                 m.d.comb += [src_data[i].eq(gelu.o.payload[i]) for i in range(N)]
             with m.Case(Sink.SOFTMAX):
-                m.d.comb += [softmax.i.valid.eq(post.o.valid), softmax.i.payload.u.eq(post.o.payload.data),
-                             softmax.i.payload.last.eq(key == ph.a.rows - 1), post.o.ready.eq(softmax.i.ready)]
+                m.d.comb += [softmax.i.valid.eq(post.o.valid), post.o.ready.eq(softmax.i.ready)]
                 with m.If(softmax.i.valid & softmax.i.ready):
                     m.d.sync += key.eq(Mux(key == ph.a.rows - 1, 0, key + 1))
             with m.Case(Sink.LAYERNORM):

@@ -64,6 +64,10 @@ from .writer import Writer
 __all__ = ["Accelerator"]
 
 DATA_WIDTH = 8 * BEAT_BYTES
+#: Tile descriptors the sequencer may issue ahead of each unit. A weight tile is fetched when its
+#: first tile is issued, so this lead must cover a fetch: with 4, a 16 x 64 array stalled on about
+#: 440 cycles of every 800-beat tile (the fetch queued only ~2 token tiles ahead of its use).
+DESCRIPTOR_DEPTH = 16
 
 
 class Accelerator(wiring.Component):
@@ -161,7 +165,7 @@ class Accelerator(wiring.Component):
                      ("cq", seq.c_tile, cols.tiles, Tile), ("rq", seq.r_tile, res.tiles, Tile),
                      ("oq", seq.o_tile, writer.tiles, Tile), ("fq", seq.fetch, fetcher.fetch, Fetch))
         for name, source, sink, shape in queues_to:
-            q = StreamQueue(shape, depth=4)
+            q = StreamQueue(shape, depth=DESCRIPTOR_DEPTH)
             m.submodules[name] = datapath(q)
             wiring.connect(m, source, q.i)
             wiring.connect(m, q.o, sink)

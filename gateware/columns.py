@@ -142,11 +142,14 @@ class ColumnPath(wiring.Component):
         """Post-processed columns (or LayerNorm's rows) through GELU or the softmax, into words."""
         N, ph = self.lanes, self.phase
         key, prob_j = Signal(16), Signal(16)
+        # The row's last key, registered (the phase's rows are set long before its first score).
+        last_key = Signal(16)
+        m.d.sync += last_key.eq(ph.a.rows - 1)
         src_valid, src_data, src_ready = Signal(), Signal(data.ArrayLayout(signed(16), N)), Signal()
         # The units' payloads go to them whatever the sink; only the handshakes follow it, so no
         # sink decode sits in front of the data (it was 3 of the board top's deepest path's levels).
         m.d.comb += [gelu.i.payload.eq(post.o.payload.data), gelu.mult.eq(ph.fix_mult), gelu.shift.eq(ph.fix_shift),
-                     softmax.i.payload.u.eq(post.o.payload.data), softmax.i.payload.last.eq(key == ph.a.rows - 1)]
+                     softmax.i.payload.u.eq(post.o.payload.data), softmax.i.payload.last.eq(key == last_key)]
         with m.Switch(ph.sink):
             with m.Case(Sink.GELU):
                 m.d.comb += [gelu.i.valid.eq(post.o.valid), post.o.ready.eq(gelu.i.ready),
@@ -155,7 +158,7 @@ class ColumnPath(wiring.Component):
             with m.Case(Sink.SOFTMAX):
                 m.d.comb += [softmax.i.valid.eq(post.o.valid), post.o.ready.eq(softmax.i.ready)]
                 with m.If(softmax.i.valid & softmax.i.ready):
-                    m.d.sync += key.eq(Mux(key == ph.a.rows - 1, 0, key + 1))
+                    m.d.sync += key.eq(Mux(key == last_key, 0, key + 1))
             with m.Case(Sink.LAYERNORM):
                 m.d.comb += [src_valid.eq(self.ln.valid), self.ln.ready.eq(src_ready)]
                 m.d.comb += [src_data[i].eq(self.ln.payload.y[i]) for i in range(N)]

@@ -466,7 +466,7 @@ class _TileStates(_Settings):
             with m.Case(Op.ATTENTION):
                 with m.If(self.ph.a.mode == AMode.PROBS):
                     m.d.sync += r.att_tb.eq(r.att_tb + 1)
-                    with m.If(r.att_tb == self.n_blocks - 1):
+                    with m.If(r.att_tb == self.last_block):
                         m.next = "NEXT"
                     with m.Else():
                         m.next = "ATT_QK"
@@ -555,7 +555,9 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
         )
         m.submodules.prog = prog = Memory(shape=Instr, depth=cap.max_program, init=[])
         self.prog_rd, self.prog_wr = prog.read_port(), prog.write_port()
-        self.n_blocks = (self.ins.rows + self.N - 1) // self.N
+        # Token blocks of the instruction, and that count less one: registered at DECODE with the
+        # instruction, so no add and shift sits in front of the tile loop or the FSM's tests.
+        self.n_blocks, self.last_block = Signal(12), Signal(12)
 
     def build(self):
         m, seq, r, N = self.m, self.seq, self.r, self.N
@@ -617,8 +619,10 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
             m.d.comb += [self.prog_rd.addr.eq(r.pc), self.prog_rd.en.eq(1)]
             m.next = "DECODE"
         with m.State("DECODE"):
-            m.d.sync += [self.ins.eq(self.prog_rd.data), self.ph.ln_shift.eq(self.prog_rd.data.shift),
-                         self.ph.ln_eps.eq(self.prog_rd.data.eps)]
+            fetched = self.prog_rd.data
+            blocks = ceil_div(fetched.rows, self.N)
+            m.d.sync += [self.ins.eq(fetched), self.ph.ln_shift.eq(fetched.shift), self.ph.ln_eps.eq(fetched.eps),
+                         self.n_blocks.eq(blocks), self.last_block.eq(blocks - 1)]
             m.next = "DISPATCH"
         with m.State("NEXT"):
             m.d.sync += [r.pc.eq(r.pc + 1), seq.dma_owner.eq(1)]

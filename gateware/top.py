@@ -125,7 +125,6 @@ class Accelerator(wiring.Component):
         for name, port, dma in zip(self.port_names, self.axi_ports, dmas):
             m.submodules[name.replace("axi", "dma")] = datapath(dma)
             wiring.connect(m, wiring.flipped(port), dma.axi)
-        dma = dmas[0]
 
         C, G = cap.cols, cap.groups
         mac = MACArray(N, C)
@@ -180,12 +179,9 @@ class Accelerator(wiring.Component):
         m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle),
                      fetcher.weights_base.eq(regs.weights_base)]
 
-        self._control(m, regs, dma, seq, queues, ln)
+        self._control(m, regs, dmas[0], seq, queues, ln)
         self._abort(m, regs, abort, dmas, seq)
-        self._dma_read(m, dma, seq, fetcher)
-        for p in range(1, cap.ports):
-            wiring.connect(m, fetcher.rd_cmd[p], dmas[p].rd_cmd)
-            wiring.connect(m, dmas[p].rd_data, fetcher.rd_data[p])
+        self._dma_read(m, dmas, seq, fetcher)
         q_a, q_o = self._queue_memory(m, seq)
         self._readers(m, seq.phase, ra, rw, store, fetcher, probs_rd, q_a, seq)
         self._join(m, seq, ra.o, rw.o, mac, ln)
@@ -239,10 +235,13 @@ class Accelerator(wiring.Component):
                              abort.dma_error_addr.eq(dma.error_addr)]
 
     @staticmethod
-    def _dma_read(m, dma, seq, fetcher):
-        """Port 0's DMA read channel: the sequencer's while it owns it (no tiles in flight), else
-        the fetcher's."""
-        owner = seq.dma_owner
+    def _dma_read(m, dmas, seq, fetcher):
+        """The DMA read channels: port 0's the sequencer's while it owns it (no tiles in flight),
+        else the fetcher's; the other ports' always the fetcher's."""
+        for dma, cmd, rdata in list(zip(dmas, fetcher.rd_cmd, fetcher.rd_data))[1:]:
+            wiring.connect(m, cmd, dma.rd_cmd)
+            wiring.connect(m, dma.rd_data, rdata)
+        dma, owner = dmas[0], seq.dma_owner
         cmd, rdata = fetcher.rd_cmd[0], fetcher.rd_data[0]
         for port_cmd, port_data, mine in ((seq.rd_cmd, seq.rd_data, owner), (cmd, rdata, ~owner)):
             m.d.comb += [port_cmd.ready.eq(dma.rd_cmd.ready & mine), port_data.valid.eq(dma.rd_data.valid & mine),

@@ -327,180 +327,31 @@ class DRAMModel:
         for axi in ports:
             if len(axi.rdata) != self.data_width:
                 raise ValueError(f"port is {len(axi.rdata)} bits wide, the DRAM {self.data_width}")
-        beat, mem, latency, rate = self.beat, self.mem, self.latency - 1, _tokens(self.beats_per_cycle)
-        shared_rate = _shared_tokens(self.bytes_per_cycle, beat)
-        # What the shared bucket keeps when every port that could send did: enough for one beat
-        # the next cycle, no more (the per-port rule, for the whole memory).
-        shared_keep = max(0, _ONE - shared_rate)
-        imp = self.impolite or Impolite()
-        rng = _SplitMix64(imp.seed)
-        ar_thr, aw_thr, w_thr, gap_thr = imp.thresholds()
-        spread = 0 if imp.latency_max in (None, self.latency) else imp.latency_max - self.latency + 1
-        period, refresh = imp.refresh_period, imp.refresh_length
-        err_lo, err_hi = imp.error_range or (0, 0)
-        full_strobe = (1 << beat) - 1
-        impolite = self.impolite is not None and self.impolite != Impolite(seed=imp.seed)
-        bus_cycle = 0
-        shared = 0                            # the memory's tokens, shared by all ports
-        last_served = len(ports) - 1          # round-robin: the next search starts after it
-        states = [_Port() for _ in ports]
+        edge = _Edge(self)
+        states = [_Port(axi) for axi in ports]
         sampled = []
-        for axi in ports:
-            ctx.set(axi.arready, 1)
-            ctx.set(axi.awready, 1)
-            sampled += [Value.cast(sig) for sig in (
-                axi.arvalid, axi.araddr, axi.arlen, axi.arsize, axi.arburst, axi.rready,
-                axi.awvalid, axi.awaddr, axi.awlen, axi.awsize, axi.awburst,
-                axi.wvalid, axi.wdata, axi.wstrb, axi.wlast, axi.bready)]
+        for st in states:
+            ctx.set(st.axi.arready, 1)
+            ctx.set(st.axi.awready, 1)
+            sampled += st.sampled
         n = len(sampled) // len(ports)
-
-        def hold(st, ch, valid, ready, payload):
-            # A transfer offered must stay offered, unchanged, until it is taken.
-            held = st.held
-            if ch in held and held[ch] != (valid, payload):
-                raise AXIProtocolError(f"{ch.upper()} transfer {'changed' if valid else 'withdrawn'} "
-                                       f"before READY took it (offered {held[ch][1]}, now "
-                                       f"{payload if valid else 'nothing'})")
-            if valid and not ready:
-                held[ch] = (valid, payload)
-            else:
-                held.pop(ch, None)
-
-        def touches_error(addr, nbytes):
-            return addr < err_hi and addr + nbytes > err_lo
-
         async for values in ctx.tick().sample(*sampled):
             values = values[2:]
-            self.cycle += 1
-            cycle = self.cycle
-            # The impolite clock runs only while the bus is in use, so that idle time (the
-            # host's register accesses, its polling) never shifts a frame's random choices.
-            active = impolite and any(
-                values[i * n] or values[i * n + 6] or values[i * n + 11] or st.busy()
-                for i, st in enumerate(states))
-            if active:
-                bus_cycle += 1
-            refreshing = active and period and bus_cycle % period < refresh
-            # Reads, port by port: address, data handshake, the next burst, the port's bucket.
-            candidates = []
-            for i, (axi, st) in enumerate(zip(ports, states)):
-                (arvalid, araddr, arlen, arsize, arburst, rready,
-                 awvalid, awaddr, awlen, awsize, awburst, wvalid, wdata, wstrb, wlast, bready) = \
-                    values[i * n:(i + 1) * n]
-                st.sample = (awvalid, awaddr, awlen, awsize, awburst, wvalid, wdata, wstrb, wlast, bready)
-                if st.held or not (st.arready and st.awready):
-                    hold(st, "ar", arvalid, st.arready, (araddr, arlen, arsize, arburst) if arvalid else None)
-                    hold(st, "aw", awvalid, st.awready, (awaddr, awlen, awsize, awburst) if awvalid else None)
-                if "w" in st.held or (wvalid and not st.wready):
-                    hold(st, "w", wvalid, st.wready, (wdata, wstrb, wlast) if wvalid else None)
-                if arvalid and st.arready:
-                    self._check_burst("read", araddr, arlen + 1, arsize, arburst)
-                    delay = latency + (rng.next() % spread if spread else 0)
-                    resp = imp.error_resp if touches_error(araddr, (arlen + 1) * beat) else 0
-                    st.reads.append((cycle + delay, araddr, arlen + 1, resp))
-                    self.read_log.append((araddr, (arlen + 1) * beat))
-                    self.read_bursts += 1
-                if st.r_valid and rready:
-                    st.r_valid = False
-                    st.r_addr += beat
-                    st.r_left -= 1
-                    self.bytes_read += beat
-                if not st.r_left and st.reads and st.reads[0][0] <= cycle:
-                    _, st.r_addr, st.r_left, st.r_resp = st.reads.popleft()
-                st.credit += rate
-                if not st.r_valid and st.r_left and not refreshing:
-                    if st.credit >= _ONE:
-                        if gap_thr and rng.next() < gap_thr:
-                            st.credit = _ONE     # held back: still one beat banked, no more
-                        else:
-                            candidates.append(i)
-                elif st.credit > _ONE - rate:
-                    # Idle or held by RREADY: bank one beat, no more.
-                    st.credit = _ONE - rate
-            # The shared bucket, round-robin from the port after the last one served.
-            shared += shared_rate
-            refused = False
-            for i in sorted(candidates, key=lambda i: (i - last_served - 1) % len(ports)):
-                st = states[i]
-                if shared < _ONE:
-                    st.credit = _ONE - rate      # refused: it keeps one beat banked, no more
-                    refused = True
-                    continue
-                shared -= _ONE
-                st.credit -= _ONE
-                last_served = i
-                st.r_valid = True
-                axi = ports[i]
-                ctx.set(axi.rdata, int.from_bytes(mem[st.r_addr:st.r_addr + beat], "little"))
-                ctx.set(axi.rlast, st.r_left == 1)
-                ctx.set(axi.rresp, st.r_resp)
-                if st.r_resp and self.error_cycle is None:
-                    self.error_cycle = cycle + 1
-            if not refused and shared > shared_keep:
-                shared = shared_keep
-            # Writes, and the ready draws, port by port.
-            for axi, st in zip(ports, states):
-                ctx.set(axi.rvalid, st.r_valid)
-                awvalid, awaddr, awlen, awsize, awburst, wvalid, wdata, wstrb, wlast, bready = st.sample
-                if awvalid and st.awready:
-                    self._check_burst("write", awaddr, awlen + 1, awsize, awburst)
-                    st.writes.append((awaddr, awlen + 1,
-                                      imp.error_resp if touches_error(awaddr, (awlen + 1) * beat) else 0))
-                    self.write_bursts += 1
-                if st.responses and bready:
-                    st.responses.popleft()
-                if wvalid and st.wready:
-                    first = st.w_first or cycle
-                    st.w_first = 0
-                    if wstrb and self.error_cycle is not None and first > self.error_cycle:
-                        self.late_writes += 1
-                    w_addr = st.w_addr
-                    if st.w_resp:
-                        pass                  # an erroneous burst stores nothing
-                    elif wstrb == full_strobe:
-                        mem[w_addr:w_addr + beat] = wdata.to_bytes(beat, "little")
-                    else:
-                        raw = wdata.to_bytes(beat, "little")
-                        for b in range(beat):
-                            if wstrb >> b & 1:
-                                mem[w_addr + b] = raw[b]
-                    st.w_left -= 1
-                    if bool(wlast) != (st.w_left == 0):
-                        raise AXIProtocolError(
-                            f"write burst: WLAST {'set' if wlast else 'missing'} on the beat at "
-                            f"{w_addr:#x} with {st.w_left} beats of the burst to go")
-                    st.w_addr += beat
-                    self.bytes_written += beat
-                    if not st.w_left:
-                        st.responses.append(st.w_resp)
-                elif wvalid and not st.w_first:
-                    st.w_first = cycle
-                if not st.w_left and st.writes:
-                    st.w_addr, st.w_left, st.w_resp = st.writes.popleft()
-                if ar_thr and active:
-                    st.arready = rng.next() >= ar_thr
-                    ctx.set(axi.arready, st.arready)
-                if aw_thr and active:
-                    st.awready = rng.next() >= aw_thr
-                    ctx.set(axi.awready, st.awready)
-                st.wready = st.w_left != 0 and not refreshing
-                if w_thr and st.wready and active:
-                    st.wready = rng.next() >= w_thr
-                ctx.set(axi.wready, st.wready)
-                ctx.set(axi.bvalid, bool(st.responses))
-                if st.responses:
-                    ctx.set(axi.bresp, st.responses[0])
-                    if st.responses[0] and self.error_cycle is None:
-                        self.error_cycle = cycle + 1
+            for i, st in enumerate(states):
+                st.take(values[i * n:(i + 1) * n])
+            edge.step(ctx, states)
 
 
 class _Port:
-    """One AXI4 port's side of :meth:`DRAMModel.serve`: its bursts, its R beat, its bucket."""
+    """One AXI4 port's side of :meth:`DRAMModel.serve`: what it offered at the edge, its bursts,
+    its R beat and its own bucket (``PortState`` in ``dram_model.cpp``)."""
 
-    __slots__ = ("reads", "r_addr", "r_left", "r_resp", "r_valid", "credit", "writes", "w_addr", "w_left",
-                 "w_resp", "responses", "arready", "awready", "wready", "held", "w_first", "sample")
-
-    def __init__(self):
+    def __init__(self, axi):
+        self.axi = axi
+        self.sampled = [Value.cast(sig) for sig in (
+            axi.arvalid, axi.araddr, axi.arlen, axi.arsize, axi.arburst, axi.rready,
+            axi.awvalid, axi.awaddr, axi.awlen, axi.awsize, axi.awburst,
+            axi.wvalid, axi.wdata, axi.wstrb, axi.wlast, axi.bready)]
         self.reads, self.writes, self.responses = deque(), deque(), deque()   # bursts accepted; B owed
         self.r_addr = self.r_left = self.r_resp = 0        # the read burst being sent
         self.r_valid = False                               # a beat is on R
@@ -510,11 +361,191 @@ class _Port:
         self.wready = False
         self.held = {}                                     # AR/AW/W transfers offered, not yet taken
         self.w_first = 0        # the cycle the W beat now offered was first offered
-        self.sample = None
 
-    def busy(self):
-        """A burst accepted and not yet finished, or a B response owed."""
-        return bool(self.reads or self.r_left or self.writes or self.w_left or self.responses)
+    def take(self, values):
+        """What the port offers at this edge (``sampled``'s values)."""
+        (self.arvalid, self.araddr, self.arlen, self.arsize, self.arburst, self.rready,
+         self.awvalid, self.awaddr, self.awlen, self.awsize, self.awburst,
+         self.wvalid, self.wdata, self.wstrb, self.wlast, self.bready) = values
+
+    def active(self):
+        """A transfer offered, a burst accepted and not yet finished, or a B response owed."""
+        return bool(self.arvalid or self.awvalid or self.wvalid or self.reads or self.r_left or self.writes
+                    or self.w_left or self.responses)
+
+    def hold(self, ch, valid, ready, payload):
+        """A transfer offered must stay offered, unchanged, until it is taken."""
+        held = self.held
+        if ch in held and held[ch] != (valid, payload):
+            raise AXIProtocolError(f"{ch.upper()} transfer {'changed' if valid else 'withdrawn'} "
+                                   f"before READY took it (offered {held[ch][1]}, now "
+                                   f"{payload if valid else 'nothing'})")
+        if valid and not ready:
+            held[ch] = (valid, payload)
+        else:
+            held.pop(ch, None)
+
+    def check_holds(self):
+        if self.held or not (self.arready and self.awready):
+            self.hold("ar", self.arvalid, self.arready,
+                      (self.araddr, self.arlen, self.arsize, self.arburst) if self.arvalid else None)
+            self.hold("aw", self.awvalid, self.awready,
+                      (self.awaddr, self.awlen, self.awsize, self.awburst) if self.awvalid else None)
+        if "w" in self.held or (self.wvalid and not self.wready):
+            self.hold("w", self.wvalid, self.wready, (self.wdata, self.wstrb, self.wlast) if self.wvalid else None)
+
+
+class _Edge:
+    """What :meth:`DRAMModel.serve` does at each clock edge, for all ports at once (``after_edge``
+    in ``dram_model.cpp``, step by step)."""
+
+    def __init__(self, dram):
+        self.dram, self.mem, self.beat = dram, dram.mem, dram.beat
+        self.latency, self.rate = dram.latency - 1, _tokens(dram.beats_per_cycle)
+        self.shared_rate = _shared_tokens(dram.bytes_per_cycle, self.beat)
+        # What the shared bucket keeps when every port that could send did: enough for one beat
+        # the next cycle, no more (the per-port rule, for the whole memory).
+        self.shared_keep = max(0, _ONE - self.shared_rate)
+        self.shared = 0                       # the memory's tokens, shared by all ports
+        self.last_served = None               # round-robin: the next search starts after it
+        imp = self.imp = dram.impolite or Impolite()
+        self.rng = _SplitMix64(imp.seed)
+        self.ar_thr, self.aw_thr, self.w_thr, self.gap_thr = imp.thresholds()
+        self.spread = 0 if imp.latency_max in (None, dram.latency) else imp.latency_max - dram.latency + 1
+        self.err_lo, self.err_hi = imp.error_range or (0, 0)
+        self.impolite = dram.impolite is not None and dram.impolite != Impolite(seed=imp.seed)
+        self.bus_cycle = 0
+
+    def touches_error(self, addr, nbytes):
+        return addr < self.err_hi and addr + nbytes > self.err_lo
+
+    def step(self, ctx, states):
+        dram = self.dram
+        dram.cycle += 1
+        cycle, imp = dram.cycle, self.imp
+        # The impolite clock runs only while the bus is in use, so that idle time (the host's
+        # register accesses, its polling) never shifts a frame's random choices.
+        active = self.impolite and any(st.active() for st in states)
+        if active:
+            self.bus_cycle += 1
+        refreshing = active and imp.refresh_period and self.bus_cycle % imp.refresh_period < imp.refresh_length
+        # Reads, port by port up to each port's bucket; then the shared bucket, round-robin from
+        # the port after the last one served.
+        candidates = [i for i, st in enumerate(states) if self.read_side(st, cycle, refreshing)]
+        if self.last_served is None:
+            self.last_served = len(states) - 1
+        after = self.last_served
+        self.shared += self.shared_rate
+        refused = False
+        for i in sorted(candidates, key=lambda i: (i - after - 1) % len(states)):
+            if self.shared < _ONE:
+                states[i].credit = _ONE - self.rate     # refused: it keeps one beat banked, no more
+                refused = True
+                continue
+            self.shared -= _ONE
+            self.send_beat(ctx, states[i], cycle)
+            self.last_served = i
+        if not refused and self.shared > self.shared_keep:
+            self.shared = self.shared_keep
+        for st in states:
+            self.write_side(ctx, st, cycle, active, refreshing)
+
+    def read_side(self, st, cycle, refreshing):
+        """One port's read channels up to its own bucket: whether it could send a beat now."""
+        dram, beat, rate = self.dram, self.beat, self.rate
+        st.check_holds()
+        if st.arvalid and st.arready:
+            dram._check_burst("read", st.araddr, st.arlen + 1, st.arsize, st.arburst)
+            delay = self.latency + (self.rng.next() % self.spread if self.spread else 0)
+            nbytes = (st.arlen + 1) * beat
+            st.reads.append((cycle + delay, st.araddr, st.arlen + 1,
+                             self.imp.error_resp if self.touches_error(st.araddr, nbytes) else 0))
+            dram.read_log.append((st.araddr, nbytes))
+            dram.read_bursts += 1
+        if st.r_valid and st.rready:
+            st.r_valid = False
+            st.r_addr += beat
+            st.r_left -= 1
+            dram.bytes_read += beat
+        if not st.r_left and st.reads and st.reads[0][0] <= cycle:
+            _, st.r_addr, st.r_left, st.r_resp = st.reads.popleft()
+        st.credit += rate
+        if not st.r_valid and st.r_left and not refreshing:
+            if st.credit >= _ONE:
+                if self.gap_thr and self.rng.next() < self.gap_thr:
+                    st.credit = _ONE     # held back: still one beat banked, no more
+                else:
+                    return True
+        elif st.credit > _ONE - rate:
+            # Idle or held by RREADY: bank one beat, no more.
+            st.credit = _ONE - rate
+        return False
+
+    def send_beat(self, ctx, st, cycle):
+        st.credit -= _ONE
+        st.r_valid = True
+        axi = st.axi
+        ctx.set(axi.rdata, int.from_bytes(self.mem[st.r_addr:st.r_addr + self.beat], "little"))
+        ctx.set(axi.rlast, st.r_left == 1)
+        ctx.set(axi.rresp, st.r_resp)
+        if st.r_resp and self.dram.error_cycle is None:
+            self.dram.error_cycle = cycle + 1
+
+    def write_side(self, ctx, st, cycle, active, refreshing):
+        """One port's write channels, then its ready draws for the next cycle."""
+        dram, beat, mem, axi, rng = self.dram, self.beat, self.mem, st.axi, self.rng
+        ctx.set(axi.rvalid, st.r_valid)
+        if st.awvalid and st.awready:
+            dram._check_burst("write", st.awaddr, st.awlen + 1, st.awsize, st.awburst)
+            nbytes = (st.awlen + 1) * beat
+            st.writes.append((st.awaddr, st.awlen + 1,
+                              self.imp.error_resp if self.touches_error(st.awaddr, nbytes) else 0))
+            dram.write_bursts += 1
+        if st.responses and st.bready:
+            st.responses.popleft()
+        if st.wvalid and st.wready:
+            first = st.w_first or cycle
+            st.w_first = 0
+            if st.wstrb and dram.error_cycle is not None and first > dram.error_cycle:
+                dram.late_writes += 1
+            w_addr, wstrb = st.w_addr, st.wstrb
+            if st.w_resp:
+                pass                  # an erroneous burst stores nothing
+            elif wstrb == (1 << beat) - 1:
+                mem[w_addr:w_addr + beat] = st.wdata.to_bytes(beat, "little")
+            else:
+                raw = st.wdata.to_bytes(beat, "little")
+                for b in range(beat):
+                    if wstrb >> b & 1:
+                        mem[w_addr + b] = raw[b]
+            st.w_left -= 1
+            if bool(st.wlast) != (st.w_left == 0):
+                raise AXIProtocolError(
+                    f"write burst: WLAST {'set' if st.wlast else 'missing'} on the beat at "
+                    f"{w_addr:#x} with {st.w_left} beats of the burst to go")
+            st.w_addr += beat
+            dram.bytes_written += beat
+            if not st.w_left:
+                st.responses.append(st.w_resp)
+        elif st.wvalid and not st.w_first:
+            st.w_first = cycle
+        if not st.w_left and st.writes:
+            st.w_addr, st.w_left, st.w_resp = st.writes.popleft()
+        if self.ar_thr and active:
+            st.arready = rng.next() >= self.ar_thr
+            ctx.set(axi.arready, st.arready)
+        if self.aw_thr and active:
+            st.awready = rng.next() >= self.aw_thr
+            ctx.set(axi.awready, st.awready)
+        st.wready = st.w_left != 0 and not refreshing
+        if self.w_thr and st.wready and active:
+            st.wready = rng.next() >= self.w_thr
+        ctx.set(axi.wready, st.wready)
+        ctx.set(axi.bvalid, bool(st.responses))
+        if st.responses:
+            ctx.set(axi.bresp, st.responses[0])
+            if st.responses[0] and dram.error_cycle is None:
+                dram.error_cycle = cycle + 1
 
 
 class VerilatorDRAM:

@@ -79,12 +79,15 @@ def test_tiny_frame_wide_array_pysim(tiny):
 
 
 @pytest.mark.xdist_group("tiny-ports")
-def test_tiny_frame_two_ports_pysim(tiny):
+def test_tiny_frame_two_ports_pysim():
     """8 x 32 (two 16-byte banks a tile row) with two AXI4 read managers: each port streams one
     bank of every tile, port 0 the parameters and everything else too; bit-exact, the routing
     golden's, the report says two ports. With the memory capped at 16 bytes a cycle for both
-    ports together (instead of the default 51.2), the array waits on DRAM longer."""
-    artifact, pixels = tiny
+    ports together (instead of the default 51.2), the array waits on DRAM longer.
+
+    The tiny config with one head of 32 channels, so that the array's 32 columns divide the head
+    (as attention buffers that hold K and V in column groups want)."""
+    artifact, pixels = _artifact(dataclasses.replace(get_config("tiny"), heads=1))
     cap = Capacity.for_config(artifact.config, 8, 32, ports=2)
     golden = run_backbone(artifact, pixels, 0)
     stalls = {}

@@ -332,9 +332,11 @@ def test_bus_error_on_a_weight_port_pysim(tiny):
     """With two AXI4 managers (8 x 32, a bank of every tile on each), an error response to a
     burst on port 1, which reads only weights, stops the frame like one on port 0: ERROR with
     the code and the failing burst's address (one in the second bank of the patch embedding's
-    tile, which only port 1 reads)."""
-    artifact = tiny["artifact"]
-    cap = Capacity.for_config(artifact.config, 8, 32, ports=2)
+    tile, which only port 1 reads). The tiny config with one head, whose 32 channels the array's
+    32 columns divide."""
+    cfg = dataclasses.replace(tiny["artifact"].config, heads=1)
+    artifact = quantize_model(cfg, default_weights(cfg).tensors, calibration_images(default_image(cfg)))
+    cap = Capacity.for_config(cfg, 8, 32, ports=2)
     frame = compile_frame(artifact, cap)
     w_addr = dram_layout(frame, tiny["pixels"].size)[0]
     embed = next(x for x in frame.instructions if x["op"] == Op.GEMM)

@@ -72,7 +72,7 @@ def find_core(cap=None):
     core : gateware.top.Accelerator
         The constructed core.
     what : str
-        ``gateware.top.Accelerator (LxL, Capacity(...))``: the sizes the core was built with.
+        ``gateware.top.Accelerator (RxC, P AXI ports, Capacity(...))``: the sizes the core was built with.
     """
     from gateware.top import Accelerator
 
@@ -88,13 +88,16 @@ def find_core(cap=None):
     # what it is too); stand-in cores, as in the board tests, carry none.
     sizes = getattr(core, "cap", cap)
     what = "gateware.top.Accelerator"
-    return core, what if sizes is None else f"{what} ({sizes.lanes}x{sizes.lanes}, {sizes})"
+    if sizes is None:
+        return core, what
+    ports = getattr(sizes, "ports", 1)
+    return core, f"{what} ({sizes.shape}, {ports} AXI port{'s' * (ports > 1)}, {sizes})"
 
 
 #: The designs ``build`` knows, with a line of help each.
 DESIGNS = {
-    "accelerator": "the accelerator beside the Zynq PS: registers on M_AXI_HPM0_FPD, DRAM master on "
-                   "S_AXI_HP0_FPD",
+    "accelerator": "the accelerator beside the Zynq PS: registers on M_AXI_HPM0_FPD, DRAM masters on "
+                   "S_AXI_HP0_FPD (and HP1..HP3_FPD for more weight ports)",
     "bringup": "LEDs count on clk125, flipped by the buttons and DIP switches; no PS",
 }
 

@@ -7,7 +7,7 @@ from cli import UserError
 from model.config import MAC_LANES, default_lanes
 from sim import ENGINES
 
-__all__ = ["register", "add_dram_options", "dram_options"]
+__all__ = ["register", "add_dram_options", "dram_options", "bytes_per_cycle"]
 
 
 def _latency(text):
@@ -34,11 +34,28 @@ def _pair(option, text, names=()):
         raise UserError(f"{option} takes two integers A:B{listed}, not {text!r}") from None
 
 
+def bytes_per_cycle(text):
+    """``--dram-bytes-per-cycle``, for argparse: a positive, finite number of bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"takes a positive number of bytes per cycle (51.2 for the ZCU104's "
+                                         f"DDR4), not {text!r}")
+    return value
+
+
 def add_dram_options(p):
     """The DRAM model's options (``sim.dram.DRAMModel``, ``Impolite``) on parser ``p``."""
     g = p.add_argument_group("DRAM model (polite unless told otherwise)")
     g.add_argument("--dram-latency", default="40", metavar="CYCLES|MIN-MAX",
                    help="read latency in cycles, or a range drawn from per burst (default 40)")
+    # sim.dram.DEFAULT_BYTES_PER_CYCLE, not imported here: the parser must build without amaranth.
+    g.add_argument("--dram-bytes-per-cycle", type=bytes_per_cycle, default=51.2, metavar="BYTES",
+                   help="the memory's read bandwidth, all AXI ports together, in bytes per cycle (default 51.2: "
+                        "15.36 GB/s at 300 MHz, 80%% of the ZCU104's 64-bit DDR4-2400); each port also moves at "
+                        "most one 16-byte beat per cycle")
     g.add_argument("--dram-seed", type=int, default=1, metavar="N", help="seed of the random choices (default 1)")
     g.add_argument("--ready-drop", type=float, default=0.0, metavar="P",
                    help="probability that AR, AW and W are each not ready in a cycle (default 0)")
@@ -95,7 +112,7 @@ def _run(args, tasks, trace=False):
         check_task(cfg, task)
     lanes, cols = args.array or (args.lanes or default_lanes(cfg), None)
     try:
-        cap = Capacity.for_config(cfg, lanes, cols)
+        cap = Capacity.for_config(cfg, lanes, cols, ports=args.ports)
     except CapacityError as err:
         raise UserError(str(err)) from None
     progress = Progress()
@@ -107,15 +124,17 @@ def _run(args, tasks, trace=False):
     with progress.stage("golden (integer) model"):
         goldens = [run_backbone(artifact, pixels, task) for task in tasks]
     print(f"simulating config {cfg.name}, task{'s' * (len(tasks) > 1)} {', '.join(map(str, tasks))}, "
-          f"{cap.shape} MAC array, engine {args.engine} (weights {weights.source})", flush=True)
+          f"{cap.shape} MAC array, {cap.ports} AXI port{'s' * (cap.ports > 1)} on a DRAM of "
+          f"{args.dram_bytes_per_cycle:g} bytes/cycle, engine {args.engine} (weights {weights.source})", flush=True)
     try:
         results = simulate_frames(artifact, pixels, tasks, cap=cap, engine=args.engine,
-                                  dram_latency=latency, impolite=impolite, progress=progress.cycles, trace=trace,
-                                  stage=progress.stage)
+                                  dram_latency=latency, dram_bytes_per_cycle=args.dram_bytes_per_cycle,
+                                  impolite=impolite, progress=progress.cycles, trace=trace, stage=progress.stage)
     except (CapacityError, SimulationError) as err:
         raise UserError(str(err)) from None
-    return [(frame_report(artifact, task, result, golden, cap), np.argwhere(result.output != golden.output),
-             result.timeline) for task, result, golden in zip(tasks, results, goldens)]
+    return [({**frame_report(artifact, task, result, golden, cap), "dram_bytes_per_cycle": args.dram_bytes_per_cycle},
+             np.argwhere(result.output != golden.output), result.timeline)
+            for task, result, golden in zip(tasks, results, goldens)]
 
 
 def array_shape(text):
@@ -210,6 +229,9 @@ def register(sub):
         shape.add_argument("--array", type=array_shape, metavar="RxC",
                            help="MAC array of R token lanes (8 or 16) by C output channels (R, or a multiple of "
                                 "R and of 16 up to 8R), e.g. 16x64")
+        p.add_argument("--ports", type=int, default=1, metavar="P",
+                       help="AXI4 read managers streaming weight tiles: 1, 2 or 4, at most C / 16 (default 1); "
+                            "port 0 also carries the program, image and outputs")
         add_dram_options(p)
         if name == "perf":
             p.add_argument("--json", metavar="FILE", help="write the figures as JSON")

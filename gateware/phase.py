@@ -44,8 +44,9 @@ class Sink(enum.Enum, shape=3):
 #: ``half``; ``release`` on the last tile to use that half, ``last`` on the phase's last tile;
 #: ``blocks``: the token words per token it yields (its valid channels in words, or LayerNorm's row).
 Tile = data.StructLayout({"tb": 12, "cb": 12, "half": 1, "release": 1, "last": 1, "blocks": 8})
-#: One weight-tile fetch: DRAM offset (from ``weights_base``), beats, the buffer half it fills.
-Fetch = data.StructLayout({"addr": ADDR_BITS, "beats": 16, "half": 1})
+#: One weight-tile fetch: DRAM offset (from ``weights_base``), beats, the buffer half it fills, and
+#: ``rows``, the tile's inner dimension: the beats of each 16-byte bank (``gateware/fetcher.py``).
+Fetch = data.StructLayout({"addr": ADDR_BITS, "beats": 16, "half": 1, "rows": 16})
 
 #: The A reader's walk: ``rows`` tokens (from ``base``, ``stride`` words apart) by ``chunks``
 #: words from word ``chunk0`` of each.

@@ -12,9 +12,14 @@ DRAM (byte addresses relative to the ``weights_base`` register):
   :data:`~gateware.records.Instr` records of ``INSTR_BYTES`` each, after all the data.
 - parameters and weight *tiles*. A tile is one block of ``cols`` output channels of a linear
   layer (the MAC array's columns; the last block zero-padded): ``cols``
-  :data:`~gateware.records.TileParams` records, then for each input element ``k`` the ``cols``
-  int8 weights of the block's channels. The MAC array reads a tile in
-  exactly this order, so a tile streams in one burst and is reused for every token block.
+  :data:`~gateware.records.TileParams` records, then the int8 weights *bank-major*: a bank is
+  one 16-byte column of the tile (channels ``[16 b, 16 b + 16)``, one beat per input element
+  ``k``), and bank ``b``'s ``K`` beats are contiguous, bank after bank. A tile under a beat wide
+  (``cols`` = 8) is one bank of ``k``-major rows, two per beat. Each bank is one memory of the
+  fetcher's buffer, so a run of whole banks streams into its memories from any AXI port with
+  no write conflicts: with ``Capacity.ports`` P, port ``p`` reads one contiguous range of banks
+  (port 0 the parameters too), one command each (``gateware/fetcher.py``). On an 8-lane array a
+  bank holds two column groups of 8 channels; the layout is per bank, not per group.
 - LayerNorm parameters: per channel one :data:`~gateware.records.LNParams` record.
 - the position embedding, int16 ``[tokens, dim]`` row-major.
 
@@ -39,7 +44,7 @@ from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_M
                       OutMode, TileParams, encode, pack_records)
 
 __all__ = ["Op", "OutMode", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "ADDR_BITS", "BEAT_BYTES", "Capacity",
-           "CapacityError", "Frame", "compile_frame", "tile_bytes", "encode_instr"]
+           "WEIGHT_PORTS", "CapacityError", "Frame", "compile_frame", "tile_bytes", "encode_instr"]
 
 # The routing layout counts in the beats the DMA writes.
 assert BEAT == BEAT_BYTES
@@ -47,6 +52,8 @@ assert BEAT == BEAT_BYTES
 
 #: Most column groups (activation words per tile row) an array may have, a power of two.
 MAX_COLUMN_GROUPS = 8
+#: AXI4 managers the weight tiles may stream over (the ZCU104's PS has four HP ports).
+WEIGHT_PORTS = (1, 2, 4)
 
 
 class CapacityError(ValueError):
@@ -77,6 +84,9 @@ class Capacity:
         The router's experts and selections per token; a config must match them.
     max_program : int
         Instructions the program memory holds.
+    ports : int
+        AXI4 read managers that stream weight tiles: 1, 2 or 4, at most the tile's banks
+        (``cols / 16``) unless 1. Port 0 also carries the program, image, parameters and outputs.
     """
 
     lanes: int = 16
@@ -88,6 +98,7 @@ class Capacity:
     top_k: int = 2
     max_program: int = 512
     cols: int = None
+    ports: int = 1
 
     def __post_init__(self):
         # A DRAM beat must split into whole int8 words and build whole int16 words.
@@ -103,11 +114,21 @@ class Capacity:
         if self.cols not in shapes:
             raise CapacityError(f"cols must be one of {', '.join(map(str, shapes))} on a {self.lanes}-lane array, "
                                 f"not {self.cols}")
+        # Each port streams whole banks of a tile, so a second port needs a second bank.
+        if self.ports not in WEIGHT_PORTS or (self.ports > 1 and self.ports > self.banks):
+            raise CapacityError(f"ports must be one of {', '.join(map(str, WEIGHT_PORTS))} and at most the tile's "
+                                f"{self.banks} bank{'s' * (self.banks > 1)} of 16 bytes (cols / 16) on a "
+                                f"{self.shape} array, not {self.ports}")
 
     @property
     def groups(self):
         """Column groups G = cols / lanes: activation words per tile row."""
         return self.cols // self.lanes
+
+    @property
+    def banks(self):
+        """16-byte banks of a tile row (``cols / 16``, at least 1): the fetcher's buffer memories."""
+        return max(1, self.cols // BEAT_BYTES)
 
     @property
     def shape(self):
@@ -253,7 +274,10 @@ def _tiles(w, b, mult, shift, cols):
                (("bias", b), ("mult", mult), ("shift", shift))}
         wt = np.zeros((k, cols), dtype=np.int8)
         wt[:, :cols - pad] = w[ch].T
-        out += pack_records(TileParams, **rec) + wt.tobytes()
+        # Bank-major: each 16-byte column of the tile (one fetcher memory) contiguous.
+        bank = min(cols, BEAT_BYTES)
+        banks = wt.reshape(k, cols // bank, bank).transpose(1, 0, 2)
+        out += pack_records(TileParams, **rec) + banks.tobytes()
     return bytes(out)
 
 

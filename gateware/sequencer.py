@@ -169,7 +169,8 @@ class _Settings:
     def set_tiles(self, k_chunks, dram):
         r, N, C = self.r, self.N, self.C
         bytes_ = PARAM_BYTES * C + k_chunks * N * C
-        self.m.d.sync += [r.fetch_base.eq(dram), r.tile_bytes.eq(bytes_), r.fetch_beats.eq(bytes_ // BEAT_BYTES)]
+        self.m.d.sync += [r.fetch_base.eq(dram), r.tile_bytes.eq(bytes_), r.fetch_beats.eq(bytes_ // BEAT_BYTES),
+                          r.fetch_rows.eq(k_chunks * N)]
 
     def set_columns(self, n_cols, narrow=None, fix_params=None, mult=None, shift=None):
         ph, stmts = self.ph, [self.ph.n_cols.eq(n_cols)]
@@ -404,15 +405,18 @@ class _TileStates(_Settings):
         for unit in "awcro":
             m.d.comb += getattr(seq, f"{unit}_tile").payload.eq(tile)
         m.d.comb += [seq.fetch.payload.addr.eq(r.fetch_base + r.cb * r.tile_bytes),
-                     seq.fetch.payload.beats.eq(r.fetch_beats), seq.fetch.payload.half.eq(r.half)]
+                     seq.fetch.payload.beats.eq(r.fetch_beats), seq.fetch.payload.rows.eq(r.fetch_rows),
+                     seq.fetch.payload.half.eq(r.half)]
         prefetch = Signal(Fetch)
         next_expert = seq.experts.payload.expert
         with m.If(self.ph.sink == Sink.GELU):
             m.d.comb += [prefetch.addr.eq(ins.dram1 + r.expert * ins.stride1 + ins.dram2),
-                         prefetch.beats.eq((PARAM_BYTES * C + ins.count * N * C) // BEAT_BYTES)]
+                         prefetch.beats.eq((PARAM_BYTES * C + ins.count * N * C) // BEAT_BYTES),
+                         prefetch.rows.eq(ins.count * N)]
         with m.Else():
             m.d.comb += [prefetch.addr.eq(ins.dram1 + next_expert * ins.stride1),
-                         prefetch.beats.eq((PARAM_BYTES * C + ins.k_chunks * N * C) // BEAT_BYTES)]
+                         prefetch.beats.eq((PARAM_BYTES * C + ins.k_chunks * N * C) // BEAT_BYTES),
+                         prefetch.rows.eq(ins.k_chunks * N)]
         m.d.comb += prefetch.half.eq(r.half)
         with m.If(r.prefetch):
             m.d.comb += [seq.fetch.payload.eq(prefetch), seq.fetch.valid.eq(1)]
@@ -532,6 +536,7 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
             acc=Signal(INSTR_BYTES * 8),
             tb=Signal(12), cb=Signal(12), tb_end=Signal(12), n_tb=Signal(12),
             tb_outer=Signal(), fetch_base=Signal(ADDR_BITS), fetch_beats=Signal(16), tile_bytes=Signal(32),
+            fetch_rows=Signal(16),
             use_w=Signal(), use_c=Signal(), use_r=Signal(), use_o=Signal(),
             half=Signal(),           # the half the next fetch fills
             cur_half=Signal(),

@@ -32,7 +32,7 @@ combine); the DRAM records they read are the layouts of ``records.py``.
 
 import dataclasses
 
-from amaranth import Module, ResetInserter, unsigned
+from amaranth import Cat, Module, ResetInserter, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -83,6 +83,10 @@ class Accelerator(wiring.Component):
     ----------
     axi : Out(AXI4Signature(addr_width=40, data_width=128))
         Weights, program and image in; features and each MoE layer's expert routing out.
+    axi1, axi2, axi3 : Out(AXI4Signature(addr_width=40, data_width=128))
+        With ``cap.ports`` above 1, ports ``1 .. ports - 1``: weight-tile reads only (each
+        streams its banks of every tile, ``gateware/fetcher.py``). Their write channels are idle
+        but present, so every port is a whole AXI4 manager (the board wires each to an HP port).
     ctrl : In(AXI4LiteSignature(addr_width=12, data_width=32))
         ``gateware.control.ControlRegisters``: start, soft reset, busy/done/error, task, base
         addresses, watchdog, error code and address, cycle and stall counters. A stall cycle is
@@ -90,19 +94,26 @@ class Accelerator(wiring.Component):
     trace : Out(gateware.phase.Trace)
         What a simulation watches to draw the frame's timeline; unconnected on the board.
 
-    A bus error, the watchdog or a soft reset stops the frame through ``gateware.abort``: the
-    DMA drains the bus, then every component but the register block is reset.
+    A bus error on any port, the watchdog or a soft reset stops the frame through
+    ``gateware.abort``: every DMA drains its bus, then every component but the register block
+    is reset. ERROR_ADDR names the lowest-numbered port's fault when two come together.
     """
 
     def __init__(self, cap=None):
         self.cap = cap = cap or Capacity()
         self.lanes = cap.lanes
         self.kmax = cap.max_k_chunks * cap.lanes
+        self.port_names = ["axi"] + [f"axi{p}" for p in range(1, cap.ports)]
         super().__init__({
-            "axi": Out(AXI4Signature(addr_width=ADDR_BITS, data_width=DATA_WIDTH)),
+            **{name: Out(AXI4Signature(addr_width=ADDR_BITS, data_width=DATA_WIDTH)) for name in self.port_names},
             "ctrl": In(AXI4LiteSignature(addr_width=12, data_width=32)),
             "trace": Out(Trace),
         })
+
+    @property
+    def axi_ports(self):
+        """The AXI4 managers, port 0 first."""
+        return [getattr(self, name) for name in self.port_names]
 
     def elaborate(self, platform):
         m = Module()
@@ -114,9 +125,11 @@ class Accelerator(wiring.Component):
         # (bus error, watchdog, soft reset) resets it once the DMA has drained the bus.
         m.submodules.abort = abort = AbortControl(ADDR_BITS)
         datapath = ResetInserter(abort.reset)
-        dma = DMA(addr_width=ADDR_BITS, data_width=DATA_WIDTH)
-        m.submodules.dma = datapath(dma)
-        wiring.connect(m, wiring.flipped(self.axi), dma.axi)
+        # One DMA per port; those past port 0 only read (their write commands stay idle).
+        dmas = [DMA(addr_width=ADDR_BITS, data_width=DATA_WIDTH) for _ in self.port_names]
+        for name, port, dma in zip(self.port_names, self.axi_ports, dmas):
+            m.submodules[name.replace("axi", "dma")] = datapath(dma)
+            wiring.connect(m, wiring.flipped(port), dma.axi)
 
         C, G = cap.cols, cap.groups
         mac = MACArray(N, C)
@@ -144,7 +157,7 @@ class Accelerator(wiring.Component):
         m.submodules.probs = probs = Memory(shape=data.ArrayLayout(unsigned(PROB_FRAC + 1), N),
                                             depth=cap.max_tokens, init=[])
         probs_rd, probs_wr = probs.read_port(), probs.write_port()
-        fetcher = TileFetcher(C, self.kmax)
+        fetcher = TileFetcher(C, self.kmax, cap.ports)
         m.submodules.fetcher = datapath(fetcher)
         ra = TileReader(N)
         m.submodules.a_reader = datapath(ra)
@@ -172,9 +185,9 @@ class Accelerator(wiring.Component):
         m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle),
                      fetcher.weights_base.eq(regs.weights_base)]
 
-        self._control(m, regs, dma, seq, queues, ln)
-        self._abort(m, regs, abort, dma, seq)
-        self._dma_read(m, dma, seq, fetcher)
+        self._control(m, regs, dmas[0], seq, queues, ln)
+        self._abort(m, regs, abort, dmas, seq)
+        self._dma_read(m, dmas, seq, fetcher)
         q_a, q_o = self._queue_memory(m, seq)
         self._readers(m, seq.phase, ra, rw, store, fetcher, kv, probs_rd, q_a, seq)
         self._join(m, seq, ra.o, rw.o, mac, ln)
@@ -209,33 +222,43 @@ class Accelerator(wiring.Component):
         m.d.comb += seq.wr_busy.eq(dma.wr_busy)
 
     @staticmethod
-    def _abort(m, regs, abort, dma, seq):
-        """The abort path's connections: causes in, halt to the DMA, status out."""
+    def _abort(m, regs, abort, dmas, seq):
+        """The abort path's connections: causes in, halt to every DMA, status out."""
+        error = Cat(dma.error for dma in dmas).any()
         m.d.comb += [abort.start.eq(regs.start), abort.soft_reset.eq(regs.soft_reset), abort.busy.eq(seq.busy),
-                     abort.watchdog.eq(regs.watchdog), abort.dma_error.eq(dma.error),
-                     abort.dma_error_write.eq(dma.error_write), abort.dma_error_resp.eq(dma.error_resp),
-                     abort.dma_error_addr.eq(dma.error_addr), abort.dma_drained.eq(dma.drained),
-                     dma.halt.eq(abort.halt),
+                     abort.watchdog.eq(regs.watchdog), abort.dma_error.eq(error),
+                     abort.dma_drained.eq(Cat(dma.drained for dma in dmas).all()),
                      regs.busy.eq(seq.busy | abort.aborting),
                      # A frame that faulted reports the abort's done, never the sequencer's: its
                      # END can come while the DMA's error waits to be taken up (a write's last B).
-                     regs.done.eq((seq.done & ~dma.error & ~abort.halt) | abort.done),
+                     regs.done.eq((seq.done & ~error & ~abort.halt) | abort.done),
                      regs.error.eq(abort.error), regs.aborting.eq(abort.aborting),
                      regs.error_code.eq(abort.code), regs.error_addr.eq(abort.addr)]
+        m.d.comb += [dma.halt.eq(abort.halt) for dma in dmas]
+        # The first port with a fault names it; the abort latches it in the cycle it comes.
+        for dma in reversed(dmas):
+            with m.If(dma.error):
+                m.d.comb += [abort.dma_error_write.eq(dma.error_write), abort.dma_error_resp.eq(dma.error_resp),
+                             abort.dma_error_addr.eq(dma.error_addr)]
 
     @staticmethod
-    def _dma_read(m, dma, seq, fetcher):
-        """The DMA read channel: the sequencer's while it owns it (no tiles in flight), else the fetcher's."""
-        owner = seq.dma_owner
-        for port, mine in ((seq, owner), (fetcher, ~owner)):
-            m.d.comb += [port.rd_cmd.ready.eq(dma.rd_cmd.ready & mine), port.rd_data.valid.eq(dma.rd_data.valid & mine),
-                         port.rd_data.payload.eq(dma.rd_data.payload)]
+    def _dma_read(m, dmas, seq, fetcher):
+        """The DMA read channels: port 0's the sequencer's while it owns it (no tiles in flight),
+        else the fetcher's; the other ports' always the fetcher's."""
+        for dma, cmd, rdata in list(zip(dmas, fetcher.rd_cmd, fetcher.rd_data))[1:]:
+            wiring.connect(m, cmd, dma.rd_cmd)
+            wiring.connect(m, dma.rd_data, rdata)
+        dma, owner = dmas[0], seq.dma_owner
+        cmd, rdata = fetcher.rd_cmd[0], fetcher.rd_data[0]
+        for port_cmd, port_data, mine in ((seq.rd_cmd, seq.rd_data, owner), (cmd, rdata, ~owner)):
+            m.d.comb += [port_cmd.ready.eq(dma.rd_cmd.ready & mine), port_data.valid.eq(dma.rd_data.valid & mine),
+                         port_data.payload.eq(dma.rd_data.payload)]
         with m.If(owner):
             m.d.comb += [dma.rd_cmd.valid.eq(seq.rd_cmd.valid), dma.rd_cmd.payload.eq(seq.rd_cmd.payload),
                          dma.rd_data.ready.eq(seq.rd_data.ready)]
         with m.Else():
-            m.d.comb += [dma.rd_cmd.valid.eq(fetcher.rd_cmd.valid), dma.rd_cmd.payload.eq(fetcher.rd_cmd.payload),
-                         dma.rd_data.ready.eq(fetcher.rd_data.ready)]
+            m.d.comb += [dma.rd_cmd.valid.eq(cmd.valid), dma.rd_cmd.payload.eq(cmd.payload),
+                         dma.rd_data.ready.eq(rdata.ready)]
 
     def _queue_memory(self, m, seq):
         """The current expert's queue: written by the sequencer, read by the A reader and the combine."""

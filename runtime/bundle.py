@@ -132,9 +132,11 @@ class Bundle:
         try:
             files = manifest["files"]
             config = {name: manifest["config"][name] for name in CONFIG_FIELDS}
-            # Bundles from before the rectangular array have no cols: theirs was square.
-            capacity = {name: int(manifest["capacity"][name] if name != "cols"
-                                  else manifest["capacity"].get("cols", manifest["capacity"]["lanes"]))
+            # Bundles from before the rectangular array have no cols (theirs was square), and
+            # those from before the weight ports no ports (theirs had one).
+            stored = manifest["capacity"]
+            missing = {"cols": stored["lanes"], "ports": 1}
+            capacity = {name: int(stored[name] if name not in missing else stored.get(name, missing[name]))
                         for name in CAPACITY_FIELDS}
             register_map = tuple(int(v) for v in manifest["register_map"])
             output_scale = float(manifest["output"]["scale"])

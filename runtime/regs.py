@@ -25,9 +25,10 @@ Registers are 32-bit words at byte offsets from the control port's base::
     0x40 CYCLES_LO   RO  cycle counter bits 31..0; reading it latches bits 63..32 for CYCLES_HI
     0x44 CYCLES_HI   RO  the latched upper half
     0x48 STALLS_LO/HI    the same for the stall counter
-    0x50..0x70 CAP_* RO  the build's capacity, one field of ``gateware.program.Capacity`` per
+    0x50..0x74 CAP_* RO  the build's capacity, one field of ``gateware.program.Capacity`` per
                          register in :data:`CAPACITY_FIELDS` order (since version 1.1; CAP_COLS,
-                         the MAC array's columns, since 1.3)
+                         the MAC array's columns, since 1.3; CAP_PORTS, the AXI4 managers that
+                         stream weights, since 1.4)
 
 Other offsets read 0 and ignore writes.
 
@@ -53,7 +54,7 @@ __all__ = ["Reg", "ErrorCode", "ID_VALUE", "VERSION", "STATUS_BUSY", "STATUS_DON
 ID_VALUE = 0x4D33_5654
 #: (major, minor) in the VERSION register: the major number changes when an existing register
 #: changes meaning, the minor one when registers are added.
-VERSION = (1, 3)
+VERSION = (1, 4)
 
 STATUS_BUSY = 1 << 0
 STATUS_DONE = 1 << 1
@@ -64,7 +65,7 @@ CONTROL_SOFT_RESET = 1 << 1
 
 #: The fields of ``gateware.program.Capacity`` that the CAP_* registers report, in register order.
 CAPACITY_FIELDS = ("lanes", "act_words", "max_tokens", "max_k_chunks", "max_dim_chunks", "num_experts",
-                   "top_k", "max_program", "cols")
+                   "top_k", "max_program", "cols", "ports")
 
 #: Where the PS sees the control registers on the ZCU104 build (the start of M_AXI_HPM0_FPD's window).
 CTRL_BASE = 0xA000_0000
@@ -127,6 +128,7 @@ class Reg(enum.IntEnum):
     CAP_TOP_K = 0x68
     CAP_MAX_PROGRAM = 0x6C
     CAP_COLS = 0x70
+    CAP_PORTS = 0x74
 
 
 #: Capacity field name -> the register that reports it.

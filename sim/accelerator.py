@@ -17,6 +17,7 @@ from gateware.program import Capacity, compile_frame
 from runtime.layout import dram_layout as _region_layout
 from runtime.regs import STATUS_BUSY, STATUS_DONE, STATUS_ERROR, Reg, error_message
 
+from .dram import DEFAULT_BYTES_PER_CYCLE
 from .session import ENGINES, open_session
 from .trace import frame_timeline, phase_summary
 
@@ -92,8 +93,8 @@ def simulate_frame(artifact, pixels, task, **kwargs):
 
 
 def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim", dram_latency=40,
-                    dram_beats_per_cycle=1.0, impolite=None, max_cycles=50_000_000, progress=None, trace=False,
-                    stage=None):
+                    dram_beats_per_cycle=1.0, dram_bytes_per_cycle=DEFAULT_BYTES_PER_CYCLE, impolite=None,
+                    max_cycles=50_000_000, progress=None, trace=False, stage=None):
     """Run frames back to back on one accelerator, one per entry of ``tasks``.
 
     The first frame writes every register; each later one writes only TASK and CONTROL, as a
@@ -111,9 +112,10 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
         The accelerator to build; by default the smallest that holds the config at ``lanes``.
     engine : str
         ``"pysim"`` or ``"verilator"``.
-    dram_latency, dram_beats_per_cycle : int, float
-        The DRAM model: cycles from a read address to its first beat, and sustained beats
-        (16 bytes) per cycle.
+    dram_latency, dram_beats_per_cycle, dram_bytes_per_cycle : int, float, float
+        The DRAM model: cycles from a read address to its first beat, sustained beats (16 bytes)
+        per cycle of each AXI port, and bytes per cycle of all ports together (the memory's
+        bandwidth; ``sim.dram.DEFAULT_BYTES_PER_CYCLE``, 51.2, by default).
     impolite : sim.dram.Impolite, optional
         Back-pressure, latency jitter, refresh stalls, error responses (``sim.dram``).
     max_cycles : int
@@ -168,7 +170,7 @@ def simulate_frames(artifact, pixels, tasks, *, lanes=8, cap=None, engine="pysim
     stage = stage or _no_stage
     with stage(f"building the accelerator for {engine}", False):
         session = open_session(engine, cap, size, latency=dram_latency, beats_per_cycle=dram_beats_per_cycle,
-                               impolite=impolite, trace=trace)
+                               bytes_per_cycle=dram_bytes_per_cycle, impolite=impolite, trace=trace)
     results = []
     try:
         for addr, blob in contents:
@@ -308,7 +310,7 @@ def frame_report(artifact, task, result, golden, cap):
     routing_mismatches = int(np.count_nonzero((result.routing != golden_routing(cfg, golden)).any(axis=-1)))
     return {
         "config": cfg.name, "task": task, "engine": result.engine, "lanes": n, "cols": cap.cols, "array": cap.shape,
-        "ports": 1, "array_dsp": pes,
+        "ports": cap.ports, "array_dsp": pes,
         "bit_exact": mismatches == 0, "mismatches": mismatches,
         "cycles": result.cycles, "stall_cycles": result.stalls, "dram_stall_cycles": result.stalls,
         "latency_ms_at_300mhz": result.cycles / 300e6 * 1e3,

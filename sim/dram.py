@@ -1,21 +1,37 @@
-"""A DRAM behind an AXI4 subordinate port, for both simulation engines.
+"""A DRAM behind one or more AXI4 subordinate ports, for both simulation engines.
 
-:class:`DRAMModel` serves a design's AXI4 manager port in Amaranth's simulator;
+:class:`DRAMModel` serves a design's AXI4 manager ports in Amaranth's simulator;
 ``sim/dram_model.cpp`` is the same model for the Verilator engine, attached with
 :func:`attach_verilator_dram`. Both have the same timing, cycle for cycle.
+
+One memory answers every port, as the Zynq PS's one DDR controller answers its four HP ports.
+Each port has its own bursts, in order on that port, and its own pacing; a shared bucket caps
+all ports together.
 
 By default the memory is *polite*:
 
 * AR and AW are always ready. A read burst's first beat is valid ``latency`` cycles after the
   cycle of its AR handshake; bursts follow one another without gaps, in order.
-* Read beats are paced by a token bucket: every cycle adds ``beats_per_cycle`` tokens (in units
-  of 1/65536), a beat costs one, and while no beat can go out (none due, or one held by RREADY)
-  the bucket keeps at most what lets one beat go the next cycle: ``1.0`` is a beat every cycle,
-  ``0.5`` every other, also after a stall. A beat once valid stays valid until RREADY takes it.
+* Read beats are paced per port by a token bucket: every cycle adds ``beats_per_cycle`` tokens
+  (in units of 1/65536), a beat costs one, and while no beat can go out (none due, or one held
+  by RREADY) the bucket keeps at most what lets one beat go the next cycle: ``1.0`` is a beat
+  every cycle, ``0.5`` every other, also after a stall. A beat once valid stays valid until
+  RREADY takes it.
+* The memory's bandwidth is a second bucket, shared by the ports: every cycle adds
+  ``bytes_per_cycle`` bytes' worth of beats (in the same units), and each read beat any port
+  sends costs one. When more ports could send a beat than the bucket holds, the ports are served
+  round-robin, starting after the last port served; a port left out sends nothing this cycle
+  and keeps one beat banked in its own bucket. When every port that could send did, the shared
+  bucket too keeps at most what lets one beat go the next cycle, so over any ``n`` cycles all
+  ports together read at most ``n * bytes_per_cycle`` bytes plus one beat. The default, 51.2
+  bytes per cycle, is 15.36 GB/s at 300 MHz: the ZCU104's PS DDR4 (64-bit DDR4-2400: 2400 MT/s x
+  8 bytes = 19.2 GB/s peak) at an assumed 80 % sustained (the project's planning figure, not a
+  measurement). With one 16-byte port it never binds. Writes are not charged to it (a frame
+  writes its features and routing, well under 1 % of its traffic).
 * W is ready from the cycle after its burst's AW handshake, one beat per cycle, bytes stored as
   WSTRB says. The B response is valid the cycle after the last beat, one at a time, in order.
 * Every response is OKAY.
-* The counters ``bytes_read``/``bytes_written`` count whole beats moved on the bus;
+* The counters ``bytes_read``/``bytes_written`` count whole beats moved on the bus (all ports);
   ``read_bursts``/``write_bursts`` count address handshakes.
 
 An :class:`Impolite` setting makes it behave like an interconnect and DDR controller under load,
@@ -32,15 +48,18 @@ the same order (a draw happens only where its option is on, so the polite model 
   (a transfer offered or a burst outstanding): while the bus is idle nothing is drawn and the
   refresh timer stands still, so the host's register accesses and polling (which take different
   numbers of cycles under the two engines) never shift a frame's random choices;
-* a read beat that could go out is held back a cycle with probability ``r_gap``;
+* a read beat that could go out is held back a cycle with probability ``r_gap`` (before the
+  shared bucket is asked);
 * bursts that touch ``error_range`` are answered ``error_resp`` (SLVERR or DECERR): every beat of
   such a read carries it on RRESP (with the memory's data), a write gets it on BRESP and stores
   nothing.
 
-Per clock edge the draws come in this order: a read latency (at an AR handshake), the R gap,
-AR ready, AW ready, W ready for the next cycle.
+Every option acts on each port on its own (each draws its own choices), except refresh, which
+stops the whole memory, and ``error_range``, which holds for all ports. Per clock edge the draws
+come in this order: for each port in turn a read latency (at an AR handshake) and the R gap;
+then for each port in turn AR ready, AW ready and W ready for the next cycle.
 
-The model checks the protocol the accelerator must keep and raises (pysim) or records (C++)
+The model checks the protocol the accelerator must keep, on every port, and raises (pysim) or records (C++)
 :class:`AXIProtocolError` on a burst that crosses a 4 KiB boundary, a misaligned address,
 AxSIZE other than the bus width, a burst type other than INCR, an access past the memory's
 end, WLAST on the wrong beat, or an AR, AW or W transfer that is withdrawn or changed while it
@@ -59,7 +78,7 @@ from pathlib import Path
 from amaranth.hdl import Value
 
 __all__ = ["AXIProtocolError", "DRAMModel", "Impolite", "REGIONS", "VerilatorDRAM", "attach_verilator_dram",
-           "VERILATOR_OPTIONS", "CPP_SOURCE", "SLVERR", "DECERR"]
+           "VERILATOR_OPTIONS", "CPP_SOURCE", "SLVERR", "DECERR", "DEFAULT_BYTES_PER_CYCLE"]
 
 _PAGE = 4096
 _INCR = 1
@@ -74,6 +93,17 @@ SLVERR, DECERR = 2, 3
 def _tokens(beats_per_cycle):
     """Tokens added per cycle: integers, so that both models pace beats identically."""
     return max(1, int(beats_per_cycle * _ONE + 0.5))
+
+
+def _shared_tokens(bytes_per_cycle, beat):
+    """Tokens the shared bucket gains per cycle (an integer, handed to the C++ model as such)."""
+    return max(1, int(bytes_per_cycle * _ONE / beat + 0.5))
+
+
+#: The shared bucket's default, bytes per 300 MHz cycle: the ZCU104's PS DDR4 is 64-bit DDR4-2400,
+#: 2400 MT/s x 8 bytes = 19.2 GB/s peak; at an assumed 80 % sustained (an assumption, not a
+#: measurement) 15.36 GB/s, which is 51.2 bytes per cycle at 300 MHz.
+DEFAULT_BYTES_PER_CYCLE = 51.2
 #: The C++ model, for ``VerilatorModel(extra_sources=...)``.
 CPP_SOURCE = Path(__file__).with_name("dram_model.cpp")
 
@@ -170,7 +200,7 @@ class _SplitMix64:
         return (z ^ (z >> 31)) >> 32      # the high half: the better mixed bits
 
 
-def _check_params(size, data_width, latency, beats_per_cycle, impolite):
+def _check_params(size, data_width, latency, beats_per_cycle, impolite, bytes_per_cycle=DEFAULT_BYTES_PER_CYCLE):
     if size < 1:
         raise ValueError(f"DRAM size must be positive, not {size!r}")
     if data_width not in {8 << i for i in range(8)}:
@@ -179,6 +209,8 @@ def _check_params(size, data_width, latency, beats_per_cycle, impolite):
         raise ValueError(f"read latency must be at least 1 cycle, not {latency!r}")
     if not 0 < beats_per_cycle <= 1:
         raise ValueError(f"beats_per_cycle must lie in (0, 1], not {beats_per_cycle!r}")
+    if not (isinstance(bytes_per_cycle, (int, float)) and 0 < bytes_per_cycle < 1e6):
+        raise ValueError(f"bytes_per_cycle must be a positive number of bytes, not {bytes_per_cycle!r}")
     if impolite is not None:
         if not isinstance(impolite, Impolite):
             raise TypeError(f"impolite must be an Impolite, not {impolite!r}")
@@ -191,10 +223,10 @@ def _check_range(what, addr, n, size):
 
 
 class DRAMModel:
-    """Byte-addressed memory with an AXI4 subordinate port for Amaranth's simulator.
+    """Byte-addressed memory with AXI4 subordinate ports for Amaranth's simulator.
 
-    Timing and checks are described in the module docstring. The port has no ID signals (all
-    transfers in order).
+    Timing and checks are described in the module docstring. The ports have no ID signals (all
+    transfers of a port in order); :meth:`add_to` says how many there are.
 
     Parameters
     ----------
@@ -206,13 +238,16 @@ class DRAMModel:
         Cycles from a read burst's AR handshake to its first valid beat, at least 1 (the low end
         of the range when ``impolite.latency_max`` is set).
     beats_per_cycle : float
-        Sustained read beats per cycle, ``0 < beats_per_cycle <= 1``.
+        Sustained read beats per cycle of each port, ``0 < beats_per_cycle <= 1``.
+    bytes_per_cycle : float
+        Read bytes per cycle of all ports together (the shared bucket); the default,
+        :data:`DEFAULT_BYTES_PER_CYCLE` (51.2), is the PS DDR4's sustained rate at 300 MHz.
     impolite : Impolite, optional
         Back-pressure, latency jitter, refresh stalls, error responses; polite without.
 
     Attributes
     ----------
-    size, data_width, latency, beats_per_cycle, impolite
+    size, data_width, latency, beats_per_cycle, bytes_per_cycle, impolite
         As given.
     mem : bytearray
         The contents (:meth:`write` and :meth:`read` check bounds; this does not).
@@ -231,10 +266,11 @@ class DRAMModel:
         Write beats with strobes set, first offered after ``error_cycle``.
     """
 
-    def __init__(self, size, *, data_width=128, latency=40, beats_per_cycle=1.0, impolite=None):
-        _check_params(size, data_width, latency, beats_per_cycle, impolite)
+    def __init__(self, size, *, data_width=128, latency=40, beats_per_cycle=1.0,
+                 bytes_per_cycle=DEFAULT_BYTES_PER_CYCLE, impolite=None):
+        _check_params(size, data_width, latency, beats_per_cycle, impolite, bytes_per_cycle)
         self.size, self.data_width = size, data_width
-        self.latency, self.beats_per_cycle = latency, beats_per_cycle
+        self.latency, self.beats_per_cycle, self.bytes_per_cycle = latency, beats_per_cycle, bytes_per_cycle
         self.impolite = impolite
         self.beat = data_width // 8
         self.mem = bytearray(size)
@@ -272,162 +308,244 @@ class DRAMModel:
             raise AXIProtocolError(f"{kind} burst at {addr:#x} of {beats} beats runs past the end "
                                    f"of the {self.size}-byte DRAM")
 
-    def add_to(self, sim, axi):
-        """Serve ``axi`` (a design's AXI4 manager port) in simulator ``sim`` from a process."""
+    def add_to(self, sim, *ports):
+        """Serve ``ports`` (a design's AXI4 manager ports, port 0 first) in simulator ``sim``
+        from one process."""
         async def process(ctx):
-            await self.serve(ctx, axi)
+            await self.serve(ctx, *ports)
         sim.add_process(process)
 
-    async def serve(self, ctx, axi):
-        """Answer ``axi``'s read and write channels forever, one loop iteration per clock edge.
+    async def serve(self, ctx, *ports):
+        """Answer every channel of ``ports`` forever, one loop iteration per clock edge.
 
         Meant for ``sim.add_process`` (see :meth:`add_to`): the outputs then change with the
         clock edge like registers, and the design settles once per cycle. Also works under
         ``sim.add_testbench(..., background=True)``.
         """
-        if len(axi.rdata) != self.data_width:
-            raise ValueError(f"port is {len(axi.rdata)} bits wide, the DRAM {self.data_width}")
-        beat, mem, latency, rate = self.beat, self.mem, self.latency - 1, _tokens(self.beats_per_cycle)
-        imp = self.impolite or Impolite()
-        rng = _SplitMix64(imp.seed)
-        ar_thr, aw_thr, w_thr, gap_thr = imp.thresholds()
-        spread = 0 if imp.latency_max in (None, self.latency) else imp.latency_max - self.latency + 1
-        period, refresh = imp.refresh_period, imp.refresh_length
-        err_lo, err_hi = imp.error_range or (0, 0)
-        full_strobe = (1 << beat) - 1
-        reads, writes = deque(), deque()      # accepted bursts not yet started
-        r_addr = r_left = r_resp = 0          # the read burst being sent
-        r_valid = False                       # a beat is on R
-        credit = 0
-        w_addr = w_left = w_resp = 0          # the write burst being received
-        responses = deque()                   # B responses owed
-        arready = awready = True
-        wready = False
-        held = {}                             # AR/AW/W transfers offered and not yet taken
-        impolite = self.impolite is not None and self.impolite != Impolite(seed=imp.seed)
-        bus_cycle = 0
-        w_first = 0                           # the cycle the W beat now offered was first offered
-        ctx.set(axi.arready, 1)
-        ctx.set(axi.awready, 1)
-        sampled = [Value.cast(s) for s in (
+        if not ports:
+            raise ValueError("no AXI4 port to serve")
+        for axi in ports:
+            if len(axi.rdata) != self.data_width:
+                raise ValueError(f"port is {len(axi.rdata)} bits wide, the DRAM {self.data_width}")
+        edge = _Edge(self)
+        states = [_Port(axi) for axi in ports]
+        sampled = []
+        for st in states:
+            ctx.set(st.axi.arready, 1)
+            ctx.set(st.axi.awready, 1)
+            sampled += st.sampled
+        n = len(sampled) // len(ports)
+        async for values in ctx.tick().sample(*sampled):
+            values = values[2:]
+            for i, st in enumerate(states):
+                st.take(values[i * n:(i + 1) * n])
+            edge.step(ctx, states)
+
+
+class _Port:
+    """One AXI4 port's side of :meth:`DRAMModel.serve`: what it offered at the edge, its bursts,
+    its R beat and its own bucket (``PortState`` in ``dram_model.cpp``)."""
+
+    def __init__(self, axi):
+        self.axi = axi
+        self.sampled = [Value.cast(sig) for sig in (
             axi.arvalid, axi.araddr, axi.arlen, axi.arsize, axi.arburst, axi.rready,
             axi.awvalid, axi.awaddr, axi.awlen, axi.awsize, axi.awburst,
             axi.wvalid, axi.wdata, axi.wstrb, axi.wlast, axi.bready)]
+        self.reads, self.writes, self.responses = deque(), deque(), deque()   # bursts accepted; B owed
+        self.r_addr = self.r_left = self.r_resp = 0        # the read burst being sent
+        self.r_valid = False                               # a beat is on R
+        self.credit = 0
+        self.w_addr = self.w_left = self.w_resp = 0        # the write burst being received
+        self.arready = self.awready = True
+        self.wready = False
+        self.held = {}                                     # AR/AW/W transfers offered, not yet taken
+        self.w_first = 0        # the cycle the W beat now offered was first offered
 
-        def hold(ch, valid, ready, payload):
-            # A transfer offered must stay offered, unchanged, until it is taken.
-            if ch in held and held[ch] != (valid, payload):
-                raise AXIProtocolError(f"{ch.upper()} transfer {'changed' if valid else 'withdrawn'} "
-                                       f"before READY took it (offered {held[ch][1]}, now "
-                                       f"{payload if valid else 'nothing'})")
-            if valid and not ready:
-                held[ch] = (valid, payload)
-            else:
-                held.pop(ch, None)
+    def take(self, values):
+        """What the port offers at this edge (``sampled``'s values)."""
+        (self.arvalid, self.araddr, self.arlen, self.arsize, self.arburst, self.rready,
+         self.awvalid, self.awaddr, self.awlen, self.awsize, self.awburst,
+         self.wvalid, self.wdata, self.wstrb, self.wlast, self.bready) = values
 
-        def touches_error(addr, nbytes):
-            return addr < err_hi and addr + nbytes > err_lo
+    def active(self):
+        """A transfer offered, a burst accepted and not yet finished, or a B response owed."""
+        return bool(self.arvalid or self.awvalid or self.wvalid or self.reads or self.r_left or self.writes
+                    or self.w_left or self.responses)
 
-        async for (_, _, arvalid, araddr, arlen, arsize, arburst, rready,
-                   awvalid, awaddr, awlen, awsize, awburst,
-                   wvalid, wdata, wstrb, wlast, bready) in ctx.tick().sample(*sampled):
-            self.cycle += 1
-            cycle = self.cycle
-            # The impolite clock runs only while the bus is in use, so that idle time (the
-            # host's register accesses, its polling) never shifts a frame's random choices.
-            active = impolite and bool(arvalid or awvalid or wvalid or reads or r_left or writes or w_left
-                                       or responses)
-            if active:
-                bus_cycle += 1
-            refreshing = active and period and bus_cycle % period < refresh
-            if held or not (arready and awready):
-                hold("ar", arvalid, arready, (araddr, arlen, arsize, arburst) if arvalid else None)
-                hold("aw", awvalid, awready, (awaddr, awlen, awsize, awburst) if awvalid else None)
-            if "w" in held or (wvalid and not wready):
-                hold("w", wvalid, wready, (wdata, wstrb, wlast) if wvalid else None)
-            # Read channel.
-            if arvalid and arready:
-                self._check_burst("read", araddr, arlen + 1, arsize, arburst)
-                delay = latency + (rng.next() % spread if spread else 0)
-                resp = imp.error_resp if touches_error(araddr, (arlen + 1) * beat) else 0
-                reads.append((cycle + delay, araddr, arlen + 1, resp))
-                self.read_log.append((araddr, (arlen + 1) * beat))
-                self.read_bursts += 1
-            if r_valid and rready:
-                r_valid = False
-                r_addr += beat
-                r_left -= 1
-                self.bytes_read += beat
-            if not r_left and reads and reads[0][0] <= cycle:
-                _, r_addr, r_left, r_resp = reads.popleft()
-            credit += rate
-            if not r_valid and r_left and not refreshing:
-                if credit >= _ONE:
-                    if gap_thr and rng.next() < gap_thr:
-                        credit = _ONE     # held back: still one beat banked, no more
-                    else:
-                        credit -= _ONE
-                        r_valid = True
-                        ctx.set(axi.rdata, int.from_bytes(mem[r_addr:r_addr + beat], "little"))
-                        ctx.set(axi.rlast, r_left == 1)
-                        ctx.set(axi.rresp, r_resp)
-                        if r_resp and self.error_cycle is None:
-                            self.error_cycle = cycle + 1
-            elif credit > _ONE - rate:
-                # Idle or held by RREADY: bank one beat, no more.
-                credit = _ONE - rate
-            ctx.set(axi.rvalid, r_valid)
+    def hold(self, ch, valid, ready, payload):
+        """A transfer offered must stay offered, unchanged, until it is taken."""
+        held = self.held
+        if ch in held and held[ch] != (valid, payload):
+            raise AXIProtocolError(f"{ch.upper()} transfer {'changed' if valid else 'withdrawn'} "
+                                   f"before READY took it (offered {held[ch][1]}, now "
+                                   f"{payload if valid else 'nothing'})")
+        if valid and not ready:
+            held[ch] = (valid, payload)
+        else:
+            held.pop(ch, None)
 
-            # Write channels.
-            if awvalid and awready:
-                self._check_burst("write", awaddr, awlen + 1, awsize, awburst)
-                writes.append((awaddr, awlen + 1,
-                               imp.error_resp if touches_error(awaddr, (awlen + 1) * beat) else 0))
-                self.write_bursts += 1
-            if responses and bready:
-                responses.popleft()
-            if wvalid and wready:
-                first = w_first or cycle
-                w_first = 0
-                if wstrb and self.error_cycle is not None and first > self.error_cycle:
-                    self.late_writes += 1
-                if w_resp:
-                    pass                  # an erroneous burst stores nothing
-                elif wstrb == full_strobe:
-                    mem[w_addr:w_addr + beat] = wdata.to_bytes(beat, "little")
+    def check_holds(self):
+        if self.held or not (self.arready and self.awready):
+            self.hold("ar", self.arvalid, self.arready,
+                      (self.araddr, self.arlen, self.arsize, self.arburst) if self.arvalid else None)
+            self.hold("aw", self.awvalid, self.awready,
+                      (self.awaddr, self.awlen, self.awsize, self.awburst) if self.awvalid else None)
+        if "w" in self.held or (self.wvalid and not self.wready):
+            self.hold("w", self.wvalid, self.wready, (self.wdata, self.wstrb, self.wlast) if self.wvalid else None)
+
+
+class _Edge:
+    """What :meth:`DRAMModel.serve` does at each clock edge, for all ports at once (``after_edge``
+    in ``dram_model.cpp``, step by step)."""
+
+    def __init__(self, dram):
+        self.dram, self.mem, self.beat = dram, dram.mem, dram.beat
+        self.latency, self.rate = dram.latency - 1, _tokens(dram.beats_per_cycle)
+        self.shared_rate = _shared_tokens(dram.bytes_per_cycle, self.beat)
+        # What the shared bucket keeps when every port that could send did: enough for one beat
+        # the next cycle, no more (the per-port rule, for the whole memory).
+        self.shared_keep = max(0, _ONE - self.shared_rate)
+        self.shared = 0                       # the memory's tokens, shared by all ports
+        self.last_served = None               # round-robin: the next search starts after it
+        imp = self.imp = dram.impolite or Impolite()
+        self.rng = _SplitMix64(imp.seed)
+        self.ar_thr, self.aw_thr, self.w_thr, self.gap_thr = imp.thresholds()
+        self.spread = 0 if imp.latency_max in (None, dram.latency) else imp.latency_max - dram.latency + 1
+        self.err_lo, self.err_hi = imp.error_range or (0, 0)
+        self.impolite = dram.impolite is not None and dram.impolite != Impolite(seed=imp.seed)
+        self.bus_cycle = 0
+
+    def touches_error(self, addr, nbytes):
+        return addr < self.err_hi and addr + nbytes > self.err_lo
+
+    def step(self, ctx, states):
+        dram = self.dram
+        dram.cycle += 1
+        cycle, imp = dram.cycle, self.imp
+        # The impolite clock runs only while the bus is in use, so that idle time (the host's
+        # register accesses, its polling) never shifts a frame's random choices.
+        active = self.impolite and any(st.active() for st in states)
+        if active:
+            self.bus_cycle += 1
+        refreshing = active and imp.refresh_period and self.bus_cycle % imp.refresh_period < imp.refresh_length
+        # Reads, port by port up to each port's bucket; then the shared bucket, round-robin from
+        # the port after the last one served.
+        candidates = [i for i, st in enumerate(states) if self.read_side(st, cycle, refreshing)]
+        if self.last_served is None:
+            self.last_served = len(states) - 1
+        after = self.last_served
+        self.shared += self.shared_rate
+        refused = False
+        for i in sorted(candidates, key=lambda i: (i - after - 1) % len(states)):
+            if self.shared < _ONE:
+                states[i].credit = _ONE - self.rate     # refused: it keeps one beat banked, no more
+                refused = True
+                continue
+            self.shared -= _ONE
+            self.send_beat(ctx, states[i], cycle)
+            self.last_served = i
+        if not refused and self.shared > self.shared_keep:
+            self.shared = self.shared_keep
+        for st in states:
+            self.write_side(ctx, st, cycle, active, refreshing)
+
+    def read_side(self, st, cycle, refreshing):
+        """One port's read channels up to its own bucket: whether it could send a beat now."""
+        dram, beat, rate = self.dram, self.beat, self.rate
+        st.check_holds()
+        if st.arvalid and st.arready:
+            dram._check_burst("read", st.araddr, st.arlen + 1, st.arsize, st.arburst)
+            delay = self.latency + (self.rng.next() % self.spread if self.spread else 0)
+            nbytes = (st.arlen + 1) * beat
+            st.reads.append((cycle + delay, st.araddr, st.arlen + 1,
+                             self.imp.error_resp if self.touches_error(st.araddr, nbytes) else 0))
+            dram.read_log.append((st.araddr, nbytes))
+            dram.read_bursts += 1
+        if st.r_valid and st.rready:
+            st.r_valid = False
+            st.r_addr += beat
+            st.r_left -= 1
+            dram.bytes_read += beat
+        if not st.r_left and st.reads and st.reads[0][0] <= cycle:
+            _, st.r_addr, st.r_left, st.r_resp = st.reads.popleft()
+        st.credit += rate
+        if not st.r_valid and st.r_left and not refreshing:
+            if st.credit >= _ONE:
+                if self.gap_thr and self.rng.next() < self.gap_thr:
+                    st.credit = _ONE     # held back: still one beat banked, no more
                 else:
-                    raw = wdata.to_bytes(beat, "little")
-                    for i in range(beat):
-                        if wstrb >> i & 1:
-                            mem[w_addr + i] = raw[i]
-                w_left -= 1
-                if bool(wlast) != (w_left == 0):
-                    raise AXIProtocolError(
-                        f"write burst: WLAST {'set' if wlast else 'missing'} on the beat at "
-                        f"{w_addr:#x} with {w_left} beats of the burst to go")
-                w_addr += beat
-                self.bytes_written += beat
-                if not w_left:
-                    responses.append(w_resp)
-            elif wvalid and not w_first:
-                w_first = cycle
-            if not w_left and writes:
-                w_addr, w_left, w_resp = writes.popleft()
-            if ar_thr and active:
-                arready = rng.next() >= ar_thr
-                ctx.set(axi.arready, arready)
-            if aw_thr and active:
-                awready = rng.next() >= aw_thr
-                ctx.set(axi.awready, awready)
-            wready = w_left != 0 and not refreshing
-            if w_thr and wready and active:
-                wready = rng.next() >= w_thr
-            ctx.set(axi.wready, wready)
-            ctx.set(axi.bvalid, bool(responses))
-            if responses:
-                ctx.set(axi.bresp, responses[0])
-                if responses[0] and self.error_cycle is None:
-                    self.error_cycle = cycle + 1
+                    return True
+        elif st.credit > _ONE - rate:
+            # Idle or held by RREADY: bank one beat, no more.
+            st.credit = _ONE - rate
+        return False
+
+    def send_beat(self, ctx, st, cycle):
+        st.credit -= _ONE
+        st.r_valid = True
+        axi = st.axi
+        ctx.set(axi.rdata, int.from_bytes(self.mem[st.r_addr:st.r_addr + self.beat], "little"))
+        ctx.set(axi.rlast, st.r_left == 1)
+        ctx.set(axi.rresp, st.r_resp)
+        if st.r_resp and self.dram.error_cycle is None:
+            self.dram.error_cycle = cycle + 1
+
+    def write_side(self, ctx, st, cycle, active, refreshing):
+        """One port's write channels, then its ready draws for the next cycle."""
+        dram, beat, mem, axi, rng = self.dram, self.beat, self.mem, st.axi, self.rng
+        ctx.set(axi.rvalid, st.r_valid)
+        if st.awvalid and st.awready:
+            dram._check_burst("write", st.awaddr, st.awlen + 1, st.awsize, st.awburst)
+            nbytes = (st.awlen + 1) * beat
+            st.writes.append((st.awaddr, st.awlen + 1,
+                              self.imp.error_resp if self.touches_error(st.awaddr, nbytes) else 0))
+            dram.write_bursts += 1
+        if st.responses and st.bready:
+            st.responses.popleft()
+        if st.wvalid and st.wready:
+            first = st.w_first or cycle
+            st.w_first = 0
+            if st.wstrb and dram.error_cycle is not None and first > dram.error_cycle:
+                dram.late_writes += 1
+            w_addr, wstrb = st.w_addr, st.wstrb
+            if st.w_resp:
+                pass                  # an erroneous burst stores nothing
+            elif wstrb == (1 << beat) - 1:
+                mem[w_addr:w_addr + beat] = st.wdata.to_bytes(beat, "little")
+            else:
+                raw = st.wdata.to_bytes(beat, "little")
+                for b in range(beat):
+                    if wstrb >> b & 1:
+                        mem[w_addr + b] = raw[b]
+            st.w_left -= 1
+            if bool(st.wlast) != (st.w_left == 0):
+                raise AXIProtocolError(
+                    f"write burst: WLAST {'set' if st.wlast else 'missing'} on the beat at "
+                    f"{w_addr:#x} with {st.w_left} beats of the burst to go")
+            st.w_addr += beat
+            dram.bytes_written += beat
+            if not st.w_left:
+                st.responses.append(st.w_resp)
+        elif st.wvalid and not st.w_first:
+            st.w_first = cycle
+        if not st.w_left and st.writes:
+            st.w_addr, st.w_left, st.w_resp = st.writes.popleft()
+        if self.ar_thr and active:
+            st.arready = rng.next() >= self.ar_thr
+            ctx.set(axi.arready, st.arready)
+        if self.aw_thr and active:
+            st.awready = rng.next() >= self.aw_thr
+            ctx.set(axi.awready, st.awready)
+        st.wready = st.w_left != 0 and not refreshing
+        if self.w_thr and st.wready and active:
+            st.wready = rng.next() >= self.w_thr
+        ctx.set(axi.wready, st.wready)
+        ctx.set(axi.bvalid, bool(st.responses))
+        if st.responses:
+            ctx.set(axi.bresp, st.responses[0])
+            if st.responses[0] and dram.error_cycle is None:
+                dram.error_cycle = cycle + 1
 
 
 class VerilatorDRAM:
@@ -490,7 +608,7 @@ VERILATOR_OPTIONS = {
     "extra_sources": [CPP_SOURCE],
     "extra_functions": {
         "dram_attach": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint32,
-                                       ctypes.c_double]),
+                                       ctypes.c_double, ctypes.c_uint64]),
         "dram_write": (None, [ctypes.c_uint64, ctypes.c_char_p, ctypes.c_uint64]),
         "dram_read": (None, [ctypes.c_uint64, ctypes.c_char_p, ctypes.c_uint64]),
         "dram_stats": (None, [ctypes.POINTER(ctypes.c_uint64)]),
@@ -503,18 +621,19 @@ VERILATOR_OPTIONS = {
 }
 
 
-def attach_verilator_dram(model, prefix, size, latency=40, beats_per_cycle=1.0, impolite=None):
-    """Attach the C++ DRAM to the AXI4 port ``prefix`` of a Verilator model.
+def attach_verilator_dram(model, prefix, size, latency=40, beats_per_cycle=1.0, impolite=None,
+                          bytes_per_cycle=DEFAULT_BYTES_PER_CYCLE):
+    """Attach the C++ DRAM to one or more AXI4 ports of a Verilator model.
 
     Parameters
     ----------
     model : sim.verilator_engine.VerilatorModel
         Built with ``**VERILATOR_OPTIONS``. One DRAM per model.
-    prefix : str
-        The port's member path, ``"__"``-joined (``"axi"`` for ``dut.axi``); ``""`` when the
-        AXI signals are top-level ports.
-    size, latency, beats_per_cycle, impolite
-        As for :class:`DRAMModel`; the data width is the port's.
+    prefix : str or sequence of str
+        Each port's member path, ``"__"``-joined (``"axi"`` for ``dut.axi``; ``""`` when the AXI
+        signals are top-level ports); several ports (port 0 first) share the one memory.
+    size, latency, beats_per_cycle, impolite, bytes_per_cycle
+        As for :class:`DRAMModel`; the data width is the ports'.
 
     Returns
     -------
@@ -522,16 +641,26 @@ def attach_verilator_dram(model, prefix, size, latency=40, beats_per_cycle=1.0, 
         ``write``, ``read``, ``check``, ``error`` and the counters of :class:`DRAMModel`.
         Protocol errors are recorded, not raised: call ``check()`` after running.
     """
-    rdata = f"{prefix}__rdata" if prefix else "rdata"
-    if rdata not in model.ports:
-        axi_ports = sorted(name for name in model.ports if name.endswith("rdata"))
-        raise ValueError(f"no AXI4 port {prefix!r} in the model (ports ending in rdata: {axi_ports})")
-    _check_params(size, model.ports[rdata].width, latency, beats_per_cycle, impolite)
+    prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
+    if not prefixes or any("," in p for p in prefixes):
+        raise ValueError(f"AXI4 port prefixes must be names without commas, not {prefix!r}")
+    widths = set()
+    for name in prefixes:
+        rdata = f"{name}__rdata" if name else "rdata"
+        if rdata not in model.ports:
+            axi_ports = sorted(port for port in model.ports if port.endswith("rdata"))
+            raise ValueError(f"no AXI4 port {name!r} in the model (ports ending in rdata: {axi_ports})")
+        widths.add(model.ports[rdata].width)
+    if len(widths) != 1:
+        raise ValueError(f"the ports {prefixes} differ in data width ({sorted(widths)} bits)")
+    width = widths.pop()
+    _check_params(size, width, latency, beats_per_cycle, impolite, bytes_per_cycle)
     if not hasattr(model.extra, "dram_attach"):
         raise ValueError("the model was not built with sim.dram.VERILATOR_OPTIONS")
-    status = model.extra.dram_attach(prefix.encode(), size, latency, beats_per_cycle)
+    status = model.extra.dram_attach(",".join(prefixes).encode(), size, latency, beats_per_cycle,
+                                     _shared_tokens(bytes_per_cycle, width // 8))
     if status != 0:
-        raise RuntimeError(f"cannot attach the DRAM model to port {prefix!r} (status {status}: "
+        raise RuntimeError(f"cannot attach the DRAM model to ports {prefixes} (status {status}: "
                            f"-1 a signal is missing, -2 already attached, -3 bad parameters)")
     if impolite is not None:
         thresholds = (ctypes.c_uint32 * 4)(*impolite.thresholds())

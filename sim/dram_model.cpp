@@ -1,5 +1,5 @@
-// The DRAM of sim/dram.py for the Verilator engine (sim/verilator_engine.py): the same
-// timing, cycle for cycle, the same protocol checks and counters. The module docstring of
+// The DRAM of sim/dram.py for the Verilator engine (sim/verilator_engine.py): one memory behind
+// one or more AXI4 ports, the same timing, cycle for cycle, the same protocol checks and counters. The module docstring of
 // sim/dram.py describes the behaviour; this file mirrors DRAMModel.serve() step by step, so a
 // change to one belongs in the other.
 //
@@ -58,25 +58,9 @@ struct Held {
     std::vector<uint32_t> data, strb;
 };
 
-struct Dram {
-    std::vector<uint8_t> mem;
-    uint32_t beat = 16;
-    uint64_t latency = 40;
-    uint64_t rate = kOne;  // tokens per cycle
+// One AXI4 port: its signals, its bursts, its R beat and its own bucket (sim/dram.py's _Port).
+struct PortState {
     int port[NUM_PORTS];
-    uint64_t stats[4] = {0, 0, 0, 0};  // bytes read, bytes written, read bursts, write bursts
-    std::string error;
-    uint64_t cycle = 0;
-    // Fault bookkeeping: the first cycle an error response was offered (0: none yet, else
-    // cycle + 1), and write beats with strobes first offered after it.
-    uint64_t error_cycle = 0, late_writes = 0;
-
-    // Impolite settings (sim/dram.py's Impolite); all zero is polite.
-    SplitMix64 rng;
-    uint64_t ar_thr = 0, aw_thr = 0, w_thr = 0, gap_thr = 0, spread = 0;
-    uint64_t period = 0, refresh = 0, err_lo = 0, err_hi = 0, err_resp = 2;
-    uint64_t bus_cycle = 0;  // cycles with the bus in use
-
     std::deque<ReadBurst> reads;
     uint64_t r_addr = 0, r_left = 0, r_resp = 0;
     bool r_valid = false;
@@ -96,6 +80,41 @@ struct Dram {
     uint64_t araddr = 0, arlen = 0, arsize = 0, arburst = 0;
     uint64_t awaddr = 0, awlen = 0, awsize = 0, awburst = 0;
     std::vector<uint32_t> wdata, wstrb;
+
+    bool busy() const {
+        return !reads.empty() || r_left || !writes.empty() || w_left || !responses.empty();
+    }
+
+    bool strobe(uint32_t i) const { return wstrb[i / 32] >> (i % 32) & 1; }
+
+    bool any_strobe(uint32_t beat) const {
+        for (uint32_t i = 0; i < beat; i++)
+            if (strobe(i)) return true;
+        return false;
+    }
+};
+
+struct Dram {
+    std::vector<uint8_t> mem;
+    uint32_t beat = 16;
+    uint64_t latency = 40;
+    uint64_t rate = kOne;         // tokens per cycle of each port's bucket
+    uint64_t shared_rate = kOne;  // tokens per cycle of the memory's shared bucket
+    uint64_t shared = 0;
+    size_t last_served = 0;
+    std::vector<PortState> ports;
+    uint64_t stats[4] = {0, 0, 0, 0};  // bytes read, bytes written, read bursts, write bursts
+    std::string error;
+    uint64_t cycle = 0;
+    // Fault bookkeeping: the first cycle an error response was offered (0: none yet, else
+    // cycle + 1), and write beats with strobes first offered after it.
+    uint64_t error_cycle = 0, late_writes = 0;
+
+    // Impolite settings (sim/dram.py's Impolite); all zero is polite.
+    SplitMix64 rng;
+    uint64_t ar_thr = 0, aw_thr = 0, w_thr = 0, gap_thr = 0, spread = 0;
+    uint64_t period = 0, refresh = 0, err_lo = 0, err_hi = 0, err_resp = 2;
+    uint64_t bus_cycle = 0;  // cycles with the bus in use
 
     void fail(const char *msg) {
         if (error.empty()) error = msg;
@@ -159,156 +178,186 @@ struct Dram {
         return addr < err_hi && addr + n > err_lo;
     }
 
-    bool strobe(uint32_t i) const { return wstrb[i / 32] >> (i % 32) & 1; }
-
-    bool any_strobe() const {
-        for (uint32_t i = 0; i < beat; i++)
-            if (strobe(i)) return true;
+    // The read side of one port up to its bucket (sim/dram.py's first loop): returns whether
+    // the port could send a beat now and may ask the shared bucket.
+    bool read_side(PortState &s, uint64_t cycle, bool refreshing) {
+        if (s.held_ar.valid || s.held_aw.valid || !(s.arready && s.awready)) {
+            hold("AR", s.held_ar, s.arvalid, s.arready,
+                 s.arvalid ? s.araddr : 0, s.arvalid ? (s.arlen | s.arsize << 8 | s.arburst << 11) : 0,
+                 nullptr, nullptr);
+            hold("AW", s.held_aw, s.awvalid, s.awready,
+                 s.awvalid ? s.awaddr : 0, s.awvalid ? (s.awlen | s.awsize << 8 | s.awburst << 11) : 0,
+                 nullptr, nullptr);
+        }
+        if (s.held_w.valid || (s.wvalid && !s.wready))
+            hold("W", s.held_w, s.wvalid, s.wready, 0, s.wvalid ? s.wlast : 0, &s.wdata, &s.wstrb);
+        if (s.arvalid && s.arready &&
+            check_burst("read", s.araddr, s.arlen + 1, s.arsize, s.arburst)) {
+            uint64_t delay = latency - 1 + (spread ? rng.next() % spread : 0);
+            uint64_t resp = touches_error(s.araddr, (s.arlen + 1) * beat) ? err_resp : 0;
+            s.reads.push_back({cycle + delay, s.araddr, s.arlen + 1, resp});
+            stats[2]++;
+        }
+        if (s.r_valid && s.rready) {
+            s.r_valid = false;
+            s.r_addr += beat;
+            s.r_left--;
+            stats[0] += beat;
+        }
+        if (!s.r_left && !s.reads.empty() && s.reads.front().ready <= cycle) {
+            s.r_addr = s.reads.front().addr;
+            s.r_left = s.reads.front().beats;
+            s.r_resp = s.reads.front().resp;
+            s.reads.pop_front();
+        }
+        s.credit += rate;
+        if (!s.r_valid && s.r_left && !refreshing) {
+            if (s.credit >= kOne) {
+                if (gap_thr && rng.next() < gap_thr) {
+                    s.credit = kOne;  // held back: still one beat banked, no more
+                } else {
+                    return true;
+                }
+            }
+        } else if (s.credit > kOne - rate) {
+            // Idle or held by RREADY: bank one beat, no more.
+            s.credit = kOne - rate;
+        }
         return false;
+    }
+
+    void send_beat(vm_ctx *ctx, PortState &s, uint64_t cycle) {
+        const int *p = s.port;
+        s.credit -= kOne;
+        s.r_valid = true;
+        std::memcpy(s.r_words.data(), &mem[s.r_addr], beat);
+        vm_set_words(ctx, p[RDATA], s.r_words.data());
+        vm_set64(ctx, p[RLAST], s.r_left == 1);
+        vm_set64(ctx, p[RRESP], s.r_resp);
+        if (s.r_resp && !error_cycle) error_cycle = cycle + 2;
+    }
+
+    // The write side of one port and its ready draws (sim/dram.py's last loop).
+    void write_side(vm_ctx *ctx, PortState &s, uint64_t cycle, bool active, bool refreshing) {
+        const int *p = s.port;
+        vm_set64(ctx, p[RVALID], s.r_valid);
+        if (s.awvalid && s.awready &&
+            check_burst("write", s.awaddr, s.awlen + 1, s.awsize, s.awburst)) {
+            uint64_t resp = touches_error(s.awaddr, (s.awlen + 1) * beat) ? err_resp : 0;
+            s.writes.push_back({s.awaddr, s.awlen + 1, resp});
+            stats[3]++;
+        }
+        if (!s.responses.empty() && s.bready) s.responses.pop_front();
+        if (s.wvalid && s.wready) {
+            uint64_t first = s.w_first ? s.w_first : cycle;
+            s.w_first = 0;
+            if (error_cycle && first > error_cycle - 1 && s.any_strobe(beat)) late_writes++;
+            const uint8_t *bytes = reinterpret_cast<const uint8_t *>(s.wdata.data());
+            if (!s.w_resp)  // an erroneous burst stores nothing
+                for (uint32_t i = 0; i < beat; i++)
+                    if (s.strobe(i)) mem[s.w_addr + i] = bytes[i];
+            s.w_left--;
+            if (s.wlast != (s.w_left == 0)) {
+                char buf[160];
+                snprintf(buf, sizeof buf,
+                         "write burst: WLAST %s on the beat at %#llx with %llu beats of the burst to go",
+                         s.wlast ? "set" : "missing", (unsigned long long)s.w_addr,
+                         (unsigned long long)s.w_left);
+                fail(buf);
+            }
+            s.w_addr += beat;
+            stats[1] += beat;
+            if (!s.w_left) s.responses.push_back(s.w_resp);
+        } else if (s.wvalid && !s.w_first) {
+            s.w_first = cycle;
+        }
+        if (!s.w_left && !s.writes.empty()) {
+            s.w_addr = s.writes.front().addr;
+            s.w_left = s.writes.front().beats;
+            s.w_resp = s.writes.front().resp;
+            s.writes.pop_front();
+        }
+        if (ar_thr && active) {
+            s.arready = rng.next() >= ar_thr;
+            vm_set64(ctx, p[ARREADY], s.arready);
+        }
+        if (aw_thr && active) {
+            s.awready = rng.next() >= aw_thr;
+            vm_set64(ctx, p[AWREADY], s.awready);
+        }
+        s.wready = s.w_left != 0 && !refreshing;
+        if (w_thr && s.wready && active) s.wready = rng.next() >= w_thr;
+        vm_set64(ctx, p[WREADY], s.wready);
+        vm_set64(ctx, p[BVALID], !s.responses.empty());
+        if (!s.responses.empty()) {
+            vm_set64(ctx, p[BRESP], s.responses.front());
+            if (s.responses.front() && !error_cycle) error_cycle = cycle + 2;
+        }
     }
 };
 
 void before_edge(vm_ctx *ctx, void *arg) {
     Dram *d = static_cast<Dram *>(arg);
-    const int *p = d->port;
-    d->arvalid = vm_get64(ctx, p[ARVALID]);
-    if (d->arvalid) {
-        d->araddr = vm_get64(ctx, p[ARADDR]);
-        d->arlen = vm_get64(ctx, p[ARLEN]);
-        d->arsize = vm_get64(ctx, p[ARSIZE]);
-        d->arburst = vm_get64(ctx, p[ARBURST]);
+    for (PortState &s : d->ports) {
+        const int *p = s.port;
+        s.arvalid = vm_get64(ctx, p[ARVALID]);
+        if (s.arvalid) {
+            s.araddr = vm_get64(ctx, p[ARADDR]);
+            s.arlen = vm_get64(ctx, p[ARLEN]);
+            s.arsize = vm_get64(ctx, p[ARSIZE]);
+            s.arburst = vm_get64(ctx, p[ARBURST]);
+        }
+        s.rready = vm_get64(ctx, p[RREADY]);
+        s.awvalid = vm_get64(ctx, p[AWVALID]);
+        if (s.awvalid) {
+            s.awaddr = vm_get64(ctx, p[AWADDR]);
+            s.awlen = vm_get64(ctx, p[AWLEN]);
+            s.awsize = vm_get64(ctx, p[AWSIZE]);
+            s.awburst = vm_get64(ctx, p[AWBURST]);
+        }
+        s.wvalid = vm_get64(ctx, p[WVALID]);
+        if (s.wvalid) {
+            vm_get_words(ctx, p[WDATA], s.wdata.data());
+            vm_get_words(ctx, p[WSTRB], s.wstrb.data());
+            s.wlast = vm_get64(ctx, p[WLAST]);
+        }
+        s.bready = vm_get64(ctx, p[BREADY]);
     }
-    d->rready = vm_get64(ctx, p[RREADY]);
-    d->awvalid = vm_get64(ctx, p[AWVALID]);
-    if (d->awvalid) {
-        d->awaddr = vm_get64(ctx, p[AWADDR]);
-        d->awlen = vm_get64(ctx, p[AWLEN]);
-        d->awsize = vm_get64(ctx, p[AWSIZE]);
-        d->awburst = vm_get64(ctx, p[AWBURST]);
-    }
-    d->wvalid = vm_get64(ctx, p[WVALID]);
-    if (d->wvalid) {
-        vm_get_words(ctx, p[WDATA], d->wdata.data());
-        vm_get_words(ctx, p[WSTRB], d->wstrb.data());
-        d->wlast = vm_get64(ctx, p[WLAST]);
-    }
-    d->bready = vm_get64(ctx, p[BREADY]);
 }
 
 void after_edge(vm_ctx *ctx, void *arg) {
     Dram *d = static_cast<Dram *>(arg);
-    const int *p = d->port;
     d->cycle++;
     const uint64_t cycle = d->cycle;
+    const size_t n = d->ports.size();
     // The impolite clock runs only while the bus is in use (sim/dram.py says why).
-    const bool active = d->arvalid || d->awvalid || d->wvalid || !d->reads.empty() || d->r_left ||
-                        !d->writes.empty() || d->w_left || !d->responses.empty();
+    bool active = false;
+    for (const PortState &s : d->ports)
+        active = active || s.arvalid || s.awvalid || s.wvalid || s.busy();
     if (active) d->bus_cycle++;
     const bool refreshing = active && d->period && d->bus_cycle % d->period < d->refresh;
-    if (d->held_ar.valid || d->held_aw.valid || !(d->arready && d->awready)) {
-        d->hold("AR", d->held_ar, d->arvalid, d->arready,
-                d->arvalid ? d->araddr : 0, d->arvalid ? (d->arlen | d->arsize << 8 | d->arburst << 11) : 0,
-                nullptr, nullptr);
-        d->hold("AW", d->held_aw, d->awvalid, d->awready,
-                d->awvalid ? d->awaddr : 0, d->awvalid ? (d->awlen | d->awsize << 8 | d->awburst << 11) : 0,
-                nullptr, nullptr);
-    }
-    if (d->held_w.valid || (d->wvalid && !d->wready))
-        d->hold("W", d->held_w, d->wvalid, d->wready, 0, d->wvalid ? d->wlast : 0, &d->wdata, &d->wstrb);
-    // Read channel.
-    if (d->arvalid && d->arready &&
-        d->check_burst("read", d->araddr, d->arlen + 1, d->arsize, d->arburst)) {
-        uint64_t delay = d->latency - 1 + (d->spread ? d->rng.next() % d->spread : 0);
-        uint64_t resp = d->touches_error(d->araddr, (d->arlen + 1) * d->beat) ? d->err_resp : 0;
-        d->reads.push_back({cycle + delay, d->araddr, d->arlen + 1, resp});
-        d->stats[2]++;
-    }
-    if (d->r_valid && d->rready) {
-        d->r_valid = false;
-        d->r_addr += d->beat;
-        d->r_left--;
-        d->stats[0] += d->beat;
-    }
-    if (!d->r_left && !d->reads.empty() && d->reads.front().ready <= cycle) {
-        d->r_addr = d->reads.front().addr;
-        d->r_left = d->reads.front().beats;
-        d->r_resp = d->reads.front().resp;
-        d->reads.pop_front();
-    }
-    d->credit += d->rate;
-    if (!d->r_valid && d->r_left && !refreshing) {
-        if (d->credit >= kOne) {
-            if (d->gap_thr && d->rng.next() < d->gap_thr) {
-                d->credit = kOne;  // held back: still one beat banked, no more
-            } else {
-                d->credit -= kOne;
-                d->r_valid = true;
-                std::memcpy(d->r_words.data(), &d->mem[d->r_addr], d->beat);
-                vm_set_words(ctx, p[RDATA], d->r_words.data());
-                vm_set64(ctx, p[RLAST], d->r_left == 1);
-                vm_set64(ctx, p[RRESP], d->r_resp);
-                if (d->r_resp && !d->error_cycle) d->error_cycle = cycle + 2;
-            }
+    // Reads, port by port, up to each port's bucket; then the shared bucket, round-robin from
+    // the port after the last one served.
+    std::vector<bool> candidate(n, false);
+    for (size_t i = 0; i < n; i++) candidate[i] = d->read_side(d->ports[i], cycle, refreshing);
+    d->shared += d->shared_rate;
+    bool refused = false;
+    const size_t after = d->last_served;
+    for (size_t k = 1; k <= n; k++) {
+        size_t i = (after + k) % n;
+        if (!candidate[i]) continue;
+        if (d->shared < kOne) {
+            d->ports[i].credit = kOne - d->rate;  // refused: it keeps one beat banked, no more
+            refused = true;
+            continue;
         }
-    } else if (d->credit > kOne - d->rate) {
-        // Idle or held by RREADY: bank one beat, no more.
-        d->credit = kOne - d->rate;
+        d->shared -= kOne;
+        d->send_beat(ctx, d->ports[i], cycle);
+        d->last_served = i;
     }
-    vm_set64(ctx, p[RVALID], d->r_valid);
-
-    // Write channels.
-    if (d->awvalid && d->awready &&
-        d->check_burst("write", d->awaddr, d->awlen + 1, d->awsize, d->awburst)) {
-        uint64_t resp = d->touches_error(d->awaddr, (d->awlen + 1) * d->beat) ? d->err_resp : 0;
-        d->writes.push_back({d->awaddr, d->awlen + 1, resp});
-        d->stats[3]++;
-    }
-    if (!d->responses.empty() && d->bready) d->responses.pop_front();
-    if (d->wvalid && d->wready) {
-        uint64_t first = d->w_first ? d->w_first : cycle;
-        d->w_first = 0;
-        if (d->error_cycle && first > d->error_cycle - 1 && d->any_strobe()) d->late_writes++;
-        const uint8_t *bytes = reinterpret_cast<const uint8_t *>(d->wdata.data());
-        if (!d->w_resp)  // an erroneous burst stores nothing
-            for (uint32_t i = 0; i < d->beat; i++)
-                if (d->strobe(i)) d->mem[d->w_addr + i] = bytes[i];
-        d->w_left--;
-        if (d->wlast != (d->w_left == 0)) {
-            char buf[160];
-            snprintf(buf, sizeof buf,
-                     "write burst: WLAST %s on the beat at %#llx with %llu beats of the burst to go",
-                     d->wlast ? "set" : "missing", (unsigned long long)d->w_addr,
-                     (unsigned long long)d->w_left);
-            d->fail(buf);
-        }
-        d->w_addr += d->beat;
-        d->stats[1] += d->beat;
-        if (!d->w_left) d->responses.push_back(d->w_resp);
-    } else if (d->wvalid && !d->w_first) {
-        d->w_first = cycle;
-    }
-    if (!d->w_left && !d->writes.empty()) {
-        d->w_addr = d->writes.front().addr;
-        d->w_left = d->writes.front().beats;
-        d->w_resp = d->writes.front().resp;
-        d->writes.pop_front();
-    }
-    if (d->ar_thr && active) {
-        d->arready = d->rng.next() >= d->ar_thr;
-        vm_set64(ctx, p[ARREADY], d->arready);
-    }
-    if (d->aw_thr && active) {
-        d->awready = d->rng.next() >= d->aw_thr;
-        vm_set64(ctx, p[AWREADY], d->awready);
-    }
-    d->wready = d->w_left != 0 && !refreshing;
-    if (d->w_thr && d->wready && active) d->wready = d->rng.next() >= d->w_thr;
-    vm_set64(ctx, p[WREADY], d->wready);
-    vm_set64(ctx, p[BVALID], !d->responses.empty());
-    if (!d->responses.empty()) {
-        vm_set64(ctx, p[BRESP], d->responses.front());
-        if (d->responses.front() && !d->error_cycle) d->error_cycle = cycle + 2;
-    }
+    const uint64_t keep = d->shared_rate < kOne ? kOne - d->shared_rate : 0;
+    if (!refused && d->shared > keep) d->shared = keep;
+    for (PortState &s : d->ports) d->write_side(ctx, s, cycle, active, refreshing);
 }
 
 void release(void *arg) { delete static_cast<Dram *>(arg); }
@@ -321,40 +370,60 @@ bool in_range(const Dram *d, uint64_t addr, uint64_t n) {
 
 }  // namespace
 
-// Returns 0, -1 when a signal of the port is missing, -2 when a DRAM is already attached,
-// -3 for bad parameters (zero size or latency, rate outside (0, 1], data width not 8..1024).
-extern "C" int dram_attach(vm_ctx *ctx, const char *prefix, uint64_t size, uint32_t latency,
-                           double beats_per_cycle) {
+// Attaches one memory to the ports named by `prefixes` (comma-separated, port 0 first).
+// Returns 0, -1 when a signal of a port is missing, -2 when a DRAM is already attached,
+// -3 for bad parameters (zero size or latency, rate outside (0, 1], no shared rate, data
+// width not 8..1024 or not the same on every port).
+extern "C" int dram_attach(vm_ctx *ctx, const char *prefixes, uint64_t size, uint32_t latency,
+                           double beats_per_cycle, uint64_t shared_rate) {
     if (vm_attached(ctx, "dram")) return -2;
-    if (size == 0 || latency == 0 || !(beats_per_cycle > 0.0 && beats_per_cycle <= 1.0))
+    if (size == 0 || latency == 0 || shared_rate == 0 ||
+        !(beats_per_cycle > 0.0 && beats_per_cycle <= 1.0))
         return -3;
     Dram *d = new Dram();
-    std::string head = *prefix ? std::string(prefix) + "__" : std::string();
-    for (int i = 0; i < NUM_PORTS; i++) {
-        d->port[i] = vm_port_index((head + kPortNames[i]).c_str());
-        if (d->port[i] < 0) {
-            delete d;
-            return -1;
+    std::string all(prefixes);
+    int width = 0;
+    for (size_t from = 0;;) {
+        size_t comma = all.find(',', from);
+        std::string prefix = all.substr(from, comma == std::string::npos ? std::string::npos : comma - from);
+        std::string head = prefix.empty() ? std::string() : prefix + "__";
+        PortState s;
+        for (int i = 0; i < NUM_PORTS; i++) {
+            s.port[i] = vm_port_index((head + kPortNames[i]).c_str());
+            if (s.port[i] < 0) {
+                delete d;
+                return -1;
+            }
         }
-    }
-    int width = vm_port_width(d->port[RDATA]);
-    if (width < 8 || width > 1024 || (width & (width - 1))) {
-        delete d;
-        return -3;
+        int w = vm_port_width(s.port[RDATA]);
+        if (w < 8 || w > 1024 || (w & (w - 1)) || (width && w != width)) {
+            delete d;
+            return -3;
+        }
+        width = w;
+        d->ports.push_back(s);
+        if (comma == std::string::npos) break;
+        from = comma + 1;
     }
     d->beat = width / 8;
     d->mem.assign(size, 0);
     d->latency = latency;
     d->rate = static_cast<uint64_t>(beats_per_cycle * kOne + 0.5);
     if (d->rate == 0) d->rate = 1;
+    d->shared_rate = shared_rate;
+    d->last_served = d->ports.size() - 1;
     // At least two words: the word accessors touch words[1] of ports 33..64 bits wide.
     size_t words = (width + 31) / 32 < 2 ? 2 : (width + 31) / 32;
-    d->r_words.assign(words, 0);
-    d->wdata.assign(words, 0);
-    d->wstrb.assign(words, 0);
+    for (PortState &s : d->ports) {
+        s.r_words.assign(words, 0);
+        s.wdata.assign(words, 0);
+        s.wstrb.assign(words, 0);
+    }
     vm_attach(ctx, "dram", d, before_edge, after_edge, release);
-    vm_set64(ctx, d->port[ARREADY], 1);
-    vm_set64(ctx, d->port[AWREADY], 1);
+    for (PortState &s : d->ports) {
+        vm_set64(ctx, s.port[ARREADY], 1);
+        vm_set64(ctx, s.port[AWREADY], 1);
+    }
     return 0;
 }
 

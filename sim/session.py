@@ -1,7 +1,7 @@
 """The simulated accelerator driven one host action at a time, as a driver drives the board.
 
-``open_session`` builds the accelerator (``gateware.top.Accelerator``) with a DRAM model on its
-AXI4 port, under Amaranth's simulator or Verilator, and returns an object with the host's view of
+``open_session`` builds the accelerator (``gateware.top.Accelerator``) with one DRAM model on all
+its AXI4 ports, under Amaranth's simulator or Verilator, and returns an object with the host's view of
 it: ``read``/``write`` of a register (one AXI4-Lite transfer), ``tick`` to let cycles pass,
 ``dram`` (``write``/``read`` of bytes, the traffic counters) and ``cycle`` (cycles simulated).
 """
@@ -11,7 +11,7 @@ from gateware.top import Accelerator
 
 from . import ENGINES
 from .axil import VerilatorAXIL, axil_read, axil_write
-from .dram import VERILATOR_OPTIONS, DRAMModel, attach_verilator_dram
+from .dram import DEFAULT_BYTES_PER_CYCLE, VERILATOR_OPTIONS, DRAMModel, attach_verilator_dram
 from .trace import TRACE_CPP_SOURCE, TRACE_FUNCTIONS, PysimTraceRecorder, VerilatorTraceRecorder
 
 __all__ = ["ENGINES", "open_session", "PysimSession", "VerilatorSession"]
@@ -28,23 +28,25 @@ class PysimSession:
     ----------
     cap : gateware.program.Capacity
     dram_bytes : int
-    latency, beats_per_cycle, impolite : int, float, sim.dram.Impolite or None
-        The DRAM model's (``sim.dram.DRAMModel``).
+    latency, beats_per_cycle, bytes_per_cycle, impolite : int, float, float, sim.dram.Impolite or None
+        The DRAM model's (``sim.dram.DRAMModel``): one memory behind all the accelerator's ports.
     trace : bool
         Record the trace port's segments (``sim.trace``) in ``recorder``; it slows the
         simulation down.
     """
 
-    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, impolite=None, trace=False):
+    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, bytes_per_cycle=DEFAULT_BYTES_PER_CYCLE,
+                 impolite=None, trace=False):
         from amaranth.sim import Simulator
 
         self.dut = Accelerator(cap)
-        self.dram = DRAMModel(dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle, impolite=impolite)
+        self.dram = DRAMModel(dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle,
+                              bytes_per_cycle=bytes_per_cycle, impolite=impolite)
         self.cycle = 0
         self._request = self._reply = None
         self._sim = Simulator(self.dut)
         self._sim.add_clock(1e-8)
-        self.dram.add_to(self._sim, self.dut.axi)
+        self.dram.add_to(self._sim, *self.dut.axi_ports)
         self._sim.add_process(self._count)
         self._sim.add_testbench(self._host)
         self.recorder = None
@@ -103,7 +105,8 @@ class VerilatorSession:
     #: spawn a fresh model from it instead of converting the design to Verilog again.
     _built = {}
 
-    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, impolite=None, trace=False):
+    def __init__(self, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, bytes_per_cycle=DEFAULT_BYTES_PER_CYCLE,
+                 impolite=None, trace=False):
         from sim.verilator_engine import VerilatorModel
 
         if cap not in self._built:
@@ -114,7 +117,8 @@ class VerilatorSession:
             self._built[cap] = dut, model
         self.dut, built = self._built[cap]
         self.model = built.spawn()
-        self.dram = attach_verilator_dram(self.model, "axi", dram_bytes, latency, beats_per_cycle, impolite)
+        self.dram = attach_verilator_dram(self.model, self.dut.port_names, dram_bytes, latency, beats_per_cycle,
+                                          impolite, bytes_per_cycle)
         self._bus = VerilatorAXIL(self.model, "ctrl")
         self.recorder = VerilatorTraceRecorder(self.model) if trace else None
 
@@ -141,14 +145,16 @@ class VerilatorSession:
         self.model.close()
 
 
-def open_session(engine, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, impolite=None, trace=False):
+def open_session(engine, cap, dram_bytes, *, latency=40, beats_per_cycle=1.0, bytes_per_cycle=DEFAULT_BYTES_PER_CYCLE,
+                 impolite=None, trace=False):
     """The accelerator of capacity ``cap`` (a ``Capacity`` or a dict of its fields) on ``engine``,
-    its DRAM model set up with ``latency``, ``beats_per_cycle`` and ``impolite``; with ``trace``,
-    its ``recorder`` holds the trace port's segments (``sim.trace``)."""
+    its DRAM model set up with ``latency``, ``beats_per_cycle`` (each port), ``bytes_per_cycle``
+    (all ports together) and ``impolite``; with ``trace``, its ``recorder`` holds the trace
+    port's segments (``sim.trace``)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if isinstance(cap, dict):
         cap = Capacity(**cap)
     session = PysimSession if engine == "pysim" else VerilatorSession
-    return session(cap, dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle, impolite=impolite,
-                   trace=trace)
+    return session(cap, dram_bytes, latency=latency, beats_per_cycle=beats_per_cycle,
+                   bytes_per_cycle=bytes_per_cycle, impolite=impolite, trace=trace)

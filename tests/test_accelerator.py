@@ -79,6 +79,29 @@ def test_tiny_frame_wide_array_pysim(tiny):
     assert report["array_cycles"] < 0.55 * square["array_cycles"]
 
 
+@pytest.mark.xdist_group("tiny-ports")
+def test_tiny_frame_two_ports_pysim():
+    """8 x 32 (two 16-byte banks a tile row) with two AXI4 read managers: each port streams one
+    bank of every tile, port 0 the parameters and everything else too; bit-exact, the routing
+    golden's, the report says two ports. With the memory capped at 16 bytes a cycle for both
+    ports together (instead of the default 51.2), the array waits on DRAM longer.
+
+    The tiny config with one head of 32 channels, so that the array's 32 columns divide the head
+    (as attention buffers that hold K and V in column groups want)."""
+    artifact, pixels = _artifact(dataclasses.replace(get_config("tiny"), heads=1))
+    cap = Capacity.for_config(artifact.config, 8, 32, ports=2)
+    golden = run_backbone(artifact, pixels, 0)
+    stalls = {}
+    for bytes_per_cycle in (51.2, 16.0):
+        result = simulate_frame(artifact, pixels, 0, cap=cap, engine="pysim", dram_bytes_per_cycle=bytes_per_cycle)
+        report = frame_report(artifact, 0, result, golden, cap)
+        assert report["bit_exact"], f"{report['mismatches']} features differ at {bytes_per_cycle} bytes a cycle"
+        assert report["routing_matches"] and report["ports"] == 2 and report["array"] == "8x32"
+        assert report["dram_bytes_min"] <= report["dram_bytes"] <= 1.25 * report["dram_bytes_min"]
+        stalls[bytes_per_cycle] = report["dram_stall_cycles"]
+    assert stalls[16.0] > stalls[51.2], stalls
+
+
 def _check_timeline(result, report):
     """The trace's segments tile the frame and add up to the accelerator's own counters."""
     timeline = result.timeline
@@ -124,6 +147,11 @@ def test_capacity_errors(tiny):
             Capacity(lanes=lanes, cols=cols)
     with pytest.raises(CapacityError, match="head_dim = 16 is not a multiple of the 32 columns"):
         check_capacity(cfg, Capacity(lanes=8, cols=32))
+    # A port streams whole 16-byte banks of a tile: no more ports than banks, and 1, 2 or 4.
+    for lanes, cols, ports in ((16, 16, 2), (8, 32, 4), (8, 8, 2), (16, 64, 3), (16, 64, 0)):
+        with pytest.raises(CapacityError, match="ports must be one of 1, 2, 4 and at most the tile's"):
+            Capacity(lanes=lanes, cols=cols, ports=ports)
+    assert Capacity(lanes=16, cols=64, ports=4).banks == 4
     wide = dataclasses.replace(cfg, dim=36, heads=2)
     with pytest.raises(CapacityError, match="multiple"):
         check_capacity(wide, Capacity(lanes=8))

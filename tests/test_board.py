@@ -398,3 +398,51 @@ def test_cli_unknown_design_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "boards.zcu104", "--design", "blinky", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "invalid choice: 'blinky'" in r.stderr and "Traceback" not in r.stderr
+
+
+class TwoMasters(wiring.Component):
+    """``ControlOnly`` with a second DRAM master, idle too: a core built with two weight ports."""
+
+    def __init__(self):
+        super().__init__({
+            "axi": Out(AXI4Signature(addr_width=40, data_width=128)),
+            "axi1": Out(AXI4Signature(addr_width=40, data_width=128)),
+            "ctrl": In(AXI4LiteSignature(addr_width=CTRL_ADDR_WIDTH)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.regs = regs = ControlRegisters(addr_width=CTRL_ADDR_WIDTH, base_width=40)
+        wiring.connect(m, wiring.flipped(self.ctrl), regs.bus)
+        return m
+
+
+def test_build_wires_each_master_to_its_hp_port(tmp_path, monkeypatch):
+    """A core with masters ``axi`` and ``axi1``: HP0_FPD and HP1_FPD (SAXIGP2, SAXIGP3) enabled at
+    128 bits, each behind its own SmartConnect on the PL clock and reset, each master's low DDR
+    mapped; the wrapper declares both masters as AXI4 interfaces."""
+    _fake_top(monkeypatch, TwoMasters)
+    assert build("accelerator", tmp_path, run_vivado=False) == 0
+    bd = (tmp_path / "m3vit_bd.tcl").read_text()
+    for n in (2, 3):
+        assert f"CONFIG.PSU__USE__S_AXI_GP{n} {{1}}" in bd and f"CONFIG.PSU__SAXIGP{n}__DATA_WIDTH {{128}}" in bd
+    assert "S_AXI_GP4" not in bd and "HP2" not in bd
+    intf = _nets(bd, "connect_bd_intf_net", "get_bd_intf_pins")
+    for master, ic, hp in (("m_axi", "mem_interconnect", 0), ("m_axi1", "mem_interconnect1", 1)):
+        assert {f"pl/{master}", f"{ic}/S00_AXI"} in intf
+        assert {f"{ic}/M00_AXI", f"ps/S_AXI_HP{hp}_FPD"} in intf
+        assert (f"assign_bd_address -target_address_space [get_bd_addr_spaces pl/{master}] "
+                f"[get_bd_addr_segs ps/SAXIGP{hp + 2}/HP{hp}_DDR_LOW]") in bd
+    nets = _nets(bd, "connect_bd_net", "get_bd_pins")
+    clock = next(n for n in nets if "ps/pl_clk0" in n)
+    assert {"ps/saxihp0_fpd_aclk", "ps/saxihp1_fpd_aclk", "mem_interconnect/aclk", "mem_interconnect1/aclk"} <= clock
+    assert {"mem_interconnect/aresetn", "mem_interconnect1/aresetn"} <= next(n for n in nets if "pl/rst_n" in n)
+    pl_v = (tmp_path / "m3vit_pl.v").read_text()
+    assert set(re.findall(r'aximm:1\.0 (\w+) \w+"', pl_v)) == {"m_axi", "m_axi1", "s_axi_ctrl"}
+    assert "ASSOCIATED_BUSIF m_axi:m_axi1:s_axi_ctrl" in pl_v
+    for ref in set(re.findall(r"pl/(\w+)", bd)):
+        assert ref in _verilog_ports(pl_v, "m3vit_pl") | {"m_axi", "m_axi1", "s_axi_ctrl"}, ref
+    if shutil.which("tclsh") is not None:
+        (tmp_path / "stub.tcl").write_text(_STUB_VIVADO)
+        r = subprocess.run(["tclsh", "stub.tcl"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr

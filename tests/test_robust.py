@@ -328,6 +328,30 @@ def test_simulate_reports_the_error(tiny):
                         impolite=Impolite(error_range="output", error_resp=DECERR))
 
 
+def test_bus_error_on_a_weight_port_pysim(tiny):
+    """With two AXI4 managers (8 x 32, a bank of every tile on each), an error response to a
+    burst on port 1, which reads only weights, stops the frame like one on port 0: ERROR with
+    the code and the failing burst's address (one in the second bank of the patch embedding's
+    tile, which only port 1 reads). The tiny config with one head, whose 32 channels the array's
+    32 columns divide."""
+    cfg = dataclasses.replace(tiny["artifact"].config, heads=1)
+    artifact = quantize_model(cfg, default_weights(cfg).tensors, calibration_images(default_image(cfg)))
+    cap = Capacity.for_config(cfg, 8, 32, ports=2)
+    frame = compile_frame(artifact, cap)
+    w_addr = dram_layout(frame, tiny["pixels"].size)[0]
+    embed = next(x for x in frame.instructions if x["op"] == Op.GEMM)
+    k = embed["k_chunks"] * cap.lanes
+    bank1 = w_addr + embed["dram0"] + 8 * cap.cols + k * 16           # the parameters, then bank 0
+    lo = -(-bank1 // PAGE) * PAGE
+    assert lo + PAGE <= bank1 + k * 16
+    with pytest.raises(SimulationError, match=r"READ_SLVERR \(code 1\): SLVERR answered to the read burst at "
+                                              r"(0x[0-9a-f]+)") as info:
+        simulate_frames(artifact, tiny["pixels"], [0], cap=cap, engine="pysim",
+                        impolite=Impolite(error_range=(lo, lo + PAGE)))
+    addr = int(str(info.value).rpartition(" at ")[2], 16)
+    assert lo <= addr < lo + PAGE
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("verilator-accelerator")
 def test_edge_moe_impolite_verilator():

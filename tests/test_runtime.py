@@ -71,6 +71,21 @@ def test_bundle_contents(tiny):
         assert hashlib.sha256((b / name).read_bytes()).hexdigest() == entry["sha256"]
 
 
+def test_bundle_from_before_cols_and_ports(tiny, tmp_path):
+    """A manifest without ``cols`` (before the rectangular array) or ``ports`` (before the weight
+    ports) reads as the square, one-port build it was."""
+    from runtime.bundle import Bundle
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny["bundle"], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for name in ("cols", "ports"):
+        del manifest["capacity"][name]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    capacity = Bundle.load(old).capacity
+    assert capacity == dataclasses.asdict(tiny["cap"]) and capacity["ports"] == 1
+
+
 def test_run_simulated_both_tasks_bit_exact(tiny):
     """Features and routing equal golden's for both tasks on one load; the routing map drawn
     from the same run."""

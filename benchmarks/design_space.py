@@ -2,10 +2,11 @@
 
 Usage (from the repository root; each edge-moe shape builds its own Verilator model, minutes each)::
 
-    .venv/bin/python benchmarks/design_space.py --shapes 16x16 16x32 16x64 8x64 --json design-space.json
+    .venv/bin/python benchmarks/design_space.py --points 16x16 16x32:2 16x64 16x64:4 --json design-space.json
 
-It quantises the model once (``m3vit quantize``), runs ``m3vit perf --array RxC [--ports P]
---artifact ... --json ...`` per point, and prints a Markdown table of what the README shows:
+A point is ``RxC`` or ``RxC:P`` (P AXI ports for the weights, default 1). It quantises the model
+once (``m3vit quantize``), runs ``m3vit perf --array RxC --ports P --artifact ... --json ...`` per
+point, and prints a Markdown table of what the README shows:
 cycles, latency at 300 MHz, MAC utilisation, DRAM stall cycles, DRAM bytes over the minimum, the
 array's DSPs (one DSP48E2 per processing element) and their share of the xczu7ev's 1,728, and
 whether the frame was bit-exact with golden and its routing equal. The perf runs are separate
@@ -48,8 +49,7 @@ def main(argv=None):
     p.add_argument("--config", default="edge-moe")
     p.add_argument("--weights", metavar="DIR", help="weight folder (default: built-in weights)")
     p.add_argument("--task", type=int, default=0)
-    p.add_argument("--shapes", nargs="+", default=["16x16", "16x32", "16x64", "8x64"], metavar="RxC")
-    p.add_argument("--ports", nargs="+", type=int, default=[1], metavar="P")
+    p.add_argument("--points", nargs="+", default=["16x16", "16x32:2", "16x64", "16x64:4"], metavar="RxC[:P]")
     p.add_argument("--engine", default="verilator", choices=("verilator", "pysim"))
     p.add_argument("--json", metavar="FILE", help="also write every point's perf report")
     args = p.parse_args(argv)
@@ -64,23 +64,22 @@ def main(argv=None):
         subprocess.run(m3vit + ["quantize", *model, "--out", str(artifact)], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
         print(f"quantised {args.config} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-        for shape in args.shapes:
-            for ports in args.ports:
-                out = Path(tmp) / f"{shape}-{ports}.json"
-                cmd = m3vit + ["perf", *model, "--task", str(args.task), "--artifact", str(artifact), "--array",
-                               shape, "--engine", args.engine, "--json", str(out)]
-                cmd += ["--ports", str(ports)] if ports != 1 else []
-                start = time.perf_counter()
-                run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-                took = time.perf_counter() - start
-                if run.returncode not in (0, 1) or not out.exists():
-                    tail = (run.stderr.strip().splitlines() or ["(no message)"])[-1]
-                    failed.append(f"{shape}, {ports} port(s): {tail}")
-                    print(f"{shape} x {ports} port(s): FAILED after {took:.0f} s: {tail}", file=sys.stderr, flush=True)
-                    continue
-                reports.append(json.loads(out.read_text()))
-                print(f"{shape} x {ports} port(s): {reports[-1]['cycles']:,} cycles, done in {took:.0f} s",
-                      file=sys.stderr, flush=True)
+        for point in args.points:
+            shape, _, ports = point.partition(":")
+            ports = ports or "1"
+            out = Path(tmp) / f"{shape}-{ports}.json"
+            cmd = m3vit + ["perf", *model, "--task", str(args.task), "--artifact", str(artifact), "--array", shape,
+                           "--ports", ports, "--engine", args.engine, "--json", str(out)]
+            start = time.perf_counter()
+            run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            took = time.perf_counter() - start
+            if run.returncode not in (0, 1) or not out.exists():
+                tail = (run.stderr.strip().splitlines() or ["(no message)"])[-1]
+                failed.append(f"{point}: {tail}")
+                print(f"{point}: FAILED after {took:.0f} s: {tail}", file=sys.stderr, flush=True)
+                continue
+            reports.append(json.loads(out.read_text()))
+            print(f"{point}: {reports[-1]['cycles']:,} cycles, done in {took:.0f} s", file=sys.stderr, flush=True)
     print("\n".join(markdown(reports)))
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=1) + "\n")

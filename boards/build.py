@@ -65,7 +65,8 @@ def find_core(cap=None):
     Parameters
     ----------
     cap : gateware.program.Capacity, optional
-        The build's sizes; by default the board build's (``Capacity()``: edge-moe on 16 x 16).
+        The build's sizes; by default the board build's (``Capacity.board()``: edge-moe on 16 x 64,
+        four weight ports).
 
     Returns
     -------

@@ -12,13 +12,13 @@ __all__ = ["register"]
 
 
 def _capacity(cfg):
-    """The build a bundle targets: the board's (``Capacity()``) when the model fits it, else the
+    """The build a bundle targets: the board's (``Capacity.board()``) when the model fits it, else the
     smallest build that holds the model (as ``m3vit synth --top accelerator --config`` builds)."""
     from gateware.program import Capacity, CapacityError, check_capacity
 
     try:
-        check_capacity(cfg, Capacity())
-        return Capacity()
+        check_capacity(cfg, Capacity.board())
+        return Capacity.board()
     except CapacityError:
         pass
     try:

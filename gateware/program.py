@@ -136,6 +136,13 @@ class Capacity:
         return f"{self.lanes}x{self.cols}"
 
     @classmethod
+    def board(cls):
+        """The ZCU104 build: the edge-moe config on a 16 x 64 array (1,024 of the xczu7ev's 1,728
+        DSPs; 64 columns, the most that divide edge-moe's head of 64 channels) whose weight tiles
+        stream over four HP ports, with memories for up to 256 tokens."""
+        return cls(cols=64, ports=4)
+
+    @classmethod
     def for_config(cls, cfg, lanes, cols=None, **overrides):
         """The smallest capacity that holds ``cfg`` on a ``lanes`` x ``cols`` array."""
         need = _requirements(cfg, lanes)

@@ -77,7 +77,7 @@ class Accelerator(wiring.Component):
     ----------
     cap : Capacity
         Sizes of the on-chip memories and the ``lanes`` x ``cols`` array
-        (``gateware.program.Capacity``); the default holds the edge-moe config on a 16 x 16 array.
+        (``gateware.program.Capacity``); the default is the board's build, ``Capacity.board()``.
 
     Attributes
     ----------
@@ -100,7 +100,7 @@ class Accelerator(wiring.Component):
     """
 
     def __init__(self, cap=None):
-        self.cap = cap = cap or Capacity()
+        self.cap = cap = cap or Capacity.board()
         self.lanes = cap.lanes
         self.kmax = cap.max_k_chunks * cap.lanes
         self.port_names = ["axi"] + [f"axi{p}" for p in range(1, cap.ports)]

@@ -249,7 +249,7 @@ def test_driver_watchdog_fault_and_soft_reset(tiny):
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_capacity_registers_report_the_build():
     assert CAPACITY_FIELDS == tuple(f.name for f in dataclasses.fields(Capacity))
-    cap = dataclasses.asdict(Capacity())
+    cap = dataclasses.asdict(Capacity.board())
     dut = ControlRegisters(capacity=cap)
 
     async def tb(ctx):

@@ -193,14 +193,15 @@ def test_synth_top_config_picks_the_build(capsys):
     from model.config import get_config
 
     tiny = Capacity.for_config(get_config("tiny"), 8)
-    for config, cap in [(None, Capacity()), ("edge-moe", Capacity()), ("tiny", tiny)]:
+    for config, cap in [(None, Capacity.board()), ("edge-moe", Capacity.board()), ("tiny", tiny)]:
         [(name, factory)] = synth_targets(Namespace(top="accelerator", config=config, unit=None))
         shell = factory()
         # Built to be inspected, not elaborated: say so, or Amaranth warns at garbage collection.
         shell._MustUse__silence = shell.core._MustUse__silence = True
         assert name == "accelerator" and shell.core.cap == cap
         out = capsys.readouterr().out
-        assert f"top accelerator: gateware.top.Accelerator ({cap.lanes}x{cap.lanes}, {cap})" in out
+        ports = f"{cap.ports} AXI port{'s' * (cap.ports > 1)}"
+        assert f"top accelerator: gateware.top.Accelerator ({cap.shape}, {ports}, {cap})" in out
 
 
 def test_cli_synth_config_errors():

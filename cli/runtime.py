@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from cli import UserError
+from cli.sim import array_shape
 from model.config import MAC_LANES, default_lanes
 from sim import ENGINES
 
@@ -45,7 +46,15 @@ def _bundle(args):
     if args.bitstream and not Path(args.bitstream).is_file():
         raise UserError(f"bitstream {args.bitstream} does not exist")
     cfg, weights, image = model_inputs(args)
-    cap = _capacity(cfg)
+    if args.array:
+        from gateware.program import Capacity
+
+        try:
+            cap = Capacity.for_config(cfg, *args.array)
+        except CapacityError as err:
+            raise UserError(str(err)) from None
+    else:
+        cap = _capacity(cfg)
     artifact = load_artifact(args.artifact, cfg)
     if artifact is None:
         with Progress().stage("quantising the model (calibration images)"):
@@ -61,7 +70,7 @@ def _bundle(args):
                      note={"weights": str(weights.source), "artifact": args.artifact})
     except OSError as err:
         raise UserError(f"cannot write the bundle to {out}: {err.strerror}") from None
-    print(f"wrote bundle {out}: config {cfg.name}, build {cap.lanes}x{cap.lanes} ({cap}), frame image "
+    print(f"wrote bundle {out}: config {cfg.name}, build {cap.shape} ({cap}), frame image "
           f"{len(frame.weights)} bytes{', bitstream' if args.bitstream else ', no bitstream'}")
     return 0
 
@@ -154,8 +163,9 @@ def _run(args):
         map_layer = check_layer(bundle, args.routing_layer) if args.routing_map else None
         pixels = load_image(args.image, bundle.input_shape)
         where = "the simulated accelerator" if args.simulate else "the board"
-        print(f"bundle {bundle.path}: config {bundle.name}, build {bundle.capacity['lanes']}x"
-              f"{bundle.capacity['lanes']}; running on {where}", flush=True)
+        c = bundle.capacity
+        print(f"bundle {bundle.path}: config {bundle.name}, build {c['lanes']}x{c['cols']} with {c['ports']} weight "
+              f"port{'s' * (c['ports'] > 1)}; running on {where}", flush=True)
         results, progress = [], Progress()
         with progress.stage(f"opening {where}"):
             acc = Accelerator(bundle, _backend(args, bundle), timeout=args.timeout, watchdog=args.watchdog)
@@ -209,6 +219,9 @@ def register(sub):
     p.add_argument("--out", metavar="DIR", required=True, help="bundle folder to write")
     p.add_argument("--artifact", metavar="FILE", help="quantised artifact from m3vit quantize (default: quantise now)")
     p.add_argument("--bitstream", metavar="FILE", help="top.bit from m3vit build (its top.hwh beside it comes too)")
+    p.add_argument("--array", type=array_shape, metavar="RxC",
+                   help="compile for the smallest build with this MAC array (one weight port) that holds the model, "
+                        "instead of the board's (e.g. 16x16, what run --simulate --sim-lanes 16 simulates)")
     p.set_defaults(handler=_bundle)
 
     p = sub.add_parser("run", help="run a bundle on the board (PYNQ) or the simulated accelerator")

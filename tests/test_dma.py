@@ -481,13 +481,9 @@ def _stimulus(seed, size):
     return mem, rd_cmds, wr_cmds, wr_beats
 
 
-def _run_pysim(seed, size, latency, bpc, script_seed, impolite=None):
-    mem, rd_cmds, wr_cmds, wr_beats = _stimulus(seed, size)
-    dut = DMA(addr_width=32, max_burst=32, max_outstanding=3)
-    dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc, impolite=impolite)
-    dram.write(0, mem)
-    script = Script(dut, rd_cmds, wr_cmds, wr_beats, script_seed)
 
+def _scripted(script):
+    """A testbench that steps ``script`` (its ``step(get, set)`` says when it is done) each cycle."""
     async def tb(ctx):
         get = lambda port: ctx.get(Value.cast(port))
         set = lambda port, value: ctx.set(Value.cast(port), int(value))
@@ -495,6 +491,16 @@ def _run_pysim(seed, size, latency, bpc, script_seed, impolite=None):
             await ctx.tick()
             assert script.cycle < 20_000
         await ctx.tick()       # the last read beat's handshake
+    return tb
+
+def _run_pysim(seed, size, latency, bpc, script_seed, impolite=None):
+    mem, rd_cmds, wr_cmds, wr_beats = _stimulus(seed, size)
+    dut = DMA(addr_width=32, max_burst=32, max_outstanding=3)
+    dram = DRAMModel(size, latency=latency, beats_per_cycle=bpc, impolite=impolite)
+    dram.write(0, mem)
+    script = Script(dut, rd_cmds, wr_cmds, wr_beats, script_seed)
+
+    tb = _scripted(script)
 
     simulate(dut, dram, tb)
     return script, dram, dram.read(0, size)
@@ -784,13 +790,7 @@ def _ports_pysim(ports, bytes_per_cycle, impolite=None):
     dram.write(0, mem)
     script = PortsScript(dut, commands)
 
-    async def tb(ctx):
-        get = lambda port: ctx.get(Value.cast(port))
-        set = lambda port, value: ctx.set(Value.cast(port), int(value))
-        while not script.step(get, set):
-            await ctx.tick()
-            assert script.cycle < 20_000
-        await ctx.tick()       # the last read beat's handshake
+    tb = _scripted(script)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -1,7 +1,7 @@
 """Per-expert token queues for expert-reordered MoE execution, the twin of
 ``golden/expert_queue.py``."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -175,8 +175,7 @@ class ExpertQueueBuilder(wiring.Component):
         with m.If(issue):
             m.d.sync += [pos.eq(pos + 1), remaining.eq(remaining - 1)]
         with m.If(self.read.valid & self.read.ready):
-            m.d.sync += [current.eq(self.read.payload), pos.eq(0)]
-            for e in range(num_experts):
-                with m.If(self.read.payload == e):
-                    m.d.sync += remaining.eq(counts[e])
+            # One indexed select (a mux tree), not an if per expert (a priority chain 14 LUTs
+            # deep behind the sequencer's state in the board top).
+            m.d.sync += [current.eq(self.read.payload), pos.eq(0), remaining.eq(Array(counts)[self.read.payload])]
         return remaining

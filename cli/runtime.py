@@ -12,11 +12,17 @@ from sim import ENGINES
 __all__ = ["register"]
 
 
-def _capacity(cfg):
-    """The build a bundle targets: the board's (``Capacity.board()``) when the model fits it, else the
+def _capacity(cfg, array=None):
+    """The build a bundle targets: with ``array`` (R, C) the smallest build with that MAC array that
+    holds the model; else the board's (``Capacity.board()``) when the model fits it, else the
     smallest build that holds the model (as ``m3vit synth --top accelerator --config`` builds)."""
     from gateware.program import Capacity, CapacityError, check_capacity
 
+    if array:
+        try:
+            return Capacity.for_config(cfg, *array)
+        except CapacityError as err:
+            raise UserError(str(err)) from None
     try:
         check_capacity(cfg, Capacity.board())
         return Capacity.board()
@@ -46,15 +52,7 @@ def _bundle(args):
     if args.bitstream and not Path(args.bitstream).is_file():
         raise UserError(f"bitstream {args.bitstream} does not exist")
     cfg, weights, image = model_inputs(args)
-    if args.array:
-        from gateware.program import Capacity
-
-        try:
-            cap = Capacity.for_config(cfg, *args.array)
-        except CapacityError as err:
-            raise UserError(str(err)) from None
-    else:
-        cap = _capacity(cfg)
+    cap = _capacity(cfg, args.array)
     artifact = load_artifact(args.artifact, cfg)
     if artifact is None:
         with Progress().stage("quantising the model (calibration images)"):

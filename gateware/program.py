@@ -69,9 +69,9 @@ class Capacity:
     lanes : int
         MAC array rows R (token lanes), and the width of an activation word: 8 or 16.
     cols : int
-        MAC array columns C (output channels of a tile), a multiple of ``lanes`` and of a DRAM
-        beat (16 bytes) or equal to ``lanes``; ``None`` (the default) means ``lanes``, the
-        square array.
+        MAC array columns C (output channels of a tile): ``lanes`` times 1, 2, 4 or 8, and a
+        multiple of a DRAM beat (16 bytes) unless equal to ``lanes``; ``None`` (the default)
+        means ``lanes``, the square array.
     act_words : int
         Depth of the activation memory.
     max_tokens : int

@@ -10,6 +10,7 @@ from amaranth.lib.wiring import In, Out
 from .dma import command_layout
 from .kv_buffers import kv_strides
 from .phase import AMode, Fetch, Phase, Position, Sink, Tile, WMode
+from .program import tile_bytes
 from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr,
                       LNParams, Op, OutMode)
 
@@ -168,7 +169,7 @@ class _Settings:
 
     def set_tiles(self, k_chunks, dram):
         r, N, C = self.r, self.N, self.C
-        bytes_ = PARAM_BYTES * C + k_chunks * N * C
+        bytes_ = tile_bytes(k_chunks * N, C)
         self.m.d.sync += [r.fetch_base.eq(dram), r.tile_bytes.eq(bytes_), r.fetch_beats.eq(bytes_ // BEAT_BYTES),
                           r.fetch_rows.eq(k_chunks * N)]
 
@@ -411,11 +412,11 @@ class _TileStates(_Settings):
         next_expert = seq.experts.payload.expert
         with m.If(self.ph.sink == Sink.GELU):
             m.d.comb += [prefetch.addr.eq(ins.dram1 + r.expert * ins.stride1 + ins.dram2),
-                         prefetch.beats.eq((PARAM_BYTES * C + ins.count * N * C) // BEAT_BYTES),
+                         prefetch.beats.eq(tile_bytes(ins.count * N, C) // BEAT_BYTES),
                          prefetch.rows.eq(ins.count * N)]
         with m.Else():
             m.d.comb += [prefetch.addr.eq(ins.dram1 + next_expert * ins.stride1),
-                         prefetch.beats.eq((PARAM_BYTES * C + ins.k_chunks * N * C) // BEAT_BYTES),
+                         prefetch.beats.eq(tile_bytes(ins.k_chunks * N, C) // BEAT_BYTES),
                          prefetch.rows.eq(ins.k_chunks * N)]
         m.d.comb += prefetch.half.eq(r.half)
         with m.If(r.prefetch):

@@ -227,8 +227,8 @@ def register(sub):
         shape.add_argument("--lanes", type=int, choices=MAC_LANES, help="MAC array rows and columns (default: 8 for "
                                                                       "small models, else 16)")
         shape.add_argument("--array", type=array_shape, metavar="RxC",
-                           help="MAC array of R token lanes (8 or 16) by C output channels (R, or a multiple of "
-                                "R and of 16 up to 8R), e.g. 16x64")
+                           help="MAC array of R token lanes (8 or 16) by C output channels (R times 1, 2, 4 or 8, "
+                                "a multiple of 16 unless R, dividing the model's head size), e.g. 16x64")
         p.add_argument("--ports", type=int, default=1, metavar="P",
                        help="AXI4 read managers streaming weight tiles: 1, 2 or 4, at most C / 16 (default 1); "
                             "port 0 also carries the program, image and outputs")

@@ -17,6 +17,8 @@ memories), is flattened and mapped to UltraScale+ primitives, and the mapped cel
 - ``deepest_path``, ``deepest_path_chains_as_one``: which path gives each of those counts: the
   nets it starts and ends at, named after the design's signals where Yosys kept their names, and
   its cell types in order, to say what to cut.
+- ``deep_paths``: every source line where a path over ``LEVEL_LIMIT`` (8) levels, chains as one,
+  ends, with the deepest path into it: the whole list of what to cut, not just the worst.
 
 Figures are Yosys' estimates, not Vivado's; they track changes and show what maps to DSPs.
 """
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 
-__all__ = ["XCZU7EV", "SynthError", "synthesize", "count_cells", "logic_depth", "deepest_path"]
+__all__ = ["XCZU7EV", "SynthError", "synthesize", "count_cells", "logic_depth", "deepest_path", "deep_paths", "LEVEL_LIMIT"]
 
 #: Resources of the ZCU104's xczu7ev-ffvc1156-2-e.
 XCZU7EV = {"dsp": 1728, "lut": 230_400, "ff": 460_800, "bram": 312, "uram": 96}
@@ -43,6 +45,11 @@ _CELLS = {
     "dsp": re.compile(r"^DSP48E2$"),
     "uram": re.compile(r"^URAM288\w*$"),
 }
+
+
+#: Most levels (carry chains as one) a register-to-register path may have for 300 MHz on this
+#: part, the budget the design keeps to; ``deep_paths`` lists what goes over it.
+LEVEL_LIMIT = 8
 
 
 class SynthError(RuntimeError):
@@ -191,22 +198,64 @@ def deepest_path(cells, netnames=None, *, chains_as_one=False):
     if levels == 0:
         return {"levels": 0, "from": None, "to": None, "cells": []}
 
-    def inputs(name):
-        cell = cells[name]
-        return [b for port, bits in cell["connections"].items()
-                if cell["port_directions"].get(port) == "input" for b in bits]
-
-    def outputs(name):
-        cell = cells[name]
-        return [b for port, bits in cell["connections"].items()
-                if cell["port_directions"].get(port) == "output" for b in bits]
-
     # Several cells may share the top depth: a carry chained on (chains_as_one) or a pass cell
     # after the deepest one. Ending at one none of the others reads gives the whole path.
     deepest = [name for name, d in depth.items() if d == levels]
-    read_by_deepest = {b for name in deepest for b in inputs(name)}
-    end = next(name for name in deepest if not read_by_deepest.intersection(outputs(name)))
+    read_by_deepest = {b for name in deepest for b in _inputs(cells, name)}
+    end = next(name for name in deepest if not read_by_deepest.intersection(_outputs(cells, name)))
+    return _path_to(cells, netnames or {}, depth, via, end)
 
+
+def deep_paths(cells, netnames=None, *, limit, chains_as_one=True):
+    """Every place a path deeper than ``limit`` levels ends, the deepest path into each.
+
+    Paths are grouped by the Amaranth source line of their last counted cell or, as mapped
+    LUTs keep none, of the register, DSP or memory it loads, so one wide bus makes one entry,
+    not one per bit.
+
+    Returns
+    -------
+    list of dict
+        As :func:`deepest_path` gives, plus ``where``: that source line (or None), deepest first;
+        empty when no path is deeper than ``limit``.
+    """
+    depth, via = _levels(cells, chains_as_one)
+    readers = {}
+    for name, cell in cells.items():
+        for b in _inputs(cells, name):
+            readers.setdefault(b, []).append(name)
+    groups, where = {}, {}
+    for name, d in depth.items():
+        if d <= limit or not _LEVEL.match(cells[name]["type"]):
+            continue
+        # Only where the path leaves the counted logic: into a register, DSP, memory or port.
+        loads = [r for b in _outputs(cells, name) for r in readers.get(b, ())]
+        if loads and all(_LEVEL.match(cells[r]["type"]) for r in loads):
+            continue
+        # Mapped LUTs keep no source line; the registers they load do.
+        line = next(filter(None, (_source(cells[c]) for c in [name, *loads])), None)
+        key = line or name
+        if key not in groups or d > depth[groups[key]]:
+            groups[key], where[key] = name, line
+    found = [{**_path_to(cells, netnames or {}, depth, via, end), "where": where[key]}
+             for key, end in groups.items()]
+    return sorted(found, key=lambda p: (-p["levels"], p["where"] or "", p["to"] or ""))
+
+
+def _inputs(cells, name):
+    cell = cells[name]
+    return [b for port, bits in cell["connections"].items()
+            if cell["port_directions"].get(port) == "input" for b in bits]
+
+
+def _outputs(cells, name):
+    cell = cells[name]
+    return [b for port, bits in cell["connections"].items()
+            if cell["port_directions"].get(port) == "output" for b in bits]
+
+
+def _path_to(cells, netnames, depth, via, end):
+    """The deepest path ending at cell ``end``, as :func:`deepest_path` reports one."""
     path = [end]
     while via[path[-1]] is not None:
         path.append(via[path[-1]][0])
@@ -223,8 +272,8 @@ def deepest_path(cells, netnames=None, *, chains_as_one=False):
         else:
             types.append(kind)
 
-    start, end = _name_ends(cells, netnames or {}, depth, path[0], counted[-1])
-    return {"levels": levels, "from": start, "to": end, "cells": types}
+    start, stop = _name_ends(cells, netnames, depth, path[0], counted[-1])
+    return {"levels": depth[end], "from": start, "to": stop, "cells": types}
 
 
 #: Where the project's sources are, to shorten ``src`` attributes to repository paths.
@@ -329,7 +378,8 @@ def synthesize(component, name, *, ports=None, workdir=None):
     """Synthesise an Amaranth ``component`` for xcup and return its figures as a dict with keys
     ``unit``, ``dsp``, ``lut``, ``lutram``, ``ff``, ``bram``, ``uram``, ``lut_levels``,
     ``lut_levels_chains_as_one``, ``deepest_path`` and ``deepest_path_chains_as_one`` (the paths
-    behind the two level counts, as :func:`deepest_path` gives them), ``percent`` (of the xczu7ev)
+    behind the two level counts, as :func:`deepest_path` gives them), ``deep_paths`` (every path
+    end over ``LEVEL_LIMIT`` levels with chains as one, as :func:`deep_paths` gives them), ``percent`` (of the xczu7ev)
     and ``seconds``."""
     with tempfile.TemporaryDirectory(prefix="m3vit-synth-") as tmp:
         work = Path(workdir or tmp)
@@ -366,6 +416,7 @@ def synthesize(component, name, *, ports=None, workdir=None):
     figures["lut_levels_chains_as_one"] = chained["levels"]
     figures["deepest_path"] = plain
     figures["deepest_path_chains_as_one"] = chained
+    figures["deep_paths"] = deep_paths(module["cells"], module["netnames"], limit=LEVEL_LIMIT)
     figures = {"unit": name, **figures}
     figures["percent"] = {k: round(100.0 * figures[k] / XCZU7EV[k], 3) for k in XCZU7EV}
     figures["seconds"] = round(seconds, 1)

@@ -51,7 +51,7 @@ def _top_capacity(config):
 
 def _synth(args):
     from boards.build import BoardError
-    from boards.synth import SynthError, synthesize
+    from boards.synth import LEVEL_LIMIT, SynthError, synthesize
     from cli.progress import Progress
 
     targets = synth_targets(args)
@@ -76,6 +76,9 @@ def _synth(args):
         path = r["deepest_path_chains_as_one"]
         print(f"{'':<14}deepest (chain=1): {path['from']} -> {path['to']}  [{' '.join(path['cells'])}]",
               flush=True)
+        for deep in r["deep_paths"]:
+            print(f"{'':<14}over {LEVEL_LIMIT}: {deep['levels']} levels at {deep['where']}: "
+                  f"{deep['from']} -> {deep['to']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2) + "\n")
         print(f"wrote {args.json}")

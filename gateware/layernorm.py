@@ -66,11 +66,11 @@ class LayerNorm(TwoPassTiming, wiring.Component):
         Cycles per row of the per-lane ``2**64 // V`` divider (67), which bounds the row rate.
     latency : int
         Clock edges from the transfer of a row's last input to the transfer of its first output
-        when the unit is otherwise idle and ``o`` is ready: ``65 + 33 + 10`` (108): pass 1 and
+        when the unit is otherwise idle and ``o`` is ready: ``65 + 33 + 11`` (109): pass 1 and
         its hand-off 2, divider 65 + 1, square root 33 + 1, pass 2's load, read, subtract,
-        multiply, affine, round and output 6.
+        multiply, affine, shift, round and output 7.
     read_latency : int
-        5: clock edges from pass 2 reading an element from the row buffer to its ``o`` transfer
+        6: clock edges from pass 2 reading an element from the row buffer to its ``o`` transfer
         (``o`` ready).
 
     Timing: ``i`` accepts one element per cycle, stalling only when a row starts while ``banks``
@@ -96,8 +96,8 @@ class LayerNorm(TwoPassTiming, wiring.Component):
         z_bound = ((math.isqrt(max(max_dim - 1, 0)) + 1) << Z_FRAC) + 1
         self.z_width = z_bound.bit_length() + 1
         self.divider_period = _RECIP_BITS + 2
-        self.latency = _RECIP_BITS + (_RECIP_BITS + 1) // 2 + 10
-        self.read_latency = 5
+        self.latency = _RECIP_BITS + (_RECIP_BITS + 1) // 2 + 11
+        self.read_latency = 6
         super().__init__({
             "i": In(stream.Signature(lane_layout(lanes, signed(RES_BITS), "x"))),
             "o": Out(stream.Signature(lane_layout(lanes, signed(ACT_BITS), "y"))),
@@ -202,8 +202,8 @@ class LayerNorm(TwoPassTiming, wiring.Component):
             beta_rd.addr.eq(bank.index),
             beta_rd.en.eq(advance),
         ]
-        vb, vc, vd = Signal(), Signal(), Signal()
-        lastb, lastc, lastd = Signal(), Signal(), Signal()
+        vb, vc, vd, ve = Signal(), Signal(), Signal(), Signal()
+        lastb, lastc, lastd, laste = Signal(), Signal(), Signal(), Signal()
         gamma_b, gamma_c = Signal(signed(GAMMA_BITS)), Signal(signed(GAMMA_BITS))
         beta_b, beta_c = Signal(signed(BETA_BITS)), Signal(signed(BETA_BITS))
         with m.If(advance):
@@ -212,7 +212,8 @@ class LayerNorm(TwoPassTiming, wiring.Component):
                 gamma_b.eq(gamma_rd.data), beta_b.eq(beta_rd.data),
                 vc.eq(vb), lastc.eq(lastb), gamma_c.eq(gamma_b), beta_c.eq(beta_b),
                 vd.eq(vc), lastd.eq(lastc),
-                self.o.valid.eq(vd), self.o.payload.last.eq(lastd),
+                ve.eq(vd), laste.eq(lastd),
+                self.o.valid.eq(ve), self.o.payload.last.eq(laste),
             ]
         r_width = len(r.payload.tag.r[0])
         for k in range(self.lanes):
@@ -220,6 +221,7 @@ class LayerNorm(TwoPassTiming, wiring.Component):
             r_b = Signal(r_width, name=f"r_b{k}")
             z_c = Signal(signed(self.z_width), name=f"z_c{k}")
             w_d = Signal(signed(max(self.z_width + GAMMA_BITS, BETA_BITS) + 1), name=f"w_d{k}")
+            half_e = Signal(signed(len(w_d) + 1), name=f"half_e{k}")
             with m.If(advance):
                 m.d.sync += [
                     d_b.eq(r.payload.n * r.payload.x[k] - r.payload.tag.s1[k]),
@@ -227,6 +229,8 @@ class LayerNorm(TwoPassTiming, wiring.Component):
                     z_c.eq(rshift_round(d_b * r_b, RSQRT_BITS - Z_FRAC)),
                     w_d.eq(z_c * gamma_c + beta_c),
                     # Shifting by the constant first needs no adder for Z_FRAC + affine_shift.
-                    self.o.payload.y[k].eq(halve_round_saturate(
-                        ((w_d << 1) >> Z_FRAC) >> self.affine_shift, ACT_BITS)),
+                    # The variable shift has a stage of its own: with the rounding add and the
+                    # saturation after it, it made the unit's deepest path (9 levels).
+                    half_e.eq(((w_d << 1) >> Z_FRAC) >> self.affine_shift),
+                    self.o.payload.y[k].eq(halve_round_saturate(half_e, ACT_BITS)),
                 ]

@@ -8,7 +8,7 @@ from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from boards.synth import count_cells, deepest_path, logic_depth, synthesize
+from boards.synth import count_cells, deep_paths, deepest_path, logic_depth, synthesize
 from tests.cli_helpers import run_m3vit
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -219,3 +219,16 @@ def test_full_size_mac_array_maps_to_dsps():
     r = synthesize(build_unit("mac_array"), "mac_array")
     assert r["dsp"] == 16 * 16 and r["bram"] == 0
     assert r["lut_levels"] <= 12 and r["lut_levels_chains_as_one"] <= r["lut_levels"]
+
+
+def test_deep_paths_lists_each_end_over_the_limit():
+    """Every path end deeper than the limit is listed once per source line, deepest first; the
+    carry feeding its chain's next carry is not an end, and a limit above the deepest gives none."""
+    cells = _two_paths()
+    netnames = {"seq.count": _net([2, 3]), "seq.r.tb": _net([20]), "seq.r.next": _net([26])}
+    over = deep_paths(cells, netnames, limit=2)
+    assert over == [{"levels": 3, "from": "seq.r.tb", "to": "seq.r.next",
+                     "cells": ["LUT6", "CARRY4x2", "LUT2"], "where": None}]
+    plain = deep_paths(cells, netnames, limit=3, chains_as_one=False)
+    assert [(p["levels"], p["from"], p["where"]) for p in plain] == [(5, "seq.count[0]", None), (4, "seq.r.tb", None)]
+    assert deep_paths(cells, netnames, limit=5, chains_as_one=False) == []

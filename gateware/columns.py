@@ -51,10 +51,13 @@ class ColumnPath(wiring.Component):
         Pulses, per weight-buffer half, when a tile that releases it is done.
     retire : Out(1)
         Pulses with a tile's last column when nothing is written (softmax, router).
-    probs_write : Out(stream.Signature({"addr": 16, "data": ...}, always_ready=True))
-    probs_arm : In(1), probs_pending : Out(1)
-        ``probs_pending`` is set by ``probs_arm`` and cleared when the softmax's last row is in
-        the probability buffer.
+    probs_write : Out(stream.Signature({"addr": 16, "data": ..., "last": 1}, always_ready=True))
+        ``last`` on a row's final word.
+    probs_arm : In(1), scores_pending : Out(1)
+        ``scores_pending`` is set by ``probs_arm`` and cleared when the softmax has taken the
+        row's last score: nothing more of the phase leaves the column path, and the softmax's
+        probabilities follow into the buffer (``probs_write``), where A.V reads each once it is
+        written.
     o : Out(stream.Signature({"data": ArrayLayout(signed(16), lanes), "last": 1}))
 
     Latency: ``PostProcess.latency`` (+ ``GELU``'s) + 1 cycles from a column to the
@@ -67,7 +70,8 @@ class ColumnPath(wiring.Component):
     def __init__(self, lanes, max_tokens, *, cols=None, router, ln):
         self.lanes, self.max_tokens, self.cols = lanes, max_tokens, cols or lanes
         word = lane_layout(lanes, signed(16))
-        probs = data.StructLayout({"addr": 16, "data": data.ArrayLayout(unsigned(PROB_FRAC + 1), lanes)})
+        probs = data.StructLayout({"addr": 16, "data": data.ArrayLayout(unsigned(PROB_FRAC + 1), lanes),
+                                   "last": 1})
         super().__init__({
             "i": In(stream.Signature(lane_layout(lanes, signed(ACC_BITS)))),
             "tiles": In(stream.Signature(Tile)), "phase": In(Phase),
@@ -76,7 +80,7 @@ class ColumnPath(wiring.Component):
             "release": Out(2), "retire": Out(1),
             "router": Out(router), "ln": In(ln),
             "probs_write": Out(stream.Signature(probs, always_ready=True)),
-            "probs_arm": In(1), "probs_pending": Out(1),
+            "probs_arm": In(1), "scores_pending": Out(1),
             "o": Out(stream.Signature(word)),
         })
 
@@ -159,6 +163,8 @@ class ColumnPath(wiring.Component):
                 m.d.comb += [softmax.i.valid.eq(post.o.valid), post.o.ready.eq(softmax.i.ready)]
                 with m.If(softmax.i.valid & softmax.i.ready):
                     m.d.sync += key.eq(Mux(key == last_key, 0, key + 1))
+                    with m.If(key == last_key):
+                        m.d.sync += self.scores_pending.eq(0)
             with m.Case(Sink.LAYERNORM):
                 m.d.comb += [src_valid.eq(self.ln.valid), self.ln.ready.eq(src_ready)]
                 m.d.comb += [src_data[i].eq(self.ln.payload.y[i]) for i in range(N)]
@@ -168,11 +174,11 @@ class ColumnPath(wiring.Component):
         # Softmax rows go straight into the probability buffer: word j is key j of every query.
         pw = self.probs_write
         m.d.comb += [softmax.o.ready.eq(1), pw.valid.eq(softmax.o.valid), pw.payload.addr.eq(prob_j),
-                     pw.payload.data.eq(softmax.o.payload.p)]
+                     pw.payload.data.eq(softmax.o.payload.p), pw.payload.last.eq(softmax.o.payload.last)]
         with m.If(softmax.o.valid):
             m.d.sync += prob_j.eq(prob_j + 1)
             with m.If(softmax.o.payload.last):
-                m.d.sync += [prob_j.eq(0), self.probs_pending.eq(0)]
+                m.d.sync += prob_j.eq(0)
         with m.If(self.probs_arm):
-            m.d.sync += self.probs_pending.eq(1)
+            m.d.sync += self.scores_pending.eq(1)
         m.d.comb += [tp.i.valid.eq(src_valid), tp.i.payload.data.eq(src_data), src_ready.eq(tp.i.ready)]

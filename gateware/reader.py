@@ -60,7 +60,10 @@ class TileReader(wiring.Component):
         Taken with the tile's last read.
     walk : In(Walk)
     go : In(1)
-        The tile's data is there to read (the weight buffer's half is full); reads wait for it.
+        The tile's data is there to read (the weight buffer's half is full, or the probability
+        buffer's next word is written); reads wait for it.
+    position : Out(16)
+        The index of the element the walk reads next (of the chunk, in a transposed walk).
     mem_addr, mem_en : Out(24), Out(1)
         The memory's read port; ``mem_data`` (``groups * lanes`` lanes) is expected the cycle
         after an enabled read,
@@ -77,7 +80,7 @@ class TileReader(wiring.Component):
         self.lanes, self.groups, self.pack, self.half_words = lanes, groups, pack, half_words
         word = data.ArrayLayout(signed(16), groups * lanes)
         super().__init__({
-            "tiles": In(stream.Signature(Tile)), "walk": In(Walk), "go": In(1, init=1),
+            "tiles": In(stream.Signature(Tile)), "walk": In(Walk), "go": In(1, init=1), "position": Out(16),
             "mem_addr": Out(24), "mem_en": Out(1), "mem_data": In(word), "sub": Out(range(max(pack, 2))),
             "list_addr": Out(16), "list_token": In(16),
             "o": Out(stream.Signature(lane_layout(groups * lanes, signed(16)))),
@@ -109,6 +112,7 @@ class TileReader(wiring.Component):
         m.d.comb += self.mem_addr.eq(Mux(w.packed, addr // self.pack, addr))
 
         read = self.tiles.valid & self.go & en
+        m.d.comb += self.position.eq(c)
         with m.If(read):
             m.d.sync += [valid.eq(1), zero_q.eq(gen_zero), last_q.eq(gen_last)]
             if self.pack > 1:

@@ -71,9 +71,10 @@ class Sequencer(wiring.Component):
         The A reader holds a descriptor.
     retire : In(1)
         A tile has left the datapath (its last column or word stored).
-    probs_pending : In(1), probs_arm : Out(1)
+    scores_pending : In(1), probs_arm : Out(1)
         ``probs_arm`` pulses when a phase starts filling the probability buffer;
-        ``probs_pending`` stays high until the softmax has written its last row.
+        ``scores_pending`` stays high until the softmax has taken its row's last score (A.V
+        may then start: its reads of the buffer wait for each word to be written).
     fetch : Out(stream.Signature(Fetch))
         Weight-tile fetches; ``fetch_idle`` says no fetch is queued or in flight.
     dma_owner : Out(1)
@@ -112,7 +113,7 @@ class Sequencer(wiring.Component):
             "busy": Out(1), "done": Out(1), "cycles": Out(64), "stalls": Out(64), "stall": In(1),
             "phase": Out(Phase),
             **{f"{unit}_tile": Out(stream.Signature(Tile)) for unit in "awcro"},
-            "a_busy": In(1), "retire": In(1), "probs_pending": In(1), "probs_arm": Out(1),
+            "a_busy": In(1), "retire": In(1), "scores_pending": In(1), "probs_arm": Out(1),
             "fetch": Out(stream.Signature(Fetch)), "fetch_idle": In(1),
             "dma_owner": Out(1),
             "rd_cmd": Out(stream.Signature(command_layout(ADDR_BITS))),
@@ -309,9 +310,11 @@ class _DataStates(_Settings):
             with m.If(seq.rd_data.valid & seq.rd_data.payload.last):
                 m.next = "NEXT"
         with m.State("PATCH_CMD"):
-            # One command per image row of a band of patches: its beats go to consecutive patches.
-            with m.If(self.read_dram(r.img_row, ins.count)):
-                m.d.sync += [r.sub.eq(0), r.beat_addr.eq(r.dst_row)]
+            # One command per channel of a band of patches: its 16 image rows are contiguous in
+            # DRAM (a row is the image's width), and each row's beats go to consecutive patches.
+            # (A command per row waited out the DRAM's latency 16 times as often.)
+            with m.If(self.read_dram(r.img_plane, ins.count << 4)):
+                m.d.sync += [r.sub.eq(0), r.patch_x.eq(0), r.beat_addr.eq(r.dst_row)]
                 m.next = "PATCH_DATA"
         with m.State("PATCH_DATA"):
             m.d.comb += seq.rd_data.ready.eq(r.sub == wpb - 1)
@@ -322,23 +325,22 @@ class _DataStates(_Settings):
                     m.d.comb += act.payload.data[i].eq(bytes_.word_select(r.sub * N + i, 8).as_signed())
                 m.d.sync += r.sub.eq(r.sub + 1)
                 with m.If(r.sub == wpb - 1):
-                    m.d.sync += [r.sub.eq(0), r.beat_addr.eq(r.beat_addr + ins.dst_stride)]
+                    m.d.sync += [r.sub.eq(0), r.beat_addr.eq(r.beat_addr + ins.dst_stride), r.patch_x.eq(r.patch_x + 1)]
+                    with m.If(r.patch_x == ins.count - 1):
+                        # A patch's words hold its rows channel by channel: the next image row
+                        # is the next words_per_beat of every patch.
+                        m.d.sync += [r.patch_x.eq(0), r.dst_row.eq(r.dst_row + wpb), r.beat_addr.eq(r.dst_row + wpb)]
                     with m.If(seq.rd_data.payload.last):
                         m.next = "PATCH_NEXT"
         with m.State("PATCH_NEXT"):
-            # Rows of a channel, then channels, then the next band of patches; a patch's words
-            # hold its rows channel by channel, so each image row is the next words_per_beat.
+            # Channels, then the next band of patches.
             m.next = "PATCH_CMD"
-            m.d.sync += r.dst_row.eq(r.dst_row + wpb)
-            with m.If(r.yy != 15):
-                m.d.sync += [r.yy.eq(r.yy + 1), r.img_row.eq(r.img_row + ins.stride0)]
-            with m.Elif(r.ch != ins.n_out - 1):
-                m.d.sync += [r.yy.eq(0), r.ch.eq(r.ch + 1), r.img_plane.eq(r.img_plane + ins.stride1),
-                             r.img_row.eq(r.img_plane + ins.stride1)]
+            with m.If(r.ch != ins.n_out - 1):
+                m.d.sync += [r.ch.eq(r.ch + 1), r.img_plane.eq(r.img_plane + ins.stride1)]
             with m.Else():
                 next_band = r.img_band + (ins.stride0 << 4)
-                m.d.sync += [r.yy.eq(0), r.ch.eq(0), r.band_first.eq(r.band_first + ins.count),
-                             r.img_band.eq(next_band), r.img_plane.eq(next_band), r.img_row.eq(next_band),
+                m.d.sync += [r.ch.eq(0), r.band_first.eq(r.band_first + ins.count),
+                             r.img_band.eq(next_band), r.img_plane.eq(next_band),
                              r.dst_band.eq(r.dst_band + r.band_words), r.dst_row.eq(r.dst_band + r.band_words)]
                 with m.If(r.band_first + ins.count >= ins.rows):
                     m.next = "NEXT"
@@ -457,7 +459,7 @@ class _TileStates(_Settings):
             m.d.comb += r.prefetch.eq((self.ins.op == Op.MOE) & ~r.prefetched & seq.fetch.ready
                                       & ((sink == Sink.GELU) | (sink == Sink.COMBINE) & ~r.elast
                                          & seq.experts.valid))
-            quiet = ((r.outstanding == 0) & ~seq.probs_pending & ~seq.a_busy & fetched
+            quiet = ((r.outstanding == 0) & ~seq.scores_pending & ~seq.a_busy & fetched
                      & (sink != Sink.ROUTER) | (r.outstanding == 0) & (sink == Sink.ROUTER) & seq.experts.valid)
             with m.If(quiet):
                 m.next = "AFTER"
@@ -551,8 +553,8 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
             word=Signal(24), sub=Signal(4),
             # LOAD_PATCHES walks the image a row of pixels at a time with running addresses (no
             # multiplier or divider between the instruction and the DRAM/activation addresses).
-            ch=Signal(8), yy=Signal(5),
-            img_row=Signal(ADDR_BITS), img_plane=Signal(ADDR_BITS), img_band=Signal(ADDR_BITS),
+            ch=Signal(8), patch_x=Signal(16),
+            img_plane=Signal(ADDR_BITS), img_band=Signal(ADDR_BITS),
             dst_row=Signal(24), dst_band=Signal(24), beat_addr=Signal(24),
             band_first=Signal(16), band_words=Signal(24),
             wdata=Signal(2 * self.N * 16),
@@ -652,8 +654,8 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
                     self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
                     m.next = "LOAD16"
                 with m.Case(Op.LOAD_PATCHES):
-                    m.d.sync += [r.ch.eq(0), r.yy.eq(0), r.band_first.eq(0),
-                                 r.img_row.eq(seq.image_base), r.img_plane.eq(seq.image_base),
+                    m.d.sync += [r.ch.eq(0), r.band_first.eq(0),
+                                 r.img_plane.eq(seq.image_base),
                                  r.img_band.eq(seq.image_base), r.dst_row.eq(ins.dst_base),
                                  r.dst_band.eq(ins.dst_base), r.band_words.eq(ins.count * ins.dst_stride)]
                     m.next = "PATCH_CMD"

@@ -32,7 +32,7 @@ combine); the DRAM records they read are the layouts of ``records.py``.
 
 import dataclasses
 
-from amaranth import Cat, Module, ResetInserter, unsigned
+from amaranth import Cat, Module, ResetInserter, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -190,6 +190,7 @@ class Accelerator(wiring.Component):
         self._dma_read(m, dmas, seq, fetcher)
         q_a, q_o = self._queue_memory(m, seq)
         self._readers(m, seq.phase, ra, rw, store, fetcher, kv, probs_rd, q_a, seq)
+        self._probs_gate(m, seq.phase, ra, cols, seq)
         self._join(m, seq, ra.o, rw.o, mac, ln)
         self._results(m, seq, store, fetcher, res, cols, writer, probs_wr, q_o)
         wiring.connect(m, writer.kv_write, kv.write)
@@ -296,6 +297,20 @@ class Accelerator(wiring.Component):
         with m.Else():
             m.d.comb += [rw.go.eq(1), rw.mem_data.eq(kv.read_data)]
 
+    def _probs_gate(self, m, ph, ra, cols, seq):
+        """A.V's reads of the probability buffer wait for each word to be written, so that A.V
+        streams behind the softmax's pass 2 instead of after it. (Each of its column blocks
+        reads every word; the first waits, the others find the row complete.)"""
+        written = Signal(range(self.cap.max_tokens + 1))
+        complete = Signal()
+        with m.If(seq.probs_arm):
+            m.d.sync += [written.eq(0), complete.eq(0)]
+        with m.Elif(cols.probs_write.valid):
+            m.d.sync += written.eq(written + 1)
+            with m.If(cols.probs_write.payload.last):
+                m.d.sync += complete.eq(1)
+        m.d.comb += ra.go.eq((ph.a.mode != AMode.PROBS) | complete | (ra.position < written))
+
     def _join(self, m, seq, a_out, w_out, mac, ln):
         """The A and W streams into the MAC array, A alone into LayerNorm or to the store."""
         # The MAC array wants its operands from registers; the transposers and read stages are.
@@ -323,7 +338,7 @@ class Accelerator(wiring.Component):
         m.d.comb += [cols.phase.eq(ph), fetcher.param_half.eq(cols.param_half), fetcher.param_col.eq(cols.param_col),
                      cols.param.eq(fetcher.param), fetcher.release.eq(cols.release),
                      fetcher.capture_gate.eq(ph.sink == Sink.ROUTER),
-                     cols.probs_arm.eq(seq.probs_arm), seq.probs_pending.eq(cols.probs_pending)]
+                     cols.probs_arm.eq(seq.probs_arm), seq.scores_pending.eq(cols.scores_pending)]
         m.d.comb += [probs_wr.en.eq(cols.probs_write.valid), probs_wr.addr.eq(cols.probs_write.payload.addr),
                      probs_wr.data.eq(cols.probs_write.payload.data)]
         m.d.comb += [writer.dest.eq(ph.d), writer.kv.eq(ph.kv),

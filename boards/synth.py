@@ -203,7 +203,9 @@ def deepest_path(cells, netnames=None, *, chains_as_one=False):
     deepest = [name for name, d in depth.items() if d == levels]
     read_by_deepest = {b for name in deepest for b in _inputs(cells, name)}
     end = next(name for name in deepest if not read_by_deepest.intersection(_outputs(cells, name)))
-    return _path_to(cells, netnames or {}, depth, via, end)
+    path, ends = _path_to(cells, depth, via, end)
+    (start, stop), = _name_ends(cells, netnames or {}, depth, [ends])
+    return {"levels": path["levels"], "from": start, "to": stop, "cells": path["cells"]}
 
 
 def deep_paths(cells, netnames=None, *, limit, chains_as_one=True):
@@ -237,8 +239,10 @@ def deep_paths(cells, netnames=None, *, limit, chains_as_one=True):
         key = line or name
         if key not in groups or d > depth[groups[key]]:
             groups[key], where[key] = name, line
-    found = [{**_path_to(cells, netnames or {}, depth, via, end), "where": where[key]}
-             for key, end in groups.items()]
+    paths = [(_path_to(cells, depth, via, end), where[key]) for key, end in groups.items()]
+    names = _name_ends(cells, netnames or {}, depth, [ends for (_, ends), _ in paths])
+    found = [{"levels": path["levels"], "from": start, "to": stop, "cells": path["cells"], "where": line}
+             for ((path, _), line), (start, stop) in zip(paths, names)]
     return sorted(found, key=lambda p: (-p["levels"], p["where"] or "", p["to"] or ""))
 
 
@@ -254,8 +258,9 @@ def _outputs(cells, name):
             if cell["port_directions"].get(port) == "output" for b in bits]
 
 
-def _path_to(cells, netnames, depth, via, end):
-    """The deepest path ending at cell ``end``, as :func:`deepest_path` reports one."""
+def _path_to(cells, depth, via, end):
+    """The deepest path ending at cell ``end``: ``{"levels", "cells"}`` as :func:`deepest_path`
+    reports them, and its first cell and last counted cell, to name its ends."""
     path = [end]
     while via[path[-1]] is not None:
         path.append(via[path[-1]][0])
@@ -272,8 +277,7 @@ def _path_to(cells, netnames, depth, via, end):
         else:
             types.append(kind)
 
-    start, stop = _name_ends(cells, netnames, depth, path[0], counted[-1])
-    return {"levels": depth[end], "from": start, "to": stop, "cells": types}
+    return {"levels": depth[end], "cells": types}, (path[0], counted[-1])
 
 
 #: Where the project's sources are, to shorten ``src`` attributes to repository paths.
@@ -295,8 +299,9 @@ def _source(cell):
     return srcs[0] if srcs else None
 
 
-def _name_ends(cells, netnames, depth, first, last):
-    """Readable ``(from, to)`` names for a path from cell ``first`` to counted cell ``last``.
+def _name_ends(cells, netnames, depth, pairs):
+    """Readable ``(from, to)`` names for each path from cell ``first`` to counted cell ``last`` of
+    ``pairs`` (a list of ``(first, last)``; one pass over the netlist names them all).
 
     ``from`` names an input of ``first`` from outside the counted logic, ``to`` an output of
     ``last``, by the first of:
@@ -322,20 +327,33 @@ def _name_ends(cells, netnames, depth, first, last):
             for b in bits:
                 table.setdefault(b, []).append((name, port))
 
-    starts = [b for _, b in ports(first, "input")]
-    # Of the last cell's outputs, those a register, DSP or memory (a cell outside the counted
-    # logic) reads are where the path ends; then those nothing counted reads (ports, or unused);
-    # an unused carry output would name a net no path goes through.
-    ends = [b for _, b in ports(last, "output")]
-    ends = ([b for b in ends if any(r not in depth for r, _ in readers.get(b, ()))]
-            or [b for b in ends if not readers.get(b)] or ends)
-    loads = [(name, port) for b in ends for name, port in readers.get(b, ()) if name not in depth]
-    sources = [(name, port) for b in starts for name, port in drivers.get(b, ())]
-    wanted = set(starts) | set(ends) | {b for name, _ in loads for _, b in ports(name, "output")}
-    buffered = {b: [o for name, _ in readers.get(b, ()) if _PASS.match(cells[name]["type"])
-                    for _, o in ports(name, "output")] for b in wanted}
-    wanted |= {o for outs in buffered.values() for o in outs}
+    def ends_of(first, last):
+        starts = [b for _, b in ports(first, "input")]
+        # Of the last cell's outputs, those a register, DSP or memory (a cell outside the counted
+        # logic) reads are where the path ends; then those nothing counted reads (ports, or unused);
+        # an unused carry output would name a net no path goes through.
+        ends = [b for _, b in ports(last, "output")]
+        ends = ([b for b in ends if any(r not in depth for r, _ in readers.get(b, ()))]
+                or [b for b in ends if not readers.get(b)] or ends)
+        loads = [(name, port) for b in ends for name, port in readers.get(b, ()) if name not in depth]
+        sources = [(name, port) for b in starts for name, port in drivers.get(b, ())]
+        wanted = set(starts) | set(ends) | {b for name, _ in loads for _, b in ports(name, "output")}
+        buffered = {b: [o for name, _ in readers.get(b, ()) if _PASS.match(cells[name]["type"])
+                        for _, o in ports(name, "output")] for b in wanted}
+        wanted |= {o for outs in buffered.values() for o in outs}
+        return starts, ends, loads, sources, wanted, buffered
+
+    found = [ends_of(first, last) for first, last in pairs]
+    wanted = set().union(*(f[4] for f in found))
     names, public = _bit_names(netnames, wanted), _bit_names(netnames, wanted, hidden=False)
+    named = []
+    for starts, ends, loads, sources, _, buffered in found:
+        named.append(_pick_names(cells, names, public, starts, ends, loads, sources, buffered, ports))
+    return named
+
+
+def _pick_names(cells, names, public, starts, ends, loads, sources, buffered, ports):
+    """:func:`_name_ends`' choice for one path, from the names of the nets around it."""
 
     def aliases(bits, table, designed=False):
         # Names of these nets or of their buffered copies; ``designed``: only the design's own.

@@ -41,6 +41,9 @@ class ColumnPath(wiring.Component):
     ----------
     i : In(stream.Signature({"data": ArrayLayout(signed(ACC_BITS), lanes), "last": 1}))
         The MAC array's columns.
+    skip_rest : Out(1)
+        To the MAC array's: the column on ``i`` is past the phase's channels, and so are the
+        tile's later ones.
     tiles : In(stream.Signature(Tile))
         Taken with a tile's ``cols``-th column.
     phase : In(Phase)
@@ -73,7 +76,7 @@ class ColumnPath(wiring.Component):
         probs = data.StructLayout({"addr": 16, "data": data.ArrayLayout(unsigned(PROB_FRAC + 1), lanes),
                                    "last": 1})
         super().__init__({
-            "i": In(stream.Signature(lane_layout(lanes, signed(ACC_BITS)))),
+            "i": In(stream.Signature(lane_layout(lanes, signed(ACC_BITS)))), "skip_rest": Out(1),
             "tiles": In(stream.Signature(Tile)), "phase": In(Phase),
             "param_half": Out(1), "param_col": Out(range(self.cols)), "param": In(TileParams),
             "residual": In(stream.Signature(word)),
@@ -132,9 +135,12 @@ class ColumnPath(wiring.Component):
                          mac.ready.eq(col_taken),
                          res.ready.eq(col_taken & need_r)]
             m.d.comb += [post.i.payload.residual[i].eq(res.payload.data[i]) for i in range(N)]
+        # The first column past the phase's channels ends the tile: the MAC array drops the rest
+        # of its drain (a tile of 129 keys' scores on a 64-column array has 63 such in its last).
+        m.d.comb += self.skip_rest.eq(~keep)
         with m.If(col_taken):
             m.d.sync += col.eq(col + 1)
-            with m.If(col == C - 1):
+            with m.If((col == C - 1) | ~keep):
                 m.d.sync += col.eq(0)
                 m.d.comb += self.tiles.ready.eq(1)
                 with m.If(t.release):

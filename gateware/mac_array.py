@@ -52,6 +52,9 @@ class MACArray(wiring.Component):
     o : Out(stream.Signature(StructLayout({"data": ArrayLayout(signed(acc_bits), rows), "last": 1})))
         A tile's sums, one column per transfer in increasing channel order: ``data[r]`` is
         ``sum_k a[r] * w[c]``; ``last`` marks column ``cols - 1``.
+    skip_rest : In(1)
+        With a column's transfer on ``o``: the tile's later columns are not wanted; the drain
+        bank is free after this one, as after ``last``.
     pe_latency : int
         3: clock edges from an operand transfer to its product being in the accumulator.
     latency : int
@@ -64,7 +67,7 @@ class MACArray(wiring.Component):
     while the previous tile's are still being drained, which with ``o`` always ready happens
     only for tiles shorter than ``cols`` transfers. So back-to-back tiles of depth ``K >= cols``
     run at one ``k`` per cycle (100% of R*C MACs per cycle); shorter tiles take ``cols`` cycles
-    each.
+    each (fewer when ``skip_rest`` cuts their drain short).
     """
 
     pe_latency = 3
@@ -87,6 +90,7 @@ class MACArray(wiring.Component):
                 "last": 1,
             }))),
             "o": Out(stream.Signature(lane_layout(rows, signed(acc_bits)))),
+            "skip_rest": In(1),
         })
 
     def elaborate(self, platform):
@@ -107,7 +111,7 @@ class MACArray(wiring.Component):
         m.d.comb += [
             self.o.valid.eq(remaining != 0),
             self.o.payload.last.eq(remaining == 1),
-            free.eq(~self.o.valid | (self.o.ready & self.o.payload.last)),
+            free.eq(~self.o.valid | (self.o.ready & (self.o.payload.last | self.skip_rest))),
             load.eq(done & free),
             # A first product about to overwrite a finished tile that cannot leave yet.
             advance.eq(~(done & ~free & v2)),
@@ -136,7 +140,7 @@ class MACArray(wiring.Component):
         with m.If(load):
             m.d.sync += remaining.eq(cols)
         with m.Elif(self.o.valid & self.o.ready):
-            m.d.sync += remaining.eq(remaining - 1)
+            m.d.sync += remaining.eq(Mux(self.skip_rest, 0, remaining - 1))
             for c in range(cols - 1):
                 m.d.sync += drain[c].eq(drain[c + 1])
 

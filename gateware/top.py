@@ -195,6 +195,7 @@ class Accelerator(wiring.Component):
         self._results(m, seq, store, fetcher, res, cols, writer, probs_wr, q_o)
         wiring.connect(m, writer.kv_write, kv.write)
         wiring.connect(m, mac.o, cols.i)
+        m.d.comb += mac.skip_rest.eq(cols.skip_rest)
         wiring.connect(m, cols.router, router.i)
         wiring.connect(m, ln.o, cols.ln)
         wiring.connect(m, routing.o, seq.routes)

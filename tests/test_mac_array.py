@@ -179,3 +179,49 @@ def test_utilisation_under_backpressure():
     util = _utilisation(in_cycles)
     print(f"MAC {rows}x{cols}, K=40, o ready 70%: utilisation {util:.1%}")
     assert util == 1.0
+
+
+def test_skip_rest_cuts_a_drain_short():
+    """A consumer that wants only the first ``n`` columns of a tile takes them, then one more
+    with ``skip_rest``: the array drops that tile's other columns, frees its drain bank at once,
+    and short tiles back to back then take ``n + 1`` cycles each, not ``cols``."""
+    from tests.sim_helpers import run_simulation, stream_send, watchdog
+
+    rows, cols, depth = 2, 8, 3
+    rng = np.random.default_rng(11)
+    wanted = [1, 8, 3, 2, 5, 1]
+    tiles = _random_tiles(rng, rows, cols, [depth] * len(wanted))
+    dut = MACArray(rows, cols)
+    got, ends, done = [], [], []
+
+    async def producer(ctx):
+        await stream_send(ctx, dut.i, list(_transfers(tiles)), gaps=None)
+
+    async def consumer(ctx):
+        ctx.set(dut.o.ready, 1)
+        edge = 0
+        for n in wanted:
+            taken = []
+            while True:
+                skip = len(taken) == n < cols
+                if len(taken) == n == cols:
+                    break
+                ctx.set(dut.skip_rest, skip)
+                _, _, valid, data = await ctx.tick().sample(dut.o.valid, dut.o.payload.data)
+                edge += 1
+                if not valid:
+                    continue
+                if skip:
+                    break
+                taken.append([int(v) for v in data])
+            ctx.set(dut.skip_rest, 0)
+            got.append(np.array(taken, dtype=np.int64).T)
+            ends.append(edge)
+        done.append(True)
+
+    run_simulation(dut, producer, consumer, processes=[watchdog(400, done)])
+    for (a, w), n, tile in zip(tiles, wanted, got):
+        np.testing.assert_array_equal(tile, matmul(a, w)[:, :n])
+    # Past the first full tile the drains set the pace (tiles of depth 3, finished before the
+    # bank frees): a tile of n < cols wanted columns holds the bank n + 1 cycles.
+    assert list(np.diff(ends)[1:]) == [n + 1 for n in wanted[2:]]

@@ -23,7 +23,7 @@ class ColumnPath(wiring.Component):
     """Routes each tile's output columns by the phase's sink and turns results back into words.
 
     A column is one output channel of ``lanes`` tokens; a tile has ``cols`` of them. Columns
-    past ``phase.n_cols`` are dropped. For the router (gate logits) they go out on ``router`` with the tile's token block;
+    past the tile's ``cols`` are dropped. For the router (gate logits) they go out on ``router`` with the tile's token block;
     otherwise through the post-processor (the tile's bias and requantisation, or the phase's
     fixed one; the residual's column added for ``RESIDUAL``), then GELU, the softmax (whose rows
     go into the probability buffer, ``probs_write``) or straight on. Results, and LayerNorm's
@@ -104,10 +104,7 @@ class ColumnPath(wiring.Component):
         N, C = self.lanes, self.cols
         ph, t, mac, res = self.phase, self.tiles.payload, self.i, self.residual
         col = Signal(range(C))
-        cols_valid = Signal(range(C + 1))
-        rem_cols = Signal(signed(18))
-        m.d.comb += [rem_cols.eq(ph.n_cols - t.cb * C),
-                     cols_valid.eq(Mux(rem_cols >= C, C, Mux(rem_cols < 0, 0, rem_cols)))]
+        cols_valid = t.cols
         keep = col < cols_valid
         m.d.comb += [self.param_half.eq(t.half), self.param_col.eq(col)]
         record, router = self.param, self.router

@@ -42,8 +42,10 @@ class Sink(enum.Enum, shape=3):
 
 #: One tile: token block ``tb`` by output-channel block ``cb``, its weights in buffer half
 #: ``half``; ``release`` on the last tile to use that half, ``last`` on the phase's last tile;
-#: ``blocks``: the token words per token it yields (its valid channels in words, or LayerNorm's row).
-Tile = data.StructLayout({"tb": 12, "cb": 12, "half": 1, "release": 1, "last": 1, "blocks": 8})
+#: ``blocks``: the token words per token it yields (its valid channels in words, or LayerNorm's row);
+#: ``cols``: its valid channels (the column path's, reckoned by the sequencer so that no subtraction
+#: from the phase's channel count sits in front of the column handshake).
+Tile = data.StructLayout({"tb": 12, "cb": 12, "half": 1, "release": 1, "last": 1, "blocks": 8, "cols": 12})
 #: One weight-tile fetch: DRAM offset (from ``weights_base``), beats, the buffer half it fills, and
 #: ``rows``, the tile's inner dimension: the beats of each 16-byte bank (``gateware/fetcher.py``).
 Fetch = data.StructLayout({"addr": ADDR_BITS, "beats": 16, "half": 1, "rows": 16})

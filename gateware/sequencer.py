@@ -404,7 +404,8 @@ class _TileStates(_Settings):
         m.d.comb += [tile.tb.eq(r.tb), tile.cb.eq(r.cb),
                      tile.half.eq(Mux(r.need_fetch, Mux(r.prefetched, r.pre_half, r.half), r.cur_half)),
                      tile.release.eq(r.tb_outer | (r.tb == r.tb_end - 1)), tile.last.eq(r.last_tile),
-                     tile.blocks.eq(Mux(r.cb == self.n_cb - 1, self.last_blocks, self.ph.blocks_per_tile))]
+                     tile.blocks.eq(Mux(r.cb == self.n_cb - 1, self.last_blocks, self.ph.blocks_per_tile)),
+                     tile.cols.eq(Mux(r.cb == self.n_cb - 1, self.last_cols, C))]
         for unit in "awcro":
             m.d.comb += getattr(seq, f"{unit}_tile").payload.eq(tile)
         m.d.comb += [seq.fetch.payload.addr.eq(r.fetch_base + r.cb * r.tile_bytes),
@@ -533,7 +534,7 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
         self.beats_per_word16 = 2 * self.N // BEAT_BYTES   # DRAM beats per int16 word
         cap = self.cap
         self.ins, self.ph = Signal(Instr), Signal(Phase)
-        self.n_cb, self.last_blocks = Signal(12), Signal(8)
+        self.n_cb, self.last_blocks, self.last_cols = Signal(12), Signal(8), Signal(12)
         self.r = SimpleNamespace(
             pc=Signal(16), n_instr=Signal(16), prog_off=Signal(ADDR_BITS), beat=Signal(24),
             acc=Signal(INSTR_BYTES * 8),
@@ -574,7 +575,8 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
                      # The last channel block's words: what is left of the channels after the others.
                      self.last_blocks.eq(Mux(ph.sink == Sink.LAYERNORM, ph.blocks_per_tile,
                                              ceil_div(ph.n_cols, N) - (self.n_cb - 1) * self.G)),
-                     seq.phase.last_blocks.eq(self.last_blocks)]
+                     seq.phase.last_blocks.eq(self.last_blocks),
+                     self.last_cols.eq(ph.n_cols - (self.n_cb - 1) * self.C)]
         m.d.sync += r.outstanding.eq(r.outstanding + r.issue - seq.retire)
         m.d.comb += [seq.position.running.eq(r.running), seq.position.pc.eq(r.pc), seq.position.expert.eq(r.expert)]
         with m.If(seq.busy):

@@ -24,7 +24,7 @@ def _run(dut, phase, tile, columns, *, records=None, residual=None, out=None, co
     """One tile: ``columns`` ``[N channels, N tokens]`` from the MAC array, ``residual`` (same
     shape) on its stream; returns ``count`` transfers of ``out`` and the release and retire
     pulses seen."""
-    got, pulses = [], {"release": [], "retire": []}
+    got, pulses = [], {"release": [], "retire": [], "skip_rest": []}
 
     async def testbench(ctx):
         for field, value in phase.items():
@@ -52,9 +52,15 @@ def _run(dut, phase, tile, columns, *, records=None, residual=None, out=None, co
                 ctx.set(dut.param, records[half][col])
 
     async def watch(ctx):
-        async for _, _, release, retire in ctx.tick().sample(dut.release, dut.retire):
+        col = 0
+        async for _, _, release, retire, skip, valid, ready in ctx.tick().sample(
+                dut.release, dut.retire, dut.skip_rest, dut.i.valid, dut.i.ready):
             pulses["release"].extend([release] if release else [])
             pulses["retire"].extend([1] if retire else [])
+            if valid and ready:
+                # The column (of this tile) taken with skip_rest.
+                pulses["skip_rest"].extend([col] if skip else [])
+                col += 1
 
     run_simulation(dut, testbench, residual_source, sink, processes=[tile_records, watch])
     return got, pulses
@@ -77,12 +83,12 @@ def test_store_with_the_tile_records():
     records = [[unused] * N, [{"bias": int(b), "mult": int(m), "shift": int(s)}
                               for b, m, s in zip(bias, mult, shift)]]
     phase = {"sink": Sink.WRITE, "n_cols": 2 * N, "n_cb": 2, "fix_params": 0, "narrow": 0}
-    tile = {"tb": 0, "cb": 1, "half": 1, "release": 1, "last": 1}
+    tile = {"tb": 0, "cb": 1, "half": 1, "release": 1, "last": 1, "cols": N}
     words, pulses = _run(_column_path(), phase, tile, columns, records=records,
                          out=lambda d: d.o, count=N)
     want = postprocess(columns.T, bias, mult, shift, 16)       # [token, channel]
     np.testing.assert_array_equal(_tokens(words), want)
-    assert pulses == {"release": [1 << 1], "retire": []}
+    assert pulses == {"release": [1 << 1], "retire": [], "skip_rest": []}
 
 
 @pytest.mark.parametrize("narrow", [0, 1])
@@ -96,25 +102,26 @@ def test_residual_add_with_fixed_requantisation(narrow):
     mult, shift = 40000, 18
     phase = {"sink": Sink.RESIDUAL, "n_cols": N, "n_cb": 1, "fix_params": 1, "fix_mult": mult,
              "fix_shift": shift, "narrow": narrow}
-    tile = {"tb": 0, "cb": 0, "half": 0, "release": 0, "last": 1}
+    tile = {"tb": 0, "cb": 0, "half": 0, "release": 0, "last": 1, "cols": N}
     words, pulses = _run(_column_path(), phase, tile, columns, residual=residual,
                          out=lambda d: d.o, count=N)
     bits = 13 if narrow else 16
     want = postprocess(columns.T, 0, mult, shift, bits, residual.T)
     np.testing.assert_array_equal(_tokens(words), want)
-    assert pulses == {"release": [], "retire": []}
+    assert pulses == {"release": [], "retire": [], "skip_rest": []}
 
 
 def test_router_columns_past_n_cols_dropped():
     """ROUTER: the tile's columns go out as gate logits with the token block's base and valid
-    lanes; columns past ``n_cols`` are taken from the array but not sent; the tile retires."""
+    lanes; the first column past the tile's ``cols`` is taken from the array with ``skip_rest``
+    (the array drops the others) and not sent; the tile retires."""
     rng = np.random.default_rng(7)
     columns = rng.integers(-(1 << 31), 1 << 31, (N, N))
     phase = {"sink": Sink.ROUTER, "n_cols": N + 2, "n_cb": 2,
              "d": {"base": 0, "stride": 0, "chunk0": 0, "rows": 6, "offset": 0}}
-    tile = {"tb": 1, "cb": 1, "half": 0, "release": 0, "last": 1}
-    sent, pulses = _run(_column_path(), phase, tile, columns, out=lambda d: d.router, count=2)
+    tile = {"tb": 1, "cb": 1, "half": 0, "release": 0, "last": 1, "cols": 2}
+    sent, pulses = _run(_column_path(), phase, tile, columns[:3], out=lambda d: d.router, count=2)
     assert [[int(v) for v in p.logits] for p in sent] == columns[:2].tolist()
     assert [(int(p.token_base), int(p.valid_lanes), int(p.final), int(p.last)) for p in sent] == \
         [(N, 2, 1, 0), (N, 2, 1, 1)]
-    assert pulses == {"release": [], "retire": [1]}
+    assert pulses == {"release": [], "retire": [1], "skip_rest": [2]}

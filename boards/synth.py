@@ -212,8 +212,8 @@ def deep_paths(cells, netnames=None, *, limit, chains_as_one=True):
     """Every place a path deeper than ``limit`` levels ends, the deepest path into each.
 
     Paths are grouped by the Amaranth source line of their last counted cell or, as mapped
-    LUTs keep none, of the register, DSP or memory it loads, so one wide bus makes one entry,
-    not one per bit.
+    LUTs keep none, of the register, DSP or memory it loads, or failing both by that register's
+    name less its bit and lane suffix, so one wide bus makes one entry, not one per bit.
 
     Returns
     -------
@@ -241,8 +241,15 @@ def deep_paths(cells, netnames=None, *, limit, chains_as_one=True):
             groups[key], where[key] = name, line
     paths = [(_path_to(cells, depth, via, end), where[key]) for key, end in groups.items()]
     names = _name_ends(cells, netnames or {}, depth, [ends for (_, ends), _ in paths])
-    found = [{"levels": path["levels"], "from": start, "to": stop, "cells": path["cells"], "where": line}
-             for ((path, _), line), (start, stop) in zip(paths, names)]
+    found = {}
+    for ((path, _), line), (start, stop) in zip(paths, names):
+        # Without a source line, ends group by the register they load, its bit and Amaranth's
+        # "$N" suffix (one per lane) taken off.
+        key = line or re.sub(r"(\$\d+)?(\[\d+\])?( \(.*\))?$", "", stop or "")
+        entry = {"levels": path["levels"], "from": start, "to": stop, "cells": path["cells"], "where": line}
+        if key not in found or entry["levels"] > found[key]["levels"]:
+            found[key] = entry
+    found = list(found.values())
     return sorted(found, key=lambda p: (-p["levels"], p["where"] or "", p["to"] or ""))
 
 

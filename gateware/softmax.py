@@ -113,7 +113,10 @@ class Softmax(TwoPassTiming, wiring.Component):
             period=_PASS1_PERIOD)
         m.submodules.exp_lut = exp_lut = memory.Memory(
             shape=unsigned(EXP_FRAC + 1), depth=len(EXP_LUT), init=[int(v) for v in EXP_LUT])
-        self._stats(m, bank, [exp_lut.read_port() for _ in range(lanes)])
+        # Pass 1 reads the table from a registered index, combinationally: the running maximum's
+        # carry chain, the index select and the table's LUTs in one cycle made the board top's
+        # deepest path (13 levels); now they are a cycle each side of the index register.
+        self._stats(m, bank, [exp_lut.read_port(domain="comb") for _ in range(lanes)])
         self._reciprocal(m, bank)
         self._normalise(m, bank, [exp_lut.read_port() for _ in range(lanes)])
         return m
@@ -138,10 +141,10 @@ class Softmax(TwoPassTiming, wiring.Component):
                 down.eq(m_run - x),
                 is_new.eq(bank.open & down[-1]),
                 dist.eq(Mux(bank.open, Mux(down[-1], up, down), 0)),
-                luts[k].addr.eq(dist[:EXP_IN_FRAC]),
-                luts[k].en.eq(stage.advance),
             ]
             newmax1 = Signal(name=f"newmax1_{k}")
+            # The table index, taken with the element as the sync read port's address was.
+            index1 = Signal(EXP_IN_FRAC, name=f"index1_{k}")
             # The shift's integer part goes into the stage unclamped; the clamp is taken there.
             dist_hi1 = Signal(_DIST_BITS - EXP_IN_FRAC, name=f"dist_hi1_{k}")
             m1 = Signal(signed(_IN_BITS), name=f"m1_{k}")
@@ -151,19 +154,26 @@ class Softmax(TwoPassTiming, wiring.Component):
                     m1.eq(Mux(bank.open & ~is_new, m_run, x)),
                     newmax1.eq(is_new),
                     dist_hi1.eq(dist[EXP_IN_FRAC:]),
+                    index1.eq(dist[:EXP_IN_FRAC]),
                 ]
+            m.d.comb += luts[k].addr.eq(index1)
             s_run = Signal(self.sum_width, name=f"s_run{k}")
             t = luts[k].data
             # The stage's first cycle fills three registers, free-running (no enable) so that
             # the product maps onto the DSP's pipeline register. Their operands are steady for
             # the element's two cycles in the stage (s_run is written only as an element
             # leaves, t and dist_hi1 only as one enters), so on the second cycle they hold
-            # S * t, the clamped shift q and the shifted t of this element.
+            # S * t, the clamped shift q and t of this element; t is shifted there, not behind
+            # the table (the table's LUTs and a shifter in one cycle were too deep), by q clamped
+            # to 17 (t <= 2**EXP_FRAC, so 2t >> 17 is 0), a shifter of 5 select bits, not 6.
             prod = Signal(self.sum_width + EXP_FRAC + 1, name=f"prod{k}")
             q1 = Signal(range(_MAX_Q + 1), name=f"q1_{k}")
-            t_half = Signal(EXP_FRAC + 2, name=f"t_half{k}")
+            t1 = Signal(EXP_FRAC + 1, name=f"t1_{k}")
+            qt1 = Signal(range(EXP_FRAC + 3), name=f"qt1_{k}")
             q_now = _clamp_q(dist_hi1)
-            m.d.sync += [prod.eq(s_run * t), q1.eq(q_now), t_half.eq((t << 1) >> q_now)]
+            m.d.sync += [prod.eq(s_run * t), q1.eq(q_now), t1.eq(t),
+                         qt1.eq(Mux(q_now > EXP_FRAC + 2, EXP_FRAC + 2, q_now))]
+            t_half = (t1 << 1) >> qt1
             # Both branches of golden's update, then the same select on a new maximum. Each is
             # rshift_round written as (twice the value, shifted, + 1) >> 1 with the other term
             # folded into that one add: one carry chain after the shifter, not two or three.

@@ -416,6 +416,12 @@ def synthesize(component, name, *, ports=None, workdir=None):
             # Lookup tables read by every lane (exp, GELU) are ROMs with dozens of read ports,
             # which Yosys' memory_libmap cannot take; as LUT logic they cost little.
             "proc", "memory_collect", "memory_map -rom-only",
+            # Vivado extracts and re-encodes state machines by default (FSM_ENCODING "auto",
+            # UG901), one-hot as a rule; Yosys skips a state register that has an initial value,
+            # and Amaranth gives every FSM's one (its reset state, also its synchronous reset
+            # value), so the estimate saw binary-coded state decoding that Vivado would not build.
+            "setattr -unset init w:fsm_state",
+            "setattr -set fsm_encoding \"one-hot\" w:fsm_state",
             "synth_xilinx -family xcup -flatten -top top",
             "tee -q -o stat.json stat -json",
             "write_json netlist.json",

@@ -126,30 +126,41 @@ class DMA(wiring.Component):
         is available while ``active``; ``last`` says it ends the command.
         """
         shift = (self.beat_bytes - 1).bit_length()
+        page_beats = _PAGE >> shift
         active = Signal(name=f"{name}_active")
         addr = Signal(self.addr_width, name=f"{name}_addr")
         left = Signal(24, name=f"{name}_left")
-        page_room = Signal(range(1, (_PAGE >> shift) + 1), name=f"{name}_page_room")
+        # The beats to the end of the page and the next burst's length bound (``cap``: the
+        # page's room or ``max_burst``) are registers, updated as the address moves, so that
+        # the burst's length and the command handshake start at registers, not behind the
+        # address's page arithmetic (it made paths of 9 levels into the fetch queue).
+        room = Signal(range(1, page_beats + 1), name=f"{name}_room")
         cap = Signal(range(1, self.max_burst + 1), name=f"{name}_cap")
         length = Signal(range(1, self.max_burst + 1), name=f"{name}_length")
         last = Signal(name=f"{name}_last")
         cut = Signal(name=f"{name}_cut")
         m.d.comb += [
-            page_room.eq((_PAGE >> shift) - addr[shift:12]),
-            cap.eq(Mux(page_room < self.max_burst, page_room, self.max_burst)),
             last.eq(left <= cap),
             length.eq(Mux(last, left, cap)),
             # Taking the next command as the current one's last burst goes keeps 1-beat
             # commands at one per cycle.
             cmd.ready.eq(~flush & (~active | (cut & last))),
         ]
+
+        def bounds(new_room):
+            return [room.eq(new_room), cap.eq(Mux(new_room < self.max_burst, new_room, self.max_burst))]
+
         with m.If(cut):
             m.d.sync += [addr.eq(addr + (length << shift)), left.eq(left - length)]
+            # Not the last burst, so it was ``cap`` long: it ended at the page's end or
+            # ``max_burst`` beats into the page.
+            m.d.sync += bounds(Mux(room == cap, page_beats, room - cap))
             with m.If(last):
                 m.d.sync += active.eq(0)
         with m.If(cmd.valid & cmd.ready):
             m.d.sync += [active.eq(cmd.payload.beats != 0), addr.eq(cmd.payload.addr),
                          left.eq(cmd.payload.beats)]
+            m.d.sync += bounds(page_beats - cmd.payload.addr[shift:12])
         return active, addr, length, last, cut
 
     def elaborate(self, platform):

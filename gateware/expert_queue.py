@@ -1,6 +1,9 @@
 """Per-expert token queues for expert-reordered MoE execution, the twin of
 ``golden/expert_queue.py``."""
 
+import operator
+from functools import reduce
+
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -133,10 +136,16 @@ class ExpertQueueBuilder(wiring.Component):
             self.experts.valid.eq(built & unlisted.any()),
             self.experts.payload.last.eq((unlisted & (unlisted - 1)) == 0),
         ]
-        for e in range(num_experts):
-            with m.If(lowest[e]):
-                m.d.comb += [self.experts.payload.expert.eq(e),
-                             self.experts.payload.count.eq(counts[e])]
+        # ``lowest`` is one-hot (or zero): its expert and count are an AND-OR over the experts,
+        # two or three LUT levels, not an if per expert (a priority chain of 7 LUTs in front of
+        # the sequencer's expert register on the board top).
+        m.d.comb += [
+            self.experts.payload.expert.eq(
+                Cat(Cat(lowest[e] for e in range(num_experts) if e >> b & 1).any()
+                    for b in range(len(self.experts.payload.expert)))),
+            self.experts.payload.count.eq(
+                reduce(operator.or_, (Mux(lowest[e], counts[e], 0) for e in range(num_experts)))),
+        ]
         with m.If(self.experts.valid & self.experts.ready):
             m.d.sync += unlisted.eq(unlisted & ~lowest)
 

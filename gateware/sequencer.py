@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -139,12 +139,28 @@ class Sequencer(wiring.Component):
         _Build(self, m).build()
         return m
 
+#: Channel blocks of a phase: its channels, blocks of ``cols``, the last block's index, columns and
+#: words of ``lanes``.
+_ColumnCount = data.StructLayout({"n_cols": 16, "n_cb": 12, "last_cb": 12, "last_cols": 12, "last_words": 8})
+#: Where a phase's channel count comes from: a field of the instruction, or the lanes (LayerNorm).
+_COLUMN_SOURCES = {
+    "rows": lambda ins, lanes: ins.rows,
+    "n_out": lambda ins, lanes: ins.n_out,
+    "count": lambda ins, lanes: ins.count * lanes,
+    "k_chunks": lambda ins, lanes: ins.k_chunks * lanes,
+    "lanes": lambda ins, lanes: Const(lanes, 16),
+}
+
+
 class _Settings:
     """Writing the phase settings, and DMA reads, from inside the sequencer's states."""
 
     def start_tiles(self, tb0, tb1, outer=0):
         r = self.r
-        self.m.d.sync += [r.tb.eq(tb0), r.tb_end.eq(tb1), r.n_tb.eq(tb1), r.cb.eq(0), r.tb_outer.eq(outer)]
+        # The loop's bounds as registers (its first and last token block), so that the issue
+        # loop compares registers with registers and no subtraction sits in front of its tests.
+        self.m.d.sync += [r.tb.eq(tb0), r.tb_first.eq(tb0), r.last_tb.eq(tb1 - 1), r.cb.eq(0), r.tb_outer.eq(outer),
+                          r.at_tb0.eq(tb0 == 0), r.first_is_tb0.eq(tb0 == 0)]
 
     def set_a(self, mode, base, stride, chunk0, chunks, rows):
         a = self.ph.a
@@ -153,7 +169,7 @@ class _Settings:
 
     def set_w(self, mode, base=0, stride=0, chunk0=0, length=0, rows=0):
         w = self.ph.w
-        self.m.d.sync += [w.mode.eq(mode), w.base.eq(base), w.stride.eq(stride), w.chunk0.eq(chunk0),
+        self.m.d.sync += [w.mode.eq(mode), self.r.w_tiles.eq(mode == WMode.TILE), w.base.eq(base), w.stride.eq(stride), w.chunk0.eq(chunk0),
                           w.len.eq(length), w.rows.eq(rows)]
 
     def set_d(self, base, stride, chunk0, rows, offset=0):
@@ -174,8 +190,12 @@ class _Settings:
         self.m.d.sync += [r.fetch_base.eq(dram), r.tile_bytes.eq(bytes_), r.fetch_beats.eq(bytes_ // BEAT_BYTES),
                           r.fetch_rows.eq(k_chunks * N)]
 
-    def set_columns(self, n_cols, narrow=None, fix_params=None, mult=None, shift=None):
-        ph, stmts = self.ph, [self.ph.n_cols.eq(n_cols)]
+    def set_columns(self, source, narrow=None, fix_params=None, mult=None, shift=None):
+        """The phase's output channels: the instruction's field ``source`` (a key of
+        :data:`_COLUMN_SOURCES`), with the channel blocks reckoned from it at DECODE."""
+        ph, cols = self.ph, self.columns[source]
+        stmts = [ph.n_cols.eq(cols.n_cols), self.n_cb.eq(cols.n_cb), self.last_cb.eq(cols.last_cb),
+                 self.last_cols.eq(cols.last_cols), self.last_words.eq(cols.last_words)]
         for field, value in (("narrow", narrow), ("fix_params", fix_params), ("fix_mult", mult),
                              ("fix_shift", shift)):
             if value is not None:
@@ -211,20 +231,18 @@ class _PhaseStates(_Settings):
             self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, ins.src_chunk, ins.k_chunks, ins.rows)
             self.set_w(WMode.TRANS, 0, self.kv_strides[0], ins.aux_chunk, rows=ins.rows)
             self.set_sink(Sink.SOFTMAX, o=0)
-            self.set_columns(ins.rows, 0, 1, ins.mult, ins.shift)
+            self.set_columns("rows", 0, 1, ins.mult, ins.shift)
             m.d.comb += seq.probs_arm.eq(1)
             m.d.sync += seq.dma_owner.eq(0)
             self.start_tiles(r.att_tb, r.att_tb + 1, outer=1)
-            m.d.sync += r.n_tb.eq(1)
             m.next = "ISSUE"
         with m.State("ATT_AV"):
             self.set_a(AMode.PROBS, 0, 0, 0, 0, ins.rows)
             self.set_w(WMode.DIRECT, 0, self.kv_strides[1], ins.v_chunk, length=ins.rows)
             self.set_d(ins.dst_base, ins.dst_stride, ins.dst_chunk, ins.rows)
             self.set_sink(Sink.WRITE)
-            self.set_columns(ins.k_chunks * N, narrow=1, mult=ins.mult2, shift=ins.shift2)
+            self.set_columns("k_chunks", narrow=1, mult=ins.mult2, shift=ins.shift2)
             self.start_tiles(r.att_tb, r.att_tb + 1)
-            m.d.sync += r.n_tb.eq(1)
             m.next = "ISSUE"
 
     def _moe(self):
@@ -236,7 +254,7 @@ class _PhaseStates(_Settings):
             self.set_tiles(ins.k_chunks, ins.dram0 + seq.task * ins.stride0)
             self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
             self.set_sink(Sink.ROUTER, o=0)
-            self.set_columns(ins.n_out)
+            self.set_columns("n_out")
             m.d.sync += seq.dma_owner.eq(0)
             # With more experts than columns, each token block needs every gate tile in turn.
             self.start_tiles(0, self.n_blocks, outer=ins.n_out > self.C)
@@ -267,7 +285,7 @@ class _PhaseStates(_Settings):
             self.set_tiles(ins.k_chunks, ins.dram1 + r.expert * ins.stride1)
             self.set_d(ins.aux_base, ins.aux_stride, 0, r.ecount)
             self.set_sink(Sink.GELU)
-            self.set_columns(ins.count * N, 0, 0, ins.mult2, ins.shift2)
+            self.set_columns("count", 0, 0, ins.mult2, ins.shift2)
             self.start_tiles(0, eb)
             m.next = "ISSUE"
         with m.State("MOE_FC2"):
@@ -276,7 +294,7 @@ class _PhaseStates(_Settings):
             self.set_tiles(ins.count, ins.dram1 + r.expert * ins.stride1 + ins.dram2)
             self.set_d(0, ins.dst_stride, 0, r.ecount)
             self.set_sink(Sink.COMBINE)
-            self.set_columns(ins.k_chunks * N, narrow=0)
+            self.set_columns("k_chunks", narrow=0)
             self.start_tiles(0, eb)
             m.next = "ISSUE"
         with m.State("MOE_FINAL"):
@@ -326,7 +344,7 @@ class _DataStates(_Settings):
                 m.d.sync += r.sub.eq(r.sub + 1)
                 with m.If(r.sub == wpb - 1):
                     m.d.sync += [r.sub.eq(0), r.beat_addr.eq(r.beat_addr + ins.dst_stride), r.patch_x.eq(r.patch_x + 1)]
-                    with m.If(r.patch_x == ins.count - 1):
+                    with m.If(r.patch_x == r.last_patch_x):
                         # A patch's words hold its rows channel by channel: the next image row
                         # is the next words_per_beat of every patch.
                         m.d.sync += [r.patch_x.eq(0), r.dst_row.eq(r.dst_row + wpb), r.beat_addr.eq(r.dst_row + wpb)]
@@ -335,7 +353,7 @@ class _DataStates(_Settings):
         with m.State("PATCH_NEXT"):
             # Channels, then the next band of patches.
             m.next = "PATCH_CMD"
-            with m.If(r.ch != ins.n_out - 1):
+            with m.If(r.ch != r.last_ch):
                 m.d.sync += [r.ch.eq(r.ch + 1), r.img_plane.eq(r.img_plane + ins.stride1)]
             with m.Else():
                 next_band = r.img_band + (ins.stride0 << 4)
@@ -384,7 +402,7 @@ class _DataStates(_Settings):
                     self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
                     self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
                     self.set_sink(Sink.LAYERNORM, w=0, c=0, blocks=ins.k_chunks)
-                    self.set_columns(N)      # one tile per token block
+                    self.set_columns("lanes")      # one tile per token block
                     m.d.sync += seq.dma_owner.eq(0)
                     self.start_tiles(0, self.n_blocks)
                     m.next = "ISSUE"
@@ -396,16 +414,15 @@ class _TileStates(_Settings):
     def _descriptors(self):
         """The tile and fetch descriptors the ISSUE state pushes, and the MoE prefetch."""
         m, seq, r, ins, N, C = self.m, self.seq, self.r, self.ins, self.N, self.C
-        first_tb = r.tb == 0
-        m.d.comb += r.need_fetch.eq(r.use_w & (self.ph.w.mode == WMode.TILE) & (r.tb_outer | first_tb))
-        m.d.comb += r.last_tile.eq(Mux(r.tb_outer, (r.tb == r.tb_end - 1) & (r.cb == self.n_cb - 1),
-                                       (r.cb == self.n_cb - 1) & (r.tb == r.tb_end - 1)))
+        m.d.comb += r.need_fetch.eq(r.use_w & r.w_tiles & (r.tb_outer | r.at_tb0))
+        last_tb, last_cb = r.tb == r.last_tb, r.cb == self.last_cb
+        m.d.comb += r.last_tile.eq(last_tb & last_cb)
         tile = Signal(Tile)
         m.d.comb += [tile.tb.eq(r.tb), tile.cb.eq(r.cb),
                      tile.half.eq(Mux(r.need_fetch, Mux(r.prefetched, r.pre_half, r.half), r.cur_half)),
-                     tile.release.eq(r.tb_outer | (r.tb == r.tb_end - 1)), tile.last.eq(r.last_tile),
-                     tile.blocks.eq(Mux(r.cb == self.n_cb - 1, self.last_blocks, self.ph.blocks_per_tile)),
-                     tile.cols.eq(Mux(r.cb == self.n_cb - 1, self.last_cols, C))]
+                     tile.release.eq(r.tb_outer | last_tb), tile.last.eq(r.last_tile),
+                     tile.blocks.eq(Mux(last_cb, self.last_blocks, self.ph.blocks_per_tile)),
+                     tile.cols.eq(Mux(last_cb, self.last_cols, C))]
         for unit in "awcro":
             m.d.comb += getattr(seq, f"{unit}_tile").payload.eq(tile)
         m.d.comb += [seq.fetch.payload.addr.eq(r.fetch_base + r.cb * r.tile_bytes),
@@ -444,15 +461,15 @@ class _TileStates(_Settings):
                 with m.If(r.last_tile):
                     m.next = "BARRIER"
                 with m.If(r.tb_outer):
-                    with m.If(r.cb == self.n_cb - 1):
-                        m.d.sync += [r.cb.eq(0), r.tb.eq(r.tb + 1)]
+                    with m.If(r.cb == self.last_cb):
+                        m.d.sync += [r.cb.eq(0), r.tb.eq(r.tb + 1), r.at_tb0.eq(0)]
                     with m.Else():
                         m.d.sync += r.cb.eq(r.cb + 1)
                 with m.Else():
-                    with m.If(r.tb == r.tb_end - 1):
-                        m.d.sync += [r.tb.eq(r.tb_end - r.n_tb), r.cb.eq(r.cb + 1)]
+                    with m.If(r.tb == r.last_tb):
+                        m.d.sync += [r.tb.eq(r.tb_first), r.cb.eq(r.cb + 1), r.at_tb0.eq(r.first_is_tb0)]
                     with m.Else():
-                        m.d.sync += r.tb.eq(r.tb + 1)
+                        m.d.sync += [r.tb.eq(r.tb + 1), r.at_tb0.eq(0)]
         with m.State("BARRIER"):
             # A prefetch may still be in flight; every other fetch has been used by a retired tile.
             sink = self.ph.sink
@@ -534,11 +551,14 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
         self.beats_per_word16 = 2 * self.N // BEAT_BYTES   # DRAM beats per int16 word
         cap = self.cap
         self.ins, self.ph = Signal(Instr), Signal(Phase)
-        self.n_cb, self.last_blocks, self.last_cols = Signal(12), Signal(8), Signal(12)
+        self.n_cb, self.last_cb, self.last_cols = Signal(12), Signal(12), Signal(12)
+        self.last_words, self.last_blocks = Signal(8), Signal(8)
         self.r = SimpleNamespace(
             pc=Signal(16), n_instr=Signal(16), prog_off=Signal(ADDR_BITS), beat=Signal(24),
             acc=Signal(INSTR_BYTES * 8),
-            tb=Signal(12), cb=Signal(12), tb_end=Signal(12), n_tb=Signal(12),
+            tb=Signal(12), cb=Signal(12), tb_first=Signal(12), last_tb=Signal(12),
+            # tb is 0 now, and tb_first is 0: so the fetch test reads a flag, not a compare.
+            at_tb0=Signal(), first_is_tb0=Signal(), w_tiles=Signal(init=1),
             tb_outer=Signal(), fetch_base=Signal(ADDR_BITS), fetch_beats=Signal(16), tile_bytes=Signal(32),
             fetch_rows=Signal(16),
             use_w=Signal(), use_c=Signal(), use_r=Signal(), use_o=Signal(),
@@ -554,7 +574,7 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
             word=Signal(24), sub=Signal(4),
             # LOAD_PATCHES walks the image a row of pixels at a time with running addresses (no
             # multiplier or divider between the instruction and the DRAM/activation addresses).
-            ch=Signal(8), patch_x=Signal(16),
+            ch=Signal(8), patch_x=Signal(16), last_ch=Signal(16), last_patch_x=Signal(16),
             img_plane=Signal(ADDR_BITS), img_band=Signal(ADDR_BITS),
             dst_row=Signal(24), dst_band=Signal(24), beat_addr=Signal(24),
             band_first=Signal(16), band_words=Signal(24),
@@ -567,16 +587,18 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
         # Token blocks of the instruction, and that count less one: registered at DECODE with the
         # instruction, so no add and shift sits in front of the tile loop or the FSM's tests.
         self.n_blocks, self.last_block = Signal(12), Signal(12)
+        # Each channel count a phase may take from the instruction, with its channel blocks,
+        # reckoned at DECODE: a phase's settings then copy registers, and no addition or shift
+        # sits behind the FSM's select of the count (they made the board top's paths 10 deep).
+        self.columns = {source: Signal(_ColumnCount, name=f"cols_{source}") for source in _COLUMN_SOURCES}
 
     def build(self):
         m, seq, r, N = self.m, self.seq, self.r, self.N
         ph = self.ph
-        m.d.comb += [self.n_cb.eq(ceil_div(ph.n_cols, self.C)), seq.phase.eq(ph), seq.phase.n_cb.eq(self.n_cb),
+        m.d.comb += [seq.phase.eq(ph), seq.phase.n_cb.eq(self.n_cb),
                      # The last channel block's words: what is left of the channels after the others.
-                     self.last_blocks.eq(Mux(ph.sink == Sink.LAYERNORM, ph.blocks_per_tile,
-                                             ceil_div(ph.n_cols, N) - (self.n_cb - 1) * self.G)),
-                     seq.phase.last_blocks.eq(self.last_blocks),
-                     self.last_cols.eq(ph.n_cols - (self.n_cb - 1) * self.C)]
+                     self.last_blocks.eq(Mux(ph.sink == Sink.LAYERNORM, ph.blocks_per_tile, self.last_words)),
+                     seq.phase.last_blocks.eq(self.last_blocks)]
         m.d.sync += r.outstanding.eq(r.outstanding + r.issue - seq.retire)
         m.d.comb += [seq.position.running.eq(r.running), seq.position.pc.eq(r.pc), seq.position.expert.eq(r.expert)]
         with m.If(seq.busy):
@@ -633,6 +655,12 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
             blocks = ceil_div(fetched.rows, self.N)
             m.d.sync += [self.ins.eq(fetched), self.ph.ln_shift.eq(fetched.shift), self.ph.ln_eps.eq(fetched.eps),
                          self.n_blocks.eq(blocks), self.last_block.eq(blocks - 1)]
+            for source, cols in self.columns.items():
+                n_cols = _COLUMN_SOURCES[source](fetched, self.N)
+                n_cb = ceil_div(n_cols, self.C)[:12]
+                m.d.sync += [cols.n_cols.eq(n_cols), cols.n_cb.eq(n_cb), cols.last_cb.eq(n_cb - 1),
+                             cols.last_cols.eq(n_cols - (n_cb - 1) * self.C),
+                             cols.last_words.eq(ceil_div(n_cols, self.N) - (n_cb - 1) * self.G)]
             m.next = "DISPATCH"
         with m.State("NEXT"):
             m.d.sync += [r.pc.eq(r.pc + 1), seq.dma_owner.eq(1)]
@@ -656,8 +684,9 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
                     self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
                     m.next = "LOAD16"
                 with m.Case(Op.LOAD_PATCHES):
-                    m.d.sync += [r.ch.eq(0), r.band_first.eq(0),
-                                 r.img_plane.eq(seq.image_base),
+                    # The walk's last patch of a band and last channel, registered for its tests.
+                    m.d.sync += [r.ch.eq(0), r.band_first.eq(0), r.last_patch_x.eq(ins.count - 1),
+                                 r.last_ch.eq(ins.n_out - 1), r.img_plane.eq(seq.image_base),
                                  r.img_band.eq(seq.image_base), r.dst_row.eq(ins.dst_base),
                                  r.dst_band.eq(ins.dst_base), r.band_words.eq(ins.count * ins.dst_stride)]
                     m.next = "PATCH_CMD"
@@ -673,7 +702,7 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
                     self.set_w(WMode.TILE, length=ins.k_chunks * N)
                     self.set_tiles(ins.k_chunks, ins.dram0)
                     self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows, ins.row_offset)
-                    self.set_columns(ins.n_out, ins.narrow, 0, ins.mult2, ins.shift2)
+                    self.set_columns("n_out", ins.narrow, 0, ins.mult2, ins.shift2)
                     m.d.sync += seq.dma_owner.eq(0)
                     with m.Switch(ins.out_mode):
                         with m.Case(OutMode.WRITE):

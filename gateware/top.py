@@ -50,9 +50,9 @@ from .fetcher import TileFetcher
 from .kv_buffers import KVBuffers
 from .layernorm import LayerNorm
 from .mac_array import MACArray
-from .phase import AMode, Fetch, Sink, Tile, Trace, WMode
+from .phase import AMode, Fetch, Phase, Sink, Tile, Trace, WMode
 from .program import Capacity
-from .reader import TileReader
+from .reader import TileReader, Walk
 from .records import ADDR_BITS, BEAT_BYTES
 from .residual import ResidualReader
 from .router import Router
@@ -68,6 +68,8 @@ DATA_WIDTH = 8 * BEAT_BYTES
 #: first tile is issued, so this lead must cover a fetch: with 4, a 16 x 64 array stalled on about
 #: 440 cycles of every 800-beat tile (the fetch queued only ~2 token tiles ahead of its use).
 DESCRIPTOR_DEPTH = 16
+#: The phase's mode tests the datapath's handshakes read, registered beside its copy of the phase.
+_PhaseFlags = data.StructLayout({"layernorm": 1, "a_words": 1, "a_probs": 1, "w_tile": 1, "w_direct": 1})
 
 
 class Accelerator(wiring.Component):
@@ -189,10 +191,20 @@ class Accelerator(wiring.Component):
         self._abort(m, regs, abort, dmas, seq)
         self._dma_read(m, dmas, seq, fetcher)
         q_a, q_o = self._queue_memory(m, seq)
-        self._readers(m, seq.phase, ra, rw, store, fetcher, kv, probs_rd, q_a, seq)
-        self._probs_gate(m, seq.phase, ra, cols, seq)
-        self._join(m, seq, ra.o, rw.o, mac, ln)
-        self._results(m, seq, store, fetcher, res, cols, writer, probs_wr, q_o)
+        # The readers, the join into the array and the column path see the phase a cycle after
+        # the sequencer sets it, with its mode tests as flags: their handshakes then start at
+        # registers, not behind a decode of the phase (paths of 9-10 levels on the board top).
+        # Their first tile comes two cycles after its phase is set (the descriptor queues'
+        # latency), so they never act on the lagging copy.
+        ph, flags = Signal(Phase, name="data_phase"), Signal(_PhaseFlags, name="data_phase_flags")
+        live = seq.phase
+        m.d.sync += [ph.eq(live), flags.layernorm.eq(live.sink == Sink.LAYERNORM),
+                     flags.a_words.eq(live.a.mode == AMode.WORDS), flags.a_probs.eq(live.a.mode == AMode.PROBS),
+                     flags.w_tile.eq(live.w.mode == WMode.TILE), flags.w_direct.eq(live.w.mode == WMode.DIRECT)]
+        self._readers(m, ph, flags, ra, rw, store, fetcher, kv, probs_rd, q_a, seq)
+        self._probs_gate(m, flags, ra, cols, seq)
+        self._join(m, seq, flags, ra.o, rw.o, mac, ln)
+        self._results(m, seq, ph, store, fetcher, res, cols, writer, probs_wr, q_o)
         wiring.connect(m, writer.kv_write, kv.write)
         wiring.connect(m, mac.o, cols.i)
         m.d.comb += mac.skip_rest.eq(cols.skip_rest)
@@ -272,22 +284,25 @@ class Accelerator(wiring.Component):
                      q_wr.data.weight.eq(w.payload.weight)]
         return q_a, q_o
 
-    def _readers(self, m, ph, ra, rw, store, fetcher, kv, probs_rd, q_a, seq):
+    def _readers(self, m, ph, flags, ra, rw, store, fetcher, kv, probs_rd, q_a, seq):
         """The A reader on the activations or the probability buffer, the W reader on the
         weight buffer or the attention buffers, each walking as the phase says."""
         N, C = self.lanes, self.cap.cols
         m.d.comb += [store.a.en.eq(ra.mem_en), probs_rd.en.eq(ra.mem_en), store.a.addr.eq(ra.mem_addr),
                      probs_rd.addr.eq(ra.mem_addr), q_a.addr.eq(ra.list_addr), ra.list_token.eq(q_a.data.token)]
         m.d.comb += [kv.read_en.eq(rw.mem_en), fetcher.w_en.eq(rw.mem_en), kv.read_addr.eq(rw.mem_addr),
-                     fetcher.w_addr.eq(rw.mem_addr), kv.read_v.eq(ph.w.mode == WMode.DIRECT)]
-        _a_walk(m, ph, ra.walk)
-        _w_walk(m, ph, rw.walk)
-        with m.If(ph.a.mode == AMode.PROBS):
+                     fetcher.w_addr.eq(rw.mem_addr), kv.read_v.eq(flags.w_direct)]
+        # The walks are registered from the sequencer's phase, level with the phase copy.
+        for reader, walk_of in ((ra, _a_walk), (rw, _w_walk)):
+            walk = Signal(Walk)
+            walk_of(m, seq.phase, walk)
+            m.d.sync += reader.walk.eq(walk)
+        with m.If(flags.a_probs):
             m.d.comb += [ra.mem_data[i].eq(probs_rd.data[i]) for i in range(N)]
         with m.Else():
             m.d.comb += ra.mem_data.eq(store.a.data)
         w_t = rw.tiles.payload
-        with m.If(ph.w.mode == WMode.TILE):
+        with m.If(flags.w_tile):
             ready = fetcher.readable.bit_select(w_t.half, 1)
             m.d.comb += [rw.go.eq(ready), seq.stall.eq(rw.tiles.valid & ~ready)]
             with m.If(rw.tiles.ready & w_t.release):
@@ -298,7 +313,7 @@ class Accelerator(wiring.Component):
         with m.Else():
             m.d.comb += [rw.go.eq(1), rw.mem_data.eq(kv.read_data)]
 
-    def _probs_gate(self, m, ph, ra, cols, seq):
+    def _probs_gate(self, m, flags, ra, cols, seq):
         """A.V's reads of the probability buffer wait for each word to be written, so that A.V
         streams behind the softmax's pass 2 instead of after it. (Each of its column blocks
         reads every word; the first waits, the others find the row complete.)"""
@@ -310,17 +325,17 @@ class Accelerator(wiring.Component):
             m.d.sync += written.eq(written + 1)
             with m.If(cols.probs_write.payload.last):
                 m.d.sync += complete.eq(1)
-        m.d.comb += ra.go.eq((ph.a.mode != AMode.PROBS) | complete | (ra.position < written))
+        m.d.comb += ra.go.eq(~flags.a_probs | complete | (ra.position < written))
 
-    def _join(self, m, seq, a_out, w_out, mac, ln):
+    def _join(self, m, seq, flags, a_out, w_out, mac, ln):
         """The A and W streams into the MAC array, A alone into LayerNorm or to the store."""
         # The MAC array wants its operands from registers; the transposers and read stages are.
-        N, ph = self.lanes, seq.phase
-        with m.If(ph.sink == Sink.LAYERNORM):
+        N = self.lanes
+        with m.If(flags.layernorm):
             m.d.comb += [ln.i.valid.eq(a_out.valid), a_out.ready.eq(ln.i.ready),
                          ln.i.payload.last.eq(a_out.payload.last)]
             m.d.comb += [ln.i.payload.x[i].eq(a_out.payload.data[i]) for i in range(N)]
-        with m.Elif(ph.a.mode != AMode.WORDS):
+        with m.Elif(~flags.a_words):
             both = a_out.valid & w_out.valid
             m.d.comb += [mac.i.valid.eq(both), a_out.ready.eq(both & mac.i.ready),
                          w_out.ready.eq(both & mac.i.ready), mac.i.payload.last.eq(a_out.payload.last)]
@@ -331,12 +346,14 @@ class Accelerator(wiring.Component):
             m.d.comb += [seq.store.valid.eq(a_out.valid), seq.store.payload.eq(a_out.payload),
                          a_out.ready.eq(seq.store.ready)]
 
-    def _results(self, m, seq, store, fetcher, res, cols, writer, probs_wr, q_o):
-        """Residual reader, column path and writer: their settings, memories and retirements."""
+    def _results(self, m, seq, data_phase, store, fetcher, res, cols, writer, probs_wr, q_o):
+        """Residual reader, column path and writer: their settings, memories and retirements.
+        The column path takes the datapath's phase copy; the residual reader and the writer the
+        sequencer's own, which the MoE combine's last pass uses from the cycle it is set."""
         ph = seq.phase
         m.d.comb += [res.dest.eq(ph.d), res.final.eq(seq.final), store.r.addr.eq(res.mem_addr),
                      store.r.en.eq(res.mem_en), res.mem_data.eq(store.r.data)]
-        m.d.comb += [cols.phase.eq(ph), fetcher.param_half.eq(cols.param_half), fetcher.param_col.eq(cols.param_col),
+        m.d.comb += [cols.phase.eq(data_phase), fetcher.param_half.eq(cols.param_half), fetcher.param_col.eq(cols.param_col),
                      cols.param.eq(fetcher.param), fetcher.release.eq(cols.release),
                      fetcher.capture_gate.eq(ph.sink == Sink.ROUTER),
                      cols.probs_arm.eq(seq.probs_arm), seq.scores_pending.eq(cols.scores_pending)]

@@ -47,7 +47,7 @@ class Writer(wiring.Component):
     kv : In(KVCopy)
     kv_write : Out(stream.Signature(kv_write_layout(cap), always_ready=True))
         With ``kv.on`` (the QKV GEMM), each stored word of K or V again, for the attention
-        buffers (``gateware.kv_buffers``).
+        buffers (``gateware.kv_buffers``), a cycle after its ``act_write``.
     retire : Out(1)
         Pulses with a tile's last word.
 
@@ -88,6 +88,9 @@ class Writer(wiring.Component):
                     m.d.sync += blk.eq(0)
                     m.d.comb += [self.tiles.ready.eq(1), self.retire.eq(1)]
         out = self.act_write
+        kv_word = Signal(data.StructLayout({"valid": 1, "word": 16, "tb": 12, "lane": range(N),
+                                            "data": data.ArrayLayout(signed(16), N)}))
+        m.d.sync += kv_word.valid.eq(0)
         with m.If(self.final.active):
             self._final(m, acc_rd, acc_wr, acc_bits)
         with m.Elif(self.combine):
@@ -103,13 +106,19 @@ class Writer(wiring.Component):
             word = d.chunk0 + t.cb * self.groups + blk
             m.d.comb += [out.payload.addr.eq(d.base + (t.tb * N + r + d.offset) * d.stride + word),
                          out.payload.data.eq(self.i.payload.data), out.valid.eq(keep)]
-            kv, kv_out = self.kv, self.kv_write
-            is_k = (word >= kv.k_chunk) & (word < kv.v_chunk)
-            is_v = (word >= kv.v_chunk) & (word < 2 * kv.v_chunk - kv.k_chunk)
-            m.d.comb += [kv_out.valid.eq(keep & kv.on & (is_k | is_v)), kv_out.payload.v.eq(is_v),
-                         kv_out.payload.tb.eq(t.tb), kv_out.payload.lane.eq(r),
-                         kv_out.payload.chunk.eq(Mux(is_v, word - kv.v_chunk, word - kv.k_chunk)),
-                         kv_out.payload.data.eq(self.i.payload.data)]
+            m.d.sync += [kv_word.valid.eq(keep & self.kv.on), kv_word.word.eq(word), kv_word.tb.eq(t.tb),
+                         kv_word.lane.eq(r), kv_word.data.eq(self.i.payload.data)]
+        # The copy into the attention buffers goes a cycle after the word's own write: its word
+        # index is registered before the K/V tests and the chunk subtraction (in one cycle with
+        # the index's addition they made a path of 9 levels on the board top). Nothing reads
+        # the buffers before the next phase.
+        kv, kv_out = self.kv, self.kv_write
+        is_k = (kv_word.word >= kv.k_chunk) & (kv_word.word < kv.v_chunk)
+        is_v = (kv_word.word >= kv.v_chunk) & (kv_word.word < 2 * kv.v_chunk - kv.k_chunk)
+        m.d.comb += [kv_out.valid.eq(kv_word.valid & (is_k | is_v)), kv_out.payload.v.eq(is_v),
+                     kv_out.payload.tb.eq(kv_word.tb), kv_out.payload.lane.eq(kv_word.lane),
+                     kv_out.payload.chunk.eq(Mux(is_v, kv_word.word - kv.v_chunk, kv_word.word - kv.k_chunk)),
+                     kv_out.payload.data.eq(kv_word.data)]
         return m
 
     def _final(self, m, acc_rd, acc_wr, acc_bits):

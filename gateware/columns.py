@@ -47,6 +47,8 @@ class ColumnPath(wiring.Component):
     tiles : In(stream.Signature(Tile))
         Taken with a tile's ``cols``-th column.
     phase : In(Phase)
+        Its sink is taken a cycle after it is set (registered): steady from the cycle before a
+        tile's first column.
     param_half, param_col : Out, param : In(TileParams)
         The weight buffer's record of the column's channel, read combinationally.
     residual : In(stream.Signature({"data": ArrayLayout(signed(16), lanes), "last": 1}))
@@ -55,12 +57,14 @@ class ColumnPath(wiring.Component):
     retire : Out(1)
         Pulses with a tile's last column when nothing is written (softmax, router).
     probs_write : Out(stream.Signature({"addr": 16, "data": ..., "last": 1}, always_ready=True))
-        ``last`` on a row's final word.
+        ``last`` on a row's final word. The phase's rows (query blocks, up to
+        ``phase.last_row_group``) go to row groups ``0, 1, ...``: key ``j`` of group ``g`` at
+        ``g * probs_stride + j``.
     probs_arm : In(1), scores_pending : Out(1)
         ``scores_pending`` is set by ``probs_arm`` and cleared when the softmax has taken the
-        row's last score: nothing more of the phase leaves the column path, and the softmax's
-        probabilities follow into the buffer (``probs_write``), where A.V reads each once it is
-        written.
+        phase's last row's last score: nothing more of the phase leaves the column path, and the
+        softmax's probabilities follow into the buffer (``probs_write``), where A.V reads each
+        once it is written.
     o : Out(stream.Signature({"data": ArrayLayout(signed(16), lanes), "last": 1}))
 
     Latency: ``PostProcess.latency`` (+ ``GELU``'s) + 1 cycles from a column to the
@@ -72,9 +76,11 @@ class ColumnPath(wiring.Component):
 
     def __init__(self, lanes, max_tokens, *, cols=None, router, ln):
         self.lanes, self.max_tokens, self.cols = lanes, max_tokens, cols or lanes
+        # A row group of the probability buffer per query block (``Capacity.probs_stride``).
+        self.probs_stride = 1 << (max_tokens - 1).bit_length()
         word = lane_layout(lanes, signed(16))
-        probs = data.StructLayout({"addr": 16, "data": data.ArrayLayout(unsigned(PROB_FRAC + 1), lanes),
-                                   "last": 1})
+        probs = data.StructLayout({"addr": 16,
+                                   "data": data.ArrayLayout(unsigned(PROB_FRAC + 1), lanes), "last": 1})
         super().__init__({
             "i": In(stream.Signature(lane_layout(lanes, signed(ACC_BITS)))), "skip_rest": Out(1),
             "tiles": In(stream.Signature(Tile)), "phase": In(Phase),
@@ -95,6 +101,12 @@ class ColumnPath(wiring.Component):
         m.submodules.softmax = softmax = Softmax(N, self.max_tokens, PROB_FRAC)
         m.submodules.transpose = tp = Transpose(N, signed(16))
         wiring.connect(m, tp.o, wiring.flipped(self.o))
+        # The sink as registered one-hot flags: the column handshake, and behind it the MAC
+        # array's drain and input, the join and the readers, start at registers, not behind a
+        # decode of the phase (the board top's deepest paths, 10-11 levels). The phase is set
+        # long before a tile's first column comes out of the array.
+        self.sink = {s: Signal(name=f"sink_{s.name.lower()}") for s in Sink}
+        m.d.sync += [flag.eq(self.phase.sink == s) for s, flag in self.sink.items()]
         self._columns(m, post)
         self._units(m, post, gelu, softmax, tp)
         return m
@@ -109,7 +121,8 @@ class ColumnPath(wiring.Component):
         m.d.comb += [self.param_half.eq(t.half), self.param_col.eq(col)]
         record, router = self.param, self.router
         col_taken = Signal()
-        with m.If(ph.sink == Sink.ROUTER):
+        sink = self.sink
+        with m.If(sink[Sink.ROUTER]):
             m.d.comb += [router.valid.eq(mac.valid & self.tiles.valid & keep),
                          router.payload.last.eq((t.cb == ph.n_cb - 1) & (col == cols_valid - 1)),
                          router.payload.token_base.eq(t.tb * N),
@@ -118,8 +131,8 @@ class ColumnPath(wiring.Component):
                          mac.ready.eq(self.tiles.valid & (router.ready | ~keep)),
                          col_taken.eq(mac.valid & self.tiles.valid & (router.ready | ~keep))]
             m.d.comb += [router.payload.logits[i].eq(mac.payload.data[i]) for i in range(N)]
-        with m.Elif(ph.sink != Sink.LAYERNORM):
-            need_r = ph.sink == Sink.RESIDUAL
+        with m.Elif(~sink[Sink.LAYERNORM]):
+            need_r = sink[Sink.RESIDUAL]
             ok = mac.valid & self.tiles.valid & (~need_r | res.valid)
             m.d.comb += [post.i.valid.eq(ok & keep),
                          post.i.payload.acc.eq(mac.payload.data),
@@ -142,13 +155,16 @@ class ColumnPath(wiring.Component):
                 m.d.comb += self.tiles.ready.eq(1)
                 with m.If(t.release):
                     m.d.comb += self.release.eq(1 << t.half)
-                with m.If(ph.sink.as_value().matches(Sink.SOFTMAX, Sink.ROUTER)):
+                with m.If(sink[Sink.SOFTMAX] | sink[Sink.ROUTER]):
                     m.d.comb += self.retire.eq(1)
 
     def _units(self, m, post, gelu, softmax, tp):
         """Post-processed columns (or LayerNorm's rows) through GELU or the softmax, into words."""
         N, ph = self.lanes, self.phase
         key, prob_j = Signal(16), Signal(16)
+        # The phase's rows (a query block's scores each): rows taken in, and the row group of
+        # the probability buffer the softmax is writing.
+        rows_in, group = Signal(12), Signal(12)
         # The row's last key, registered (the phase's rows are set long before its first score).
         last_key = Signal(16)
         m.d.sync += last_key.eq(ph.a.rows - 1)
@@ -157,31 +173,34 @@ class ColumnPath(wiring.Component):
         # sink decode sits in front of the data (it was 3 of the board top's deepest path's levels).
         m.d.comb += [gelu.i.payload.eq(post.o.payload.data), gelu.mult.eq(ph.fix_mult), gelu.shift.eq(ph.fix_shift),
                      softmax.i.payload.u.eq(post.o.payload.data), softmax.i.payload.last.eq(key == last_key)]
-        with m.Switch(ph.sink):
-            with m.Case(Sink.GELU):
-                m.d.comb += [gelu.i.valid.eq(post.o.valid), post.o.ready.eq(gelu.i.ready),
-                             src_valid.eq(gelu.o.valid), gelu.o.ready.eq(src_ready)]
-                m.d.comb += [src_data[i].eq(gelu.o.payload[i]) for i in range(N)]
-            with m.Case(Sink.SOFTMAX):
-                m.d.comb += [softmax.i.valid.eq(post.o.valid), post.o.ready.eq(softmax.i.ready)]
-                with m.If(softmax.i.valid & softmax.i.ready):
-                    m.d.sync += key.eq(Mux(key == last_key, 0, key + 1))
-                    with m.If(key == last_key):
+        sink = self.sink
+        with m.If(sink[Sink.GELU]):
+            m.d.comb += [gelu.i.valid.eq(post.o.valid), post.o.ready.eq(gelu.i.ready),
+                         src_valid.eq(gelu.o.valid), gelu.o.ready.eq(src_ready)]
+            m.d.comb += [src_data[i].eq(gelu.o.payload[i]) for i in range(N)]
+        with m.Elif(sink[Sink.SOFTMAX]):
+            m.d.comb += [softmax.i.valid.eq(post.o.valid), post.o.ready.eq(softmax.i.ready)]
+            with m.If(softmax.i.valid & softmax.i.ready):
+                m.d.sync += key.eq(Mux(key == last_key, 0, key + 1))
+                with m.If(key == last_key):
+                    m.d.sync += rows_in.eq(rows_in + 1)
+                    with m.If(rows_in == ph.last_row_group):
                         m.d.sync += self.scores_pending.eq(0)
-            with m.Case(Sink.LAYERNORM):
-                m.d.comb += [src_valid.eq(self.ln.valid), self.ln.ready.eq(src_ready)]
-                m.d.comb += [src_data[i].eq(self.ln.payload.y[i]) for i in range(N)]
-            with m.Case(Sink.WRITE, Sink.RESIDUAL, Sink.COMBINE):
-                m.d.comb += [src_valid.eq(post.o.valid), src_data.eq(post.o.payload.data),
-                             post.o.ready.eq(src_ready)]
+        with m.Elif(sink[Sink.LAYERNORM]):
+            m.d.comb += [src_valid.eq(self.ln.valid), self.ln.ready.eq(src_ready)]
+            m.d.comb += [src_data[i].eq(self.ln.payload.y[i]) for i in range(N)]
+        with m.Elif(sink[Sink.WRITE] | sink[Sink.RESIDUAL] | sink[Sink.COMBINE]):
+            m.d.comb += [src_valid.eq(post.o.valid), src_data.eq(post.o.payload.data),
+                         post.o.ready.eq(src_ready)]
         # Softmax rows go straight into the probability buffer: word j is key j of every query.
         pw = self.probs_write
-        m.d.comb += [softmax.o.ready.eq(1), pw.valid.eq(softmax.o.valid), pw.payload.addr.eq(prob_j),
+        m.d.comb += [softmax.o.ready.eq(1), pw.valid.eq(softmax.o.valid),
+                     pw.payload.addr.eq(group * self.probs_stride + prob_j),
                      pw.payload.data.eq(softmax.o.payload.p), pw.payload.last.eq(softmax.o.payload.last)]
         with m.If(softmax.o.valid):
             m.d.sync += prob_j.eq(prob_j + 1)
             with m.If(softmax.o.payload.last):
-                m.d.sync += prob_j.eq(0)
+                m.d.sync += [prob_j.eq(0), group.eq(group + 1)]
         with m.If(self.probs_arm):
-            m.d.sync += self.scores_pending.eq(1)
+            m.d.sync += [self.scores_pending.eq(1), rows_in.eq(0), group.eq(0)]
         m.d.comb += [tp.i.valid.eq(src_valid), tp.i.payload.data.eq(src_data), src_ready.eq(tp.i.ready)]

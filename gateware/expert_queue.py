@@ -49,6 +49,10 @@ class ExpertQueueBuilder(wiring.Component):
     read : In(stream.Signature(range(num_experts)))
         A request for an expert's queue; taken once the build is done. An expert without
         tokens yields no transfer on ``queue``.
+    read_count : Out(range(max_tokens + 1))
+        The token count of the expert ``read.payload`` names, combinationally (one indexed
+        select from a register: a reader of the expert it requests need not take ``count``
+        from ``experts``, whose lowest-expert select is deeper).
     queue : Out(stream.Signature(StructLayout({"token": range(max_tokens), "weight": unsigned(weight_bits), "last": 1})))
         The requested queue's (token, weight) entries in order; ``last`` marks its final entry.
     clear : In(1)
@@ -86,7 +90,7 @@ class ExpertQueueBuilder(wiring.Component):
                 "count": range(max_tokens + 1),
                 "last": 1,
             }))),
-            "read": In(stream.Signature(expert)),
+            "read": In(stream.Signature(expert)), "read_count": Out(range(max_tokens + 1)),
             "queue": Out(stream.Signature(data.StructLayout({
                 "token": token,
                 "weight": unsigned(weight_bits),
@@ -150,6 +154,7 @@ class ExpertQueueBuilder(wiring.Component):
             m.d.sync += unlisted.eq(unlisted & ~lowest)
 
         remaining = self._reads(m, reads, counts, built)
+        m.d.comb += self.read_count.eq(Array(counts)[self.read.payload])
 
         with m.If(self.clear):
             m.d.sync += [built.eq(0), unlisted.eq(0), remaining.eq(0)]

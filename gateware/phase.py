@@ -79,6 +79,7 @@ Phase = data.StructLayout({
     "ln_shift": 6,              # LayerNorm affine shift and epsilon term
     "ln_eps": 48,
     "kv": KVCopy,
+    "last_row_group": 12,       # QK^T: the last query block whose scores go through the softmax
 })
 
 #: Where in the program the sequencer is: ``running`` from the first instruction's fetch to the

@@ -126,6 +126,18 @@ class Capacity:
         return self.cols // self.lanes
 
     @property
+    def probs_stride(self):
+        """Words of the probability buffer per query block: ``max_tokens`` keys, rounded up to a
+        power of two (so a block's base is its index's bits above a key's)."""
+        return 1 << (self.max_tokens - 1).bit_length()
+
+    @property
+    def probs_blocks(self):
+        """Query blocks the probability buffer holds: every block of ``max_tokens`` tokens, so
+        that a head's QK^T and softmax run over all of them in one phase."""
+        return -(-self.max_tokens // self.lanes)
+
+    @property
     def banks(self):
         """16-byte banks of a tile row (``cols / 16``, at least 1): the fetcher's buffer memories."""
         return max(1, self.cols // BEAT_BYTES)

@@ -15,9 +15,10 @@ __all__ = ["Walk", "TileReader", "clamp_rows"]
 #: ``by_cb``; from the token list with ``list``) at ``base + token * stride``; tokens past
 #: ``rows`` read as zero. A *plain* walk reads ``count`` elements ``c`` at ``base + c * stride
 #: + chunk0`` (plus the tile's ``cb`` with ``by_cb``, plus ``half * half_words`` with
-#: ``by_half``), as they are stored.
+#: ``by_half``, plus ``tb * half_words`` with ``by_group``: the probability buffer's row group of
+#: the tile's query block), as they are stored.
 Walk = data.StructLayout({
-    "transposed": 1, "list": 1, "by_cb": 1, "by_half": 1, "packed": 1,
+    "transposed": 1, "list": 1, "by_cb": 1, "by_half": 1, "by_group": 1, "packed": 1,
     "base": 24, "stride": 8, "chunk0": 8, "chunks": 8, "rows": 16, "count": 24,
 })
 
@@ -52,7 +53,8 @@ class TileReader(wiring.Component):
         int8 per DRAM beat): the memory address is the element address ``// pack``, and
         ``sub`` says which one of the word's elements was read.
     half_words : int
-        Elements per half of a double-buffered memory (``by_half``).
+        Elements per half of a double-buffered memory (``by_half``), or per row group
+        (``by_group``); a power of two for ``by_group``.
 
     Attributes
     ----------
@@ -107,7 +109,8 @@ class TileReader(wiring.Component):
             m.d.comb += [gen_zero[g].eq(r >= clamp_rows(m, N, w.rows, block * G + g)) for g in range(G)]
         with m.Else():
             m.d.comb += [addr.eq(w.base + c * w.stride + w.chunk0 + Mux(w.by_cb, t.cb, 0)
-                                 + Mux(w.by_half, t.half * self.half_words, 0)),
+                                 + Mux(w.by_half, t.half * self.half_words, 0)
+                                 + Mux(w.by_group, t.tb * self.half_words, 0)),
                          gen_last.eq(c == w.count - 1)]
         m.d.comb += self.mem_addr.eq(Mux(w.packed, addr // self.pack, addr))
 

@@ -88,7 +88,7 @@ class Sequencer(wiring.Component):
     routes : In(stream.Signature(unsigned(8 * BEAT_BYTES)))
         The routing recorder's beats (``gateware.routing.RoutingRecorder``), taken during
         ROUTES: as many as the instruction's ``count``, to DRAM at ``output_base + dram0``.
-    experts, read, queue, clear
+    experts, read, read_count, queue, clear
         The expert queue builder's ports, flipped; ``queue_write`` copies the current expert's
         queue into the queue memory the A reader and the combine read.
     ln_params : Out(stream.Signature(...))
@@ -125,7 +125,7 @@ class Sequencer(wiring.Component):
             "store": In(stream.Signature(word)),
             "routes": In(stream.Signature(unsigned(DATA_WIDTH))),
             "experts": In(queues.members["experts"].signature),
-            "read": Out(queues.members["read"].signature.flip()),
+            "read": Out(queues.members["read"].signature.flip()), "read_count": In(range(cap.max_tokens + 1)),
             "queue": In(queues.members["queue"].signature),
             "clear": Out(1),
             "queue_write": Out(stream.Signature(queue_write_layout(cap), always_ready=True)),
@@ -225,7 +225,10 @@ class _PhaseStates(_Settings):
     """The states of ATTENTION and MOE between their tile phases."""
 
     def _attention(self):
-        """Per query block: scores + softmax into the probability buffer, then A.V."""
+        """Per head: the scores of every query block through the softmax into the probability
+        buffer (a row group per block), then A.V. (One phase for all blocks, not one each: the
+        softmax's rows follow each other, its pass 2 of one block under pass 1 of the next, and
+        one pair of barriers serves the head.)"""
         m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
         with m.State("ATT_QK"):
             self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, ins.src_chunk, ins.k_chunks, ins.rows)
@@ -234,7 +237,8 @@ class _PhaseStates(_Settings):
             self.set_columns("rows", 0, 1, ins.mult, ins.shift)
             m.d.comb += seq.probs_arm.eq(1)
             m.d.sync += seq.dma_owner.eq(0)
-            self.start_tiles(r.att_tb, r.att_tb + 1, outer=1)
+            self.start_tiles(0, self.n_blocks, outer=1)
+            m.d.sync += self.ph.last_row_group.eq(self.last_block)
             m.next = "ISSUE"
         with m.State("ATT_AV"):
             self.set_a(AMode.PROBS, 0, 0, 0, 0, ins.rows)
@@ -242,7 +246,7 @@ class _PhaseStates(_Settings):
             self.set_d(ins.dst_base, ins.dst_stride, ins.dst_chunk, ins.rows)
             self.set_sink(Sink.WRITE)
             self.set_columns("k_chunks", narrow=1, mult=ins.mult2, shift=ins.shift2)
-            self.start_tiles(r.att_tb, r.att_tb + 1)
+            self.start_tiles(0, self.n_blocks)
             m.next = "ISSUE"
 
     def _moe(self):
@@ -263,10 +267,12 @@ class _PhaseStates(_Settings):
             m.d.comb += seq.experts.ready.eq(1)
             with m.If(seq.experts.valid):
                 p = seq.experts.payload
-                m.d.sync += [r.expert.eq(p.expert), r.ecount.eq(p.count), r.elast.eq(p.last), r.qpos.eq(0)]
+                m.d.sync += [r.expert.eq(p.expert), r.elast.eq(p.last), r.qpos.eq(0)]
                 m.next = "MOE_QREAD"
         with m.State("MOE_QREAD"):
+            # The expert's token count, by its index (the queue builder's ``read_count``).
             m.d.comb += [seq.read.valid.eq(1), seq.read.payload.eq(r.expert)]
+            m.d.sync += r.ecount.eq(seq.read_count)
             with m.If(seq.read.ready):
                 m.next = "MOE_QLOAD"
         with m.State("MOE_QLOAD"):
@@ -490,11 +496,7 @@ class _TileStates(_Settings):
         with m.Switch(ins.op):
             with m.Case(Op.ATTENTION):
                 with m.If(self.ph.a.mode == AMode.PROBS):
-                    m.d.sync += r.att_tb.eq(r.att_tb + 1)
-                    with m.If(r.att_tb == self.last_block):
-                        m.next = "NEXT"
-                    with m.Else():
-                        m.next = "ATT_QK"
+                    m.next = "NEXT"
                 with m.Else():
                     m.next = "ATT_AV"
             with m.Case(Op.MOE):
@@ -568,7 +570,6 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
             # fetched while the current phase drains, so experts follow each other without
             # waiting for DRAM.
             prefetched=Signal(), pre_half=Signal(), prefetch=Signal(),
-            att_tb=Signal(12),
             expert=Signal(range(cap.num_experts)), ecount=Signal(range(cap.max_tokens + 1)), elast=Signal(),
             qpos=Signal(range(cap.max_tokens + 1)),
             word=Signal(24), sub=Signal(4),
@@ -716,7 +717,6 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
                     self.start_tiles(0, self.n_blocks)
                     m.next = "ISSUE"
                 with m.Case(Op.ATTENTION):
-                    m.d.sync += r.att_tb.eq(0)
                     m.next = "ATT_QK"
                 with m.Case(Op.MOE):
                     m.next = "MOE_GATE"

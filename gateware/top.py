@@ -32,7 +32,7 @@ combine); the DRAM records they read are the layouts of ``records.py``.
 
 import dataclasses
 
-from amaranth import Cat, Module, ResetInserter, Signal, unsigned
+from amaranth import Cat, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -157,11 +157,11 @@ class Accelerator(wiring.Component):
         store = ActivationStore(N, cap.act_words)
         m.submodules.store = datapath(store)
         m.submodules.probs = probs = Memory(shape=data.ArrayLayout(unsigned(PROB_FRAC + 1), N),
-                                            depth=cap.max_tokens, init=[])
+                                            depth=cap.probs_blocks * cap.probs_stride, init=[])
         probs_rd, probs_wr = probs.read_port(), probs.write_port()
         fetcher = TileFetcher(C, self.kmax, cap.ports)
         m.submodules.fetcher = datapath(fetcher)
-        ra = TileReader(N)
+        ra = TileReader(N, half_words=cap.probs_stride)     # a row group of the probabilities
         m.submodules.a_reader = datapath(ra)
         rw = TileReader(N, groups=G, pack=fetcher.pack, half_words=self.kmax)
         m.submodules.w_reader = datapath(rw)
@@ -227,6 +227,7 @@ class Accelerator(wiring.Component):
                      regs.stalls.eq(seq.stalls)]
         wiring.connect(m, seq.experts, queues.experts)
         wiring.connect(m, seq.read, queues.read)
+        m.d.comb += seq.read_count.eq(queues.read_count)
         wiring.connect(m, seq.queue, queues.queue)
         m.d.comb += queues.clear.eq(seq.clear)
         wiring.connect(m, seq.ln_params, ln.params)
@@ -315,17 +316,22 @@ class Accelerator(wiring.Component):
 
     def _probs_gate(self, m, flags, ra, cols, seq):
         """A.V's reads of the probability buffer wait for each word to be written, so that A.V
-        streams behind the softmax's pass 2 instead of after it. (Each of its column blocks
-        reads every word; the first waits, the others find the row complete.)"""
-        written = Signal(range(self.cap.max_tokens + 1))
-        complete = Signal()
+        streams behind the softmax's pass 2 instead of after it. The buffer holds a row group
+        per query block, written in block order: a tile's reads go once its block's group is
+        complete, or up to the words written of the group being written. (Each column block of
+        A.V reads every word; the first waits, the others find the group complete.)"""
+        cap = self.cap
+        complete = Signal(range(cap.probs_blocks + 1))        # row groups written whole
+        written = Signal(range(cap.max_tokens + 1))           # words of the next one
+        pw = cols.probs_write
         with m.If(seq.probs_arm):
-            m.d.sync += [written.eq(0), complete.eq(0)]
-        with m.Elif(cols.probs_write.valid):
+            m.d.sync += [complete.eq(0), written.eq(0)]
+        with m.Elif(pw.valid):
             m.d.sync += written.eq(written + 1)
-            with m.If(cols.probs_write.payload.last):
-                m.d.sync += complete.eq(1)
-        m.d.comb += ra.go.eq(~flags.a_probs | complete | (ra.position < written))
+            with m.If(pw.payload.last):
+                m.d.sync += [complete.eq(complete + 1), written.eq(0)]
+        block = ra.tiles.payload.tb
+        m.d.comb += ra.go.eq(~flags.a_probs | (block < complete) | (block == complete) & (ra.position < written))
 
     def _join(self, m, seq, flags, a_out, w_out, mac, ln):
         """The A and W streams into the MAC array, A alone into LayerNorm or to the store."""
@@ -382,7 +388,7 @@ def _a_walk(m, ph, walk):
                          walk.stride.eq(a.stride), walk.chunk0.eq(a.chunk0), walk.chunks.eq(a.chunks),
                          walk.rows.eq(a.rows)]
         with m.Case(AMode.PROBS):
-            m.d.comb += [walk.stride.eq(1), walk.count.eq(a.rows)]
+            m.d.comb += [walk.stride.eq(1), walk.count.eq(a.rows), walk.by_group.eq(1)]
         with m.Case(AMode.WORDS):
             m.d.comb += [walk.base.eq(a.base), walk.stride.eq(1), walk.count.eq(a.rows * a.chunks)]
 

@@ -29,6 +29,7 @@ def _run(dut, phase, tile, columns, *, records=None, residual=None, out=None, co
     async def testbench(ctx):
         for field, value in phase.items():
             ctx.set(dut.phase[field], value)
+        await ctx.tick()    # the column path takes its sink from the phase a cycle after it is set
         ctx.set(dut.tiles.payload, tile)
         if records is not None:
             ctx.set(dut.param, records[tile["half"]][0])

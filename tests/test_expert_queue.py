@@ -40,6 +40,10 @@ def _simulate(dut, layers, *, in_gaps=None, out_stalls=None):
             await stream_send(ctx, dut.i, beats, gaps=in_gaps, cycles=token_edges)
             active = len(np.unique(indices))
             listed = await stream_receive(ctx, dut.experts, active, stalls=out_stalls)
+            # read_count names each listed expert's count by index, as the experts stream did.
+            for p in listed:
+                ctx.set(dut.read.payload, int(p.expert))
+                assert ctx.get(dut.read_count) == int(p.count)
             await stream_send(ctx, dut.read, [int(r) for r in requests], gaps=in_gaps)
             done += count
             while len(entries) < done:

@@ -232,3 +232,29 @@ def test_deep_paths_lists_each_end_over_the_limit():
     plain = deep_paths(cells, netnames, limit=3, chains_as_one=False)
     assert [(p["levels"], p["from"], p["where"]) for p in plain] == [(5, "seq.count[0]", None), (4, "seq.r.tb", None)]
     assert deep_paths(cells, netnames, limit=5, chains_as_one=False) == []
+
+
+class _Steps(wiring.Component):
+    """A six-state machine stepping on ``go``, each state driving its own output bit."""
+
+    def __init__(self):
+        super().__init__({"go": In(1), "state": Out(6)})
+
+    def elaborate(self, platform):
+        m = Module()
+        with m.FSM():
+            for k in range(6):
+                with m.State(f"S{k}"):
+                    m.d.comb += self.state[k].eq(1)
+                    with m.If(self.go):
+                        m.next = f"S{(k + 1) % 6}"
+        return m
+
+
+def test_state_machines_are_one_hot():
+    """Yosys extracts an Amaranth FSM although its state register has an initial value, and codes
+    it one-hot as Vivado does by default: six state flip-flops, not three, and each output a
+    state's own bit (no decode)."""
+    r = synthesize(_Steps(), "steps")
+    assert r["ff"] == 6
+    assert r["lut_levels"] <= 1

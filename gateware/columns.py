@@ -11,6 +11,7 @@ from .gelu import GELU
 from .lanes import lane_layout
 from .phase import Phase, Sink, Tile
 from .postprocess import PostProcess
+from .program import probs_stride
 from .reader import clamp_rows
 from .records import TileParams
 from .softmax import Softmax
@@ -76,8 +77,7 @@ class ColumnPath(wiring.Component):
 
     def __init__(self, lanes, max_tokens, *, cols=None, router, ln):
         self.lanes, self.max_tokens, self.cols = lanes, max_tokens, cols or lanes
-        # A row group of the probability buffer per query block (``Capacity.probs_stride``).
-        self.probs_stride = 1 << (max_tokens - 1).bit_length()
+        self.probs_stride = probs_stride(max_tokens)     # a row group per query block
         word = lane_layout(lanes, signed(16))
         probs = data.StructLayout({"addr": 16,
                                    "data": data.ArrayLayout(unsigned(PROB_FRAC + 1), lanes), "last": 1})

@@ -43,7 +43,7 @@ from runtime.layout import BEAT, RoutingLayout, routing_offset
 from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr, LNParams, Op,
                       OutMode, TileParams, encode, pack_records)
 
-__all__ = ["Op", "OutMode", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "ADDR_BITS", "BEAT_BYTES", "Capacity",
+__all__ = ["Op", "OutMode", "Instr", "INSTR_BYTES", "PROGRAM_MAGIC", "ADDR_BITS", "BEAT_BYTES", "Capacity", "probs_stride",
            "WEIGHT_PORTS", "CapacityError", "Frame", "compile_frame", "tile_bytes", "encode_instr"]
 
 # The routing layout counts in the beats the DMA writes.
@@ -55,6 +55,11 @@ MAX_COLUMN_GROUPS = 8
 #: AXI4 managers the weight tiles may stream over (the ZCU104's PS has four HP ports).
 WEIGHT_PORTS = (1, 2, 4)
 
+
+def probs_stride(max_tokens):
+    """Words of the probability buffer per query block: ``max_tokens`` keys, rounded up to a
+    power of two (a block's base is then its index's bits above a key's)."""
+    return 1 << (max_tokens - 1).bit_length()
 
 class CapacityError(ValueError):
     """A config or program that the accelerator's on-chip memories cannot hold."""
@@ -127,9 +132,8 @@ class Capacity:
 
     @property
     def probs_stride(self):
-        """Words of the probability buffer per query block: ``max_tokens`` keys, rounded up to a
-        power of two (so a block's base is its index's bits above a key's)."""
-        return 1 << (self.max_tokens - 1).bit_length()
+        """Words of the probability buffer per query block (:func:`probs_stride`)."""
+        return probs_stride(self.max_tokens)
 
     @property
     def probs_blocks(self):

@@ -155,12 +155,12 @@ _COLUMN_SOURCES = {
 class _Settings:
     """Writing the phase settings, and DMA reads, from inside the sequencer's states."""
 
-    def start_tiles(self, tb0, tb1, outer=0):
+    def start_tiles(self, n_tb, outer=0):
+        """The issue loop over token blocks ``0 .. n_tb - 1`` and the phase's channel blocks,
+        channel blocks innermost with ``outer``. Its last block is a register and "at block 0" a
+        flag, so the loop's tests compare registers and read flags, no subtraction in front."""
         r = self.r
-        # The loop's bounds as registers (its first and last token block), so that the issue
-        # loop compares registers with registers and no subtraction sits in front of its tests.
-        self.m.d.sync += [r.tb.eq(tb0), r.tb_first.eq(tb0), r.last_tb.eq(tb1 - 1), r.cb.eq(0), r.tb_outer.eq(outer),
-                          r.at_tb0.eq(tb0 == 0), r.first_is_tb0.eq(tb0 == 0)]
+        self.m.d.sync += [r.tb.eq(0), r.last_tb.eq(n_tb - 1), r.cb.eq(0), r.tb_outer.eq(outer), r.at_tb0.eq(1)]
 
     def set_a(self, mode, base, stride, chunk0, chunks, rows):
         a = self.ph.a
@@ -237,7 +237,7 @@ class _PhaseStates(_Settings):
             self.set_columns("rows", 0, 1, ins.mult, ins.shift)
             m.d.comb += seq.probs_arm.eq(1)
             m.d.sync += seq.dma_owner.eq(0)
-            self.start_tiles(0, self.n_blocks, outer=1)
+            self.start_tiles(self.n_blocks, outer=1)
             m.d.sync += self.ph.last_row_group.eq(self.last_block)
             m.next = "ISSUE"
         with m.State("ATT_AV"):
@@ -246,7 +246,7 @@ class _PhaseStates(_Settings):
             self.set_d(ins.dst_base, ins.dst_stride, ins.dst_chunk, ins.rows)
             self.set_sink(Sink.WRITE)
             self.set_columns("k_chunks", narrow=1, mult=ins.mult2, shift=ins.shift2)
-            self.start_tiles(0, self.n_blocks)
+            self.start_tiles(self.n_blocks)
             m.next = "ISSUE"
 
     def _moe(self):
@@ -261,7 +261,7 @@ class _PhaseStates(_Settings):
             self.set_columns("n_out")
             m.d.sync += seq.dma_owner.eq(0)
             # With more experts than columns, each token block needs every gate tile in turn.
-            self.start_tiles(0, self.n_blocks, outer=ins.n_out > self.C)
+            self.start_tiles(self.n_blocks, outer=ins.n_out > self.C)
             m.next = "ISSUE"
         with m.State("MOE_EXPERT"):
             m.d.comb += seq.experts.ready.eq(1)
@@ -292,7 +292,7 @@ class _PhaseStates(_Settings):
             self.set_d(ins.aux_base, ins.aux_stride, 0, r.ecount)
             self.set_sink(Sink.GELU)
             self.set_columns("count", 0, 0, ins.mult2, ins.shift2)
-            self.start_tiles(0, eb)
+            self.start_tiles(eb)
             m.next = "ISSUE"
         with m.State("MOE_FC2"):
             self.set_a(AMode.ROWS, ins.aux_base, ins.aux_stride, 0, ins.count, r.ecount)
@@ -301,7 +301,7 @@ class _PhaseStates(_Settings):
             self.set_d(0, ins.dst_stride, 0, r.ecount)
             self.set_sink(Sink.COMBINE)
             self.set_columns("k_chunks", narrow=0)
-            self.start_tiles(0, eb)
+            self.start_tiles(eb)
             m.next = "ISSUE"
         with m.State("MOE_FINAL"):
             total = ins.rows * ins.k_chunks
@@ -410,7 +410,7 @@ class _DataStates(_Settings):
                     self.set_sink(Sink.LAYERNORM, w=0, c=0, blocks=ins.k_chunks)
                     self.set_columns("lanes")      # one tile per token block
                     m.d.sync += seq.dma_owner.eq(0)
-                    self.start_tiles(0, self.n_blocks)
+                    self.start_tiles(self.n_blocks)
                     m.next = "ISSUE"
 
 
@@ -473,7 +473,7 @@ class _TileStates(_Settings):
                         m.d.sync += r.cb.eq(r.cb + 1)
                 with m.Else():
                     with m.If(r.tb == r.last_tb):
-                        m.d.sync += [r.tb.eq(r.tb_first), r.cb.eq(r.cb + 1), r.at_tb0.eq(r.first_is_tb0)]
+                        m.d.sync += [r.tb.eq(0), r.cb.eq(r.cb + 1), r.at_tb0.eq(1)]
                     with m.Else():
                         m.d.sync += [r.tb.eq(r.tb + 1), r.at_tb0.eq(0)]
         with m.State("BARRIER"):
@@ -558,9 +558,9 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
         self.r = SimpleNamespace(
             pc=Signal(16), n_instr=Signal(16), prog_off=Signal(ADDR_BITS), beat=Signal(24),
             acc=Signal(INSTR_BYTES * 8),
-            tb=Signal(12), cb=Signal(12), tb_first=Signal(12), last_tb=Signal(12),
-            # tb is 0 now, and tb_first is 0: so the fetch test reads a flag, not a compare.
-            at_tb0=Signal(), first_is_tb0=Signal(), w_tiles=Signal(init=1),
+            tb=Signal(12), cb=Signal(12), last_tb=Signal(12),
+            # tb is 0 now: the fetch test reads a flag, not a compare.
+            at_tb0=Signal(), w_tiles=Signal(init=1),
             tb_outer=Signal(), fetch_base=Signal(ADDR_BITS), fetch_beats=Signal(16), tile_bytes=Signal(32),
             fetch_rows=Signal(16),
             use_w=Signal(), use_c=Signal(), use_r=Signal(), use_o=Signal(),
@@ -714,7 +714,7 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
                             self.set_sink(Sink.GELU)
                         with m.Case(OutMode.QKV):
                             self.set_sink(Sink.WRITE, kv=1)
-                    self.start_tiles(0, self.n_blocks)
+                    self.start_tiles(self.n_blocks)
                     m.next = "ISSUE"
                 with m.Case(Op.ATTENTION):
                     m.next = "ATT_QK"

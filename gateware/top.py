@@ -32,7 +32,7 @@ combine); the DRAM records they read are the layouts of ``records.py``.
 
 import dataclasses
 
-from amaranth import Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth import Cat, Module, ResetInserter, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out

@@ -4,6 +4,10 @@ PYTHON ?= python3
 PDM_HOME := .pdm-bootstrap
 PDM := $(PDM_HOME)/bin/pdm
 export PDM_CHECK_UPDATE := false
+# PDM's HTTP cache keeps another copy of every download (torch with its CUDA libraries is
+# several GB) and grew to 41 GB under ~/.cache over repeated fresh installs, until an install ran
+# out of disk; it lives in the project and goes once .venv is synced.
+export PDM_CACHE_DIR := $(abspath $(PDM_HOME))/cache
 
 .PHONY: demo test
 
@@ -19,4 +23,5 @@ $(PDM):
 
 .venv/.synced: pyproject.toml pdm.lock | $(PDM)
 	$(PDM) sync -G test
+	rm -rf $(PDM_CACHE_DIR)/http
 	touch $@

@@ -137,30 +137,33 @@ class DMA(wiring.Component):
         room = Signal(range(1, page_beats + 1), name=f"{name}_room")
         cap = Signal(range(1, self.max_burst + 1), name=f"{name}_cap")
         length = Signal(range(1, self.max_burst + 1), name=f"{name}_length")
+        # Whether the next burst ends the command (``left <= cap``) is a register too: the
+        # compare is a 24-bit carry chain that used to sit in front of the command handshake.
         last = Signal(name=f"{name}_last")
         cut = Signal(name=f"{name}_cut")
         m.d.comb += [
-            last.eq(left <= cap),
             length.eq(Mux(last, left, cap)),
             # Taking the next command as the current one's last burst goes keeps 1-beat
             # commands at one per cycle.
             cmd.ready.eq(~flush & (~active | (cut & last))),
         ]
 
-        def bounds(new_room):
-            return [room.eq(new_room), cap.eq(Mux(new_room < self.max_burst, new_room, self.max_burst))]
+        def bounds(new_left, new_room):
+            new_cap = Mux(new_room < self.max_burst, new_room, self.max_burst)
+            # ``new_left <= new_cap`` as two compares side by side, not one behind the other.
+            new_last = (new_left <= self.max_burst) & (new_left <= new_room)
+            return [left.eq(new_left), room.eq(new_room), cap.eq(new_cap), last.eq(new_last)]
 
         with m.If(cut):
-            m.d.sync += [addr.eq(addr + (length << shift)), left.eq(left - length)]
+            m.d.sync += addr.eq(addr + (length << shift))
             # Not the last burst, so it was ``cap`` long: it ended at the page's end or
             # ``max_burst`` beats into the page.
-            m.d.sync += bounds(Mux(room == cap, page_beats, room - cap))
+            m.d.sync += bounds(left - length, Mux(room == cap, page_beats, room - cap))
             with m.If(last):
                 m.d.sync += active.eq(0)
         with m.If(cmd.valid & cmd.ready):
-            m.d.sync += [active.eq(cmd.payload.beats != 0), addr.eq(cmd.payload.addr),
-                         left.eq(cmd.payload.beats)]
-            m.d.sync += bounds(page_beats - cmd.payload.addr[shift:12])
+            m.d.sync += [active.eq(cmd.payload.beats != 0), addr.eq(cmd.payload.addr)]
+            m.d.sync += bounds(cmd.payload.beats, page_beats - cmd.payload.addr[shift:12])
         return active, addr, length, last, cut
 
     def elaborate(self, platform):
@@ -210,6 +213,11 @@ class DMA(wiring.Component):
         wr_active, wr_addr, wr_len, _, wr_cut = self._splitter(m, self.wr_cmd, "wr", flush)
         m.submodules.wr_lens = wr_lens = fifo.SyncFIFO(width=8, depth=self.max_outstanding)
         m.submodules.wr_addrs = wr_addrs = fifo.SyncFIFO(width=self.addr_width, depth=self.max_outstanding)
+        # Write data waits in a buffer with a registered output, so the W channel's handshake
+        # and burst count start at registers, not at whatever made the data upstream.
+        m.submodules.wr_buffer = wr_buffer = fifo.SyncFIFOBuffered(width=len(self.wr_data.payload), depth=3)
+        m.d.comb += [wr_buffer.w_en.eq(self.wr_data.valid), wr_buffer.w_data.eq(self.wr_data.payload),
+                     self.wr_data.ready.eq(wr_buffer.w_rdy)]
         wr_pending = Signal(range(self.max_outstanding + 1))
         m.d.comb += wr_cut.eq(wr_active & (~axi.awvalid | axi.awready) &
                               (wr_pending < self.max_outstanding) & ~flush)
@@ -228,11 +236,11 @@ class DMA(wiring.Component):
             wr_addrs.w_en.eq(wr_cut), wr_addrs.w_data.eq(wr_addr),
             w_last.eq(beat == wr_lens.r_data),
             w_blank.eq(flush & ~w_keep),
-            axi.wvalid.eq((self.wr_data.valid | flush) & wr_lens.r_rdy),
-            axi.wdata.eq(Mux(w_blank, 0, self.wr_data.payload)),
+            axi.wvalid.eq((wr_buffer.r_rdy | flush) & wr_lens.r_rdy),
+            axi.wdata.eq(Mux(w_blank, 0, wr_buffer.r_data)),
             axi.wstrb.eq(Mux(w_blank, 0, (1 << self.beat_bytes) - 1)),
             axi.wlast.eq(w_last),
-            self.wr_data.ready.eq(axi.wready & wr_lens.r_rdy),
+            wr_buffer.r_en.eq(axi.wready & wr_lens.r_rdy),
             axi.bready.eq(1),
             b_done.eq(axi.bvalid & axi.bready),
             wr_addrs.r_en.eq(b_done),

@@ -115,20 +115,32 @@ class MACArray(wiring.Component):
             load.eq(done & free),
             # A first product about to overwrite a finished tile that cannot leave yet.
             advance.eq(~(done & ~free & v2)),
-            self.i.ready.eq(advance),
         ]
+
+        # The skid buffer: the array reads it while it is full, else the input directly; an
+        # input offered while the array stalls is taken into it.
+        skid_full = Signal()
+        skid = Signal.like(self.i.payload)
+        in_valid = Signal()
+        operands = Signal.like(self.i.payload)
+        m.d.comb += [self.i.ready.eq(~skid_full), in_valid.eq(skid_full | self.i.valid),
+                     operands.eq(Mux(skid_full, skid, self.i.payload))]
+        with m.If(advance):
+            m.d.sync += skid_full.eq(0)
+        with m.Elif(self.i.valid & ~skid_full):
+            m.d.sync += [skid_full.eq(1), skid.eq(self.i.payload)]
 
         with m.If(advance):
             m.d.sync += [
-                v1.eq(self.i.valid),
+                v1.eq(in_valid),
                 first1.eq(~in_tile),
-                last1.eq(self.i.payload.last),
+                last1.eq(operands.last),
                 v2.eq(v1),
                 first2.eq(first1),
                 last2.eq(last1),
             ]
-            with m.If(self.i.valid):
-                m.d.sync += in_tile.eq(~self.i.payload.last)
+            with m.If(in_valid):
+                m.d.sync += in_tile.eq(~operands.last)
         with m.If(load):
             m.d.sync += done.eq(0)
         with m.If(advance & v2 & last2):
@@ -146,12 +158,12 @@ class MACArray(wiring.Component):
 
         for r in range(rows):
             for c in range(cols):
-                acc = self._pe(m, r, c, advance, v2, first2)
+                acc = self._pe(m, r, c, operands, advance, v2, first2)
                 with m.If(load):
                     m.d.sync += drain[c][r].eq(acc)
         return m
 
-    def _pe(self, m, r, c, advance, v2, first2):
+    def _pe(self, m, r, c, operands, advance, v2, first2):
         """Add PE ``(r, c)`` to ``m``: the three DSP48E2 register stages. Returns its accumulator."""
         a = Signal(signed(self.a_bits), name=f"pe{r}_{c}_a")
         w = Signal(signed(self.w_bits), name=f"pe{r}_{c}_w")
@@ -159,8 +171,8 @@ class MACArray(wiring.Component):
         acc = Signal(signed(self.acc_bits), name=f"pe{r}_{c}_p")
         with m.If(advance):
             m.d.sync += [
-                a.eq(self.i.payload.a[r]),
-                w.eq(self.i.payload.w[c]),
+                a.eq(operands.a[r]),
+                w.eq(operands.w[c]),
                 prod.eq(a * w),
             ]
             # Zeroing the feedback (not selecting prod alone) is the form Yosys packs into P.

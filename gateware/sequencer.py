@@ -373,9 +373,10 @@ class _DataStates(_Settings):
         """STORE16 (the A reader's words to DRAM) and LAYERNORM's parameters, then its tiles."""
         m, seq, r, ins, N = self.m, self.seq, self.r, self.ins, self.N
         bpw = self.beats_per_word16
+        m.d.sync += self.store_beats.eq(ins.rows * ins.k_chunks * bpw)
         with m.State("STORE_CMD"):
             m.d.comb += [seq.wr_cmd.valid.eq(1), seq.wr_cmd.payload.addr.eq(seq.output_base),
-                         seq.wr_cmd.payload.beats.eq(ins.rows * ins.k_chunks * bpw)]
+                         seq.wr_cmd.payload.beats.eq(self.store_beats)]
             with m.If(seq.wr_cmd.ready):
                 m.d.comb += seq.a_tile.valid.eq(1)
                 m.d.sync += r.sub.eq(0)
@@ -592,6 +593,9 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
         # reckoned at DECODE: a phase's settings then copy registers, and no addition or shift
         # sits behind the FSM's select of the count (they made the board top's paths 10 deep).
         self.columns = {source: Signal(_ColumnCount, name=f"cols_{source}") for source in _COLUMN_SOURCES}
+        # STORE16's beats, a product of instruction fields, registered from the instruction in
+        # DISPATCH: the DMA tests the command's length against its burst bound when it takes it.
+        self.store_beats = Signal(24)
 
     def build(self):
         m, seq, r, N = self.m, self.seq, self.r, self.N

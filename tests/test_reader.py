@@ -17,6 +17,7 @@ def _run(walk, tiles, mem, count, tokens=None, stalls=True, groups=1, half_words
     async def testbench(ctx):
         for field, value in walk.items():
             ctx.set(getattr(dut.walk, field), value)
+        await ctx.tick()        # the walk is set a cycle before its first tile, as in the core
         for tile in tiles:
             await stream_put(ctx, dut.tiles, {"tb": tile[0], "cb": tile[1]})
 

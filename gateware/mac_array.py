@@ -8,6 +8,7 @@ from golden.fixedpoint import ACT_BITS, PROB_OPERAND_BITS
 from golden.mac_array import ACC_BITS
 
 from .lanes import lane_layout
+from .skid_buffer import SkidBuffer
 
 __all__ = ["MACArray"]
 
@@ -117,18 +118,10 @@ class MACArray(wiring.Component):
             advance.eq(~(done & ~free & v2)),
         ]
 
-        # The skid buffer: the array reads it while it is full, else the input directly; an
-        # input offered while the array stalls is taken into it.
-        skid_full = Signal()
-        skid = Signal.like(self.i.payload)
-        in_valid = Signal()
-        operands = Signal.like(self.i.payload)
-        m.d.comb += [self.i.ready.eq(~skid_full), in_valid.eq(skid_full | self.i.valid),
-                     operands.eq(Mux(skid_full, skid, self.i.payload))]
-        with m.If(advance):
-            m.d.sync += skid_full.eq(0)
-        with m.Elif(self.i.valid & ~skid_full):
-            m.d.sync += [skid_full.eq(1), skid.eq(self.i.payload)]
+        m.submodules.skid = skid = SkidBuffer(self.i.payload.shape())
+        wiring.connect(m, wiring.flipped(self.i), skid.i)
+        in_valid, operands = skid.o.valid, skid.o.payload
+        m.d.comb += skid.o.ready.eq(advance)
 
         with m.If(advance):
             m.d.sync += [

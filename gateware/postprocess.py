@@ -10,6 +10,7 @@ from golden.mac_array import ACC_BITS
 
 from .fixedpoint import saturate
 from .lanes import lane_layout
+from .skid_buffer import SkidBuffer
 
 __all__ = ["PostProcess"]
 
@@ -58,7 +59,9 @@ class PostProcess(wiring.Component):
         round and residual add; saturate.
 
     Throughput: one transfer (``lanes`` results) per cycle; every stage advances together and
-    stalls only while ``o`` holds a result that is not taken (``i.ready = ~o.valid | o.ready``).
+    stalls only while ``o`` holds a result that is not taken. ``i.ready`` is a register: a
+    transfer offered while the stages stall waits in a skid buffer (:class:`SkidBuffer`), and
+    ``latency`` counts from the cycle the first stage takes it.
     """
 
     latency = 7
@@ -86,12 +89,14 @@ class PostProcess(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = self.i.payload
+        m.submodules.skid = skid = SkidBuffer(self.i.payload.shape())
+        wiring.connect(m, wiring.flipped(self.i), skid.i)
+        p = skid.o.payload
 
         advance = Signal()
         m.d.comb += [
             advance.eq(~self.o.valid | self.o.ready),
-            self.i.ready.eq(advance),
+            skid.o.ready.eq(advance),
         ]
 
         # Per-transfer fields ride along the lanes' pipeline, one register set per stage.
@@ -103,7 +108,7 @@ class PostProcess(wiring.Component):
                     for s in range(1, 6)]
         with m.If(advance):
             m.d.sync += [
-                valid[0].eq(self.i.valid),
+                valid[0].eq(skid.o.valid),
                 ctls[0].shift.eq(p.shift),
                 ctls[0].add_residual.eq(p.add_residual),
                 ctls[0].narrow.eq(p.narrow),

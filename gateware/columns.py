@@ -116,6 +116,10 @@ class ColumnPath(wiring.Component):
         N, C = self.lanes, self.cols
         ph, t, mac, res = self.phase, self.tiles.payload, self.i, self.residual
         col = Signal(range(C))
+        # col + 1 and the phase's last channel block, as registers: the router's last column
+        # is then two equality tests, with no subtraction in front of them.
+        col1, last_cb = Signal(range(C + 1), init=1), Signal.like(ph.n_cb)
+        m.d.sync += last_cb.eq(ph.n_cb - 1)
         cols_valid = t.cols
         keep = col < cols_valid
         m.d.comb += [self.param_half.eq(t.half), self.param_col.eq(col)]
@@ -124,7 +128,7 @@ class ColumnPath(wiring.Component):
         sink = self.sink
         with m.If(sink[Sink.ROUTER]):
             m.d.comb += [router.valid.eq(mac.valid & self.tiles.valid & keep),
-                         router.payload.last.eq((t.cb == ph.n_cb - 1) & (col == cols_valid - 1)),
+                         router.payload.last.eq((t.cb == last_cb) & (col1 == cols_valid)),
                          router.payload.token_base.eq(t.tb * N),
                          router.payload.valid_lanes.eq(clamp_rows(m, N, ph.d.rows, t.tb)),
                          router.payload.final.eq(t.last),
@@ -149,9 +153,9 @@ class ColumnPath(wiring.Component):
         # of its drain (a tile of 129 keys' scores on a 64-column array has 63 such in its last).
         m.d.comb += self.skip_rest.eq(~keep)
         with m.If(col_taken):
-            m.d.sync += col.eq(col + 1)
+            m.d.sync += [col.eq(col + 1), col1.eq(col1 + 1)]
             with m.If((col == C - 1) | ~keep):
-                m.d.sync += col.eq(0)
+                m.d.sync += [col.eq(0), col1.eq(1)]
                 m.d.comb += self.tiles.ready.eq(1)
                 with m.If(t.release):
                     m.d.comb += self.release.eq(1 << t.half)

@@ -5,6 +5,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .axi import AXI4Signature, Burst, Resp
+from .skid_buffer import SkidBuffer
 
 __all__ = ["DMA"]
 
@@ -52,8 +53,9 @@ class DMA(wiring.Component):
 
     Latency. A read command accepted in cycle ``t`` presents ARVALID in cycle ``t + 2`` (when
     the previous AR was taken and fewer than ``max_outstanding`` bursts are in flight); its
-    first beat is on ``rd_data`` in the cycle RVALID rises (``rready`` is ``rd_data.ready``,
-    no register in between). A write command accepted in cycle ``t`` presents AWVALID and
+    first beat is on ``rd_data`` in the cycle RVALID rises. Commands and read beats pass
+    one-entry skid buffers (:class:`SkidBuffer`), so ``rd_cmd.ready``, ``wr_cmd.ready`` and
+    RREADY are registers; a command or beat offered while the DMA cannot take it waits there. A write command accepted in cycle ``t`` presents AWVALID and
     takes its first ``wr_data`` beat from cycle ``t + 2``; ``wr_busy`` is high from cycle
     ``t + 1`` until the cycle after its last B response.
 
@@ -122,9 +124,17 @@ class DMA(wiring.Component):
     def _splitter(self, m, cmd, name, flush):
         """Holds one command and cuts bursts off its front whenever ``cut`` is driven high.
 
-        Returns ``(active, addr, length, last, cut)``: a burst of ``length`` beats at ``addr``
-        is available while ``active``; ``last`` says it ends the command.
+        Returns ``(active, addr, length, last, cut, held)``: a burst of ``length`` beats at
+        ``addr`` is available while ``active``; ``last`` says it ends the command; ``held``
+        says a command waits in the splitter's skid buffer.
         """
+        # The command is taken through a skid buffer, so that its ready is a register and not
+        # the burst cut (AXI's ARREADY/AWREADY and the bursts in flight) through logic.
+        skid = SkidBuffer(cmd.payload.shape())
+        m.submodules[f"{name}_cmd_skid"] = skid
+        m.d.comb += [skid.i.valid.eq(cmd.valid & ~flush), skid.i.payload.eq(cmd.payload),
+                     cmd.ready.eq(skid.i.ready & ~flush)]
+        cmd = skid.o
         shift = (self.beat_bytes - 1).bit_length()
         page_beats = _PAGE >> shift
         active = Signal(name=f"{name}_active")
@@ -164,7 +174,7 @@ class DMA(wiring.Component):
         with m.If(cmd.valid & cmd.ready):
             m.d.sync += [active.eq(cmd.payload.beats != 0), addr.eq(cmd.payload.addr)]
             m.d.sync += bounds(cmd.payload.beats, page_beats - cmd.payload.addr[shift:12])
-        return active, addr, length, last, cut
+        return active, addr, length, last, cut, ~skid.i.ready
 
     def elaborate(self, platform):
         m = Module()
@@ -181,7 +191,8 @@ class DMA(wiring.Component):
         # Reads. Bursts are counted from their cut until their last beat arrives, which bounds
         # the bursts in flight; whether each one ends its command, and its address (for a
         # fault), wait in `rd_ends` for it.
-        rd_active, rd_addr, rd_len, rd_last, rd_cut = self._splitter(m, self.rd_cmd, "rd", flush)
+        rd_active, rd_addr, rd_len, rd_last, rd_cut, _ = self._splitter(m, self.rd_cmd, "rd", flush)
+        m.submodules.rd_skid = rd_skid = SkidBuffer(self.rd_data.payload.shape())
         m.submodules.rd_ends = rd_ends = fifo.SyncFIFO(width=1 + self.addr_width, depth=self.max_outstanding)
         rd_flight = Signal(range(self.max_outstanding + 1))
         r_done = Signal()
@@ -196,12 +207,16 @@ class DMA(wiring.Component):
             rd_ends.w_en.eq(rd_cut), rd_ends.w_data.eq(Cat(rd_last, rd_addr)),
             # SLVERR and DECERR have bit 1 set; EXOKAY (never asked for) would not.
             r_bad.eq(axi.rvalid & axi.rresp.as_value()[1]),
-            self.rd_data.valid.eq(axi.rvalid & ~r_bad & ~flush),
-            self.rd_data.payload.data.eq(axi.rdata),
+            # The beats pass a skid buffer, so RREADY is a register and not the consumer's ready.
+            rd_skid.i.valid.eq(axi.rvalid & ~r_bad & ~flush),
+            rd_skid.i.payload.data.eq(axi.rdata),
             # SyncFIFO reads without latency and R follows its AR by at least a cycle, so the
             # burst's entry is there when its data is.
-            self.rd_data.payload.last.eq(axi.rlast & rd_ends.r_data[0]),
-            axi.rready.eq(self.rd_data.ready | flush),
+            rd_skid.i.payload.last.eq(axi.rlast & rd_ends.r_data[0]),
+            self.rd_data.valid.eq(rd_skid.o.valid & ~flush),
+            self.rd_data.payload.eq(rd_skid.o.payload),
+            rd_skid.o.ready.eq(self.rd_data.ready | flush),
+            axi.rready.eq(rd_skid.i.ready | flush),
             r_done.eq(axi.rvalid & axi.rready & axi.rlast),
             rd_ends.r_en.eq(r_done),
         ]
@@ -210,7 +225,7 @@ class DMA(wiring.Component):
         # Writes. A burst's length is queued for the W channel when it is cut, so write data
         # never waits for AWREADY; `wr_pending` counts bursts from their cut to their B, and
         # `wr_addrs` keeps their addresses for a fault.
-        wr_active, wr_addr, wr_len, _, wr_cut = self._splitter(m, self.wr_cmd, "wr", flush)
+        wr_active, wr_addr, wr_len, _, wr_cut, wr_held = self._splitter(m, self.wr_cmd, "wr", flush)
         m.submodules.wr_lens = wr_lens = fifo.SyncFIFO(width=8, depth=self.max_outstanding)
         m.submodules.wr_addrs = wr_addrs = fifo.SyncFIFO(width=self.addr_width, depth=self.max_outstanding)
         # Write data waits in a buffer with a registered output, so the W channel's handshake
@@ -251,7 +266,7 @@ class DMA(wiring.Component):
         with m.Elif(axi.wvalid & ~w_blank):
             m.d.sync += w_keep.eq(1)
         m.d.sync += wr_pending.eq(wr_pending + wr_cut - b_done)
-        m.d.comb += [self.wr_busy.eq(wr_active | (wr_pending != 0)),
+        m.d.comb += [self.wr_busy.eq(wr_held | wr_active | (wr_pending != 0)),
                      self.drained.eq((rd_flight == 0) & (wr_pending == 0))]
 
         # The first fault, read before write when both come in one cycle.

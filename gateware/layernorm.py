@@ -14,6 +14,7 @@ from .isqrt import SeqIsqrt
 from .lanes import lane_layout
 from .row_bank import RowBank, TwoPassTiming
 from .seq_divider import SeqDivider
+from .skid_buffer import SkidBuffer
 
 __all__ = ["LayerNorm"]
 
@@ -143,14 +144,18 @@ class LayerNorm(TwoPassTiming, wiring.Component):
 
     def _sums(self, m, bank):
         """Pass 1: the square at the input, then the two running sums in the bank's stage."""
-        p, stage = self.i.payload, bank.stage
-        wiring.connect(m, wiring.flipped(self.i), bank.i)
+        # The input goes through a skid buffer so that ``i.ready`` is a register, not the row
+        # bank's state through logic (the A reader's handshake and queue were behind it).
+        m.submodules.skid = skid = SkidBuffer(self.i.payload.shape())
+        wiring.connect(m, wiring.flipped(self.i), skid.i)
+        p, stage = skid.o.payload, bank.stage
+        wiring.connect(m, skid.o, bank.i)
         for k in range(self.lanes):
             x1 = Signal(signed(RES_BITS), name=f"x1_{k}")
             sq1 = Signal(2 * RES_BITS - 1, name=f"sq1_{k}")
             s1_run = Signal(signed(self.s1_width), name=f"s1_run{k}")
             s2_run = Signal(self.s2_width, name=f"s2_run{k}")
-            with m.If(self.i.valid & self.i.ready):
+            with m.If(skid.o.valid & skid.o.ready):
                 m.d.sync += [x1.eq(p.x[k]), sq1.eq(p.x[k] * p.x[k])]
             s1_new = Mux(stage.first, 0, s1_run) + x1
             s2_new = Mux(stage.first, 0, s2_run) + sq1

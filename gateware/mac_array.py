@@ -109,9 +109,9 @@ class MACArray(wiring.Component):
         free = Signal()
         load = Signal()
         advance = Signal()
+        # ``remaining != 0`` and ``remaining == 1`` kept as registers: the column path's
+        # handshake, and through it the drain's load, start at them.
         m.d.comb += [
-            self.o.valid.eq(remaining != 0),
-            self.o.payload.last.eq(remaining == 1),
             free.eq(~self.o.valid | (self.o.ready & (self.o.payload.last | self.skip_rest))),
             load.eq(done & free),
             # A first product about to overwrite a finished tile that cannot leave yet.
@@ -143,9 +143,11 @@ class MACArray(wiring.Component):
                  for c in range(cols)]
         m.d.comb += self.o.payload.data.eq(drain[0])
         with m.If(load):
-            m.d.sync += remaining.eq(cols)
+            m.d.sync += [remaining.eq(cols), self.o.valid.eq(1), self.o.payload.last.eq(cols == 1)]
         with m.Elif(self.o.valid & self.o.ready):
-            m.d.sync += remaining.eq(Mux(self.skip_rest, 0, remaining - 1))
+            m.d.sync += [remaining.eq(Mux(self.skip_rest, 0, remaining - 1)),
+                         self.o.valid.eq(~self.skip_rest & (remaining != 1)),
+                         self.o.payload.last.eq(~self.skip_rest & (remaining == 2))]
             for c in range(cols - 1):
                 m.d.sync += drain[c].eq(drain[c + 1])
 

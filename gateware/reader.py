@@ -95,11 +95,12 @@ class TileReader(wiring.Component):
         for g, tp in enumerate(tps):
             m.submodules[f"transpose{g}" if G > 1 else "transpose"] = tp
         c, r = Signal(16), Signal(range(N))
-        # The walk's last indices are registered so that the tile's end is an equality test
-        # and not a subtraction in front of the tile handshake; the walk holds still from a
-        # cycle before its first tile (the phase's copy comes 2 cycles ahead of its tiles).
-        last_element, last_chunk = Signal(len(w.count) + 1), Signal(len(w.chunks) + 1)
-        m.d.sync += [last_element.eq(w.count - 1), last_chunk.eq(w.chunks - 1)]
+        # Whether c is the walk's last element (plain) or chunk (transposed) is a register,
+        # reckoned a cycle ahead from c's next value, so that no compare of c sits in front of
+        # the tile handshake. The walk holds still from a cycle before its first tile (the
+        # phase's copy comes 2 cycles ahead of its tiles), as the register needs.
+        c_last = Signal()
+        limit = Mux(w.transposed, w.chunks, w.count)
         valid, zero_q, last_q = Signal(), Signal(G), Signal()     # beside the memory's read data
         dst_ready, en = Signal(), Signal()
         m.d.comb += [en.eq(~valid | dst_ready), self.mem_en.eq(en)]
@@ -110,17 +111,19 @@ class TileReader(wiring.Component):
         gen_zero, gen_last, addr = Signal(G), Signal(), Signal(24)
         with m.If(w.transposed):
             m.d.comb += [addr.eq(w.base + token * w.stride + w.chunk0 + c),
-                         gen_last.eq((c == last_chunk) & (r == N - 1))]
+                         gen_last.eq(c_last & (r == N - 1))]
             m.d.comb += [gen_zero[g].eq(r >= clamp_rows(m, N, w.rows, block * G + g)) for g in range(G)]
         with m.Else():
             m.d.comb += [addr.eq(w.base + c * w.stride + w.chunk0 + Mux(w.by_cb, t.cb, 0)
                                  + Mux(w.by_half, t.half * self.half_words, 0)
                                  + Mux(w.by_group, t.tb * self.half_words, 0)),
-                         gen_last.eq(c == last_element)]
+                         gen_last.eq(c_last)]
         m.d.comb += self.mem_addr.eq(Mux(w.packed, addr // self.pack, addr))
 
         read = self.tiles.valid & self.go & en
         m.d.comb += self.position.eq(c)
+        c_moves = read & (~w.transposed | (r == N - 1))
+        m.d.sync += c_last.eq(Mux(c_moves, Mux(gen_last, limit == 1, c + 2 == limit), c + 1 == limit))
         with m.If(read):
             m.d.sync += [valid.eq(1), zero_q.eq(gen_zero), last_q.eq(gen_last)]
             if self.pack > 1:

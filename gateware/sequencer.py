@@ -530,16 +530,18 @@ class _RouteStates(_Settings):
             m.d.comb += [seq.wr_cmd.valid.eq(1), seq.wr_cmd.payload.addr.eq(seq.output_base + ins.dram0),
                          seq.wr_cmd.payload.beats.eq(ins.count)]
             with m.If(seq.wr_cmd.ready):
-                m.d.sync += r.word.eq(0)
+                # Counted down to zero: a test of the count's last value would be a subtraction
+                # in front of the state's next-state logic.
+                m.d.sync += r.word.eq(ins.count - 1)
                 m.next = "ROUTES_DATA"
         with m.State("ROUTES_DATA"):
             routes = seq.routes
             m.d.comb += [seq.wr_data.valid.eq(routes.valid), seq.wr_data.payload.eq(routes.payload),
                          routes.ready.eq(seq.wr_data.ready)]
             with m.If(routes.valid & seq.wr_data.ready):
-                m.d.sync += r.word.eq(r.word + 1)
+                m.d.sync += r.word.eq(r.word - 1)
                 # The beat count is the instruction's, so the DMA gets exactly the beats it was promised.
-                with m.If(r.word == ins.count - 1):
+                with m.If(r.word == 0):
                     m.next = "STORE_WAIT"
 
 

@@ -10,7 +10,6 @@ from golden.moe import GATE_FRAC
 
 from .kv_buffers import kv_write_layout
 from .phase import Dest, KVCopy, Tile
-from .reader import clamp_rows
 from .sequencer import Final, act_write_layout
 
 __all__ = ["Writer"]
@@ -78,7 +77,9 @@ class Writer(wiring.Component):
         r, blk = Signal(range(N)), Signal(8)
         m.d.comb += self.list_addr.eq(t.tb * N + r)
         word_taken = self.i.valid & self.tiles.valid
-        keep = word_taken & (r < clamp_rows(m, N, d.rows, t.tb))
+        # Row r of token block tb is a token of the phase while tb * N + r < rows: one compare,
+        # where clamping the block's rows first put a subtraction and two compares before it.
+        keep = word_taken & (self.list_addr < d.rows)
         m.d.comb += self.i.ready.eq(self.tiles.valid)
         with m.If(word_taken):
             m.d.sync += r.eq(r + 1)

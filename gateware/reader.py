@@ -1,6 +1,6 @@
 """A tile reader: walks one operand of a tile through a memory, into the MAC array's order."""
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -112,7 +112,11 @@ class TileReader(wiring.Component):
         with m.If(w.transposed):
             m.d.comb += [addr.eq(w.base + token * w.stride + w.chunk0 + c),
                          gen_last.eq(c_last & (r == N - 1))]
-            m.d.comb += [gen_zero[g].eq(r >= clamp_rows(m, N, w.rows, block * G + g)) for g in range(G)]
+            # Row r of token block B is past the walk's rows when B * N + r >= rows (B * N + r
+            # is a concatenation, lanes and groups being powers of two): one compare, not a
+            # clamp of rows - B * N and a compare behind it.
+            m.d.comb += [gen_zero[g].eq(Cat(r, Const(g, range(G)), block) >= w.rows) if G > 1 else
+                         gen_zero[g].eq(Cat(r, block) >= w.rows) for g in range(G)]
         with m.Else():
             m.d.comb += [addr.eq(w.base + c * w.stride + w.chunk0 + Mux(w.by_cb, t.cb, 0)
                                  + Mux(w.by_half, t.half * self.half_words, 0)

@@ -1,12 +1,11 @@
 """The residual reader: the destination's old values, for the post-processor's residual add."""
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .lanes import lane_layout
 from .phase import Dest, Tile
-from .reader import clamp_rows
 from .sequencer import Final
 from .transpose import Transpose
 
@@ -65,7 +64,7 @@ class ResidualReader(wiring.Component):
         with m.Else():
             m.d.comb += self.mem_addr.eq(d.base + (t.tb * N + r + d.offset) * d.stride + d.chunk0 + t.cb * G + grp)
         with m.If(self.tiles.valid & en & ~fin.active):
-            m.d.sync += [valid.eq(1), zero.eq(r >= clamp_rows(m, N, d.rows, t.tb)), r.eq(r + 1)]
+            m.d.sync += [valid.eq(1), zero.eq(Cat(r, t.tb) >= d.rows), r.eq(r + 1)]
             with m.If(r == N - 1):
                 m.d.sync += [r.eq(0), grp.eq(grp + 1)]
                 with m.If(grp == G - 1):

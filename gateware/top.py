@@ -58,6 +58,7 @@ from .residual import ResidualReader
 from .router import Router
 from .routing import RoutingRecorder
 from .sequencer import Sequencer
+from .skid_buffer import SkidBuffer
 from .stream_queue import StreamQueue
 from .writer import Writer
 
@@ -179,10 +180,15 @@ class Accelerator(wiring.Component):
         queues_to = (("aq", seq.a_tile, ra.tiles, Tile), ("wq", seq.w_tile, rw.tiles, Tile),
                      ("cq", seq.c_tile, cols.tiles, Tile), ("rq", seq.r_tile, res.tiles, Tile),
                      ("oq", seq.o_tile, writer.tiles, Tile), ("fq", seq.fetch, fetcher.fetch, Fetch))
+        # Each queue is entered through a skid buffer, so that the sequencer's issue test reads
+        # registered readies, not the queues' levels through compares (the issue, the pushes
+        # and the levels made paths of 9 levels on the board top).
         for name, source, sink, shape in queues_to:
-            q = StreamQueue(shape, depth=DESCRIPTOR_DEPTH)
+            q, skid = StreamQueue(shape, depth=DESCRIPTOR_DEPTH), SkidBuffer(shape)
             m.submodules[name] = datapath(q)
-            wiring.connect(m, source, q.i)
+            m.submodules[f"{name}_skid"] = datapath(skid)
+            wiring.connect(m, source, skid.i)
+            wiring.connect(m, skid.o, q.i)
             wiring.connect(m, q.o, sink)
         m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle),
                      fetcher.weights_base.eq(regs.weights_base)]

@@ -147,11 +147,14 @@ class DMA(wiring.Component):
         room = Signal(range(1, page_beats + 1), name=f"{name}_room")
         cap = Signal(range(1, self.max_burst + 1), name=f"{name}_cap")
         length = Signal(range(1, self.max_burst + 1), name=f"{name}_length")
-        # Whether the next burst ends the command (``left <= cap``) is a register too: the
-        # compare is a 24-bit carry chain that used to sit in front of the command handshake.
-        last = Signal(name=f"{name}_last")
+        # Whether the next burst ends the command (``left <= cap``) is a register from the
+        # second burst on, reckoned as a burst is cut; the first burst compares the registers
+        # the command left (a compare behind the command's own address arithmetic, which the
+        # skid buffer passes through, made a path of 9 levels).
+        last, last_next, first = Signal(name=f"{name}_last"), Signal(name=f"{name}_last_next"), Signal()
         cut = Signal(name=f"{name}_cut")
         m.d.comb += [
+            last.eq(Mux(first, left <= cap, last_next)),
             length.eq(Mux(last, left, cap)),
             # Taking the next command as the current one's last burst goes keeps 1-beat
             # commands at one per cycle.
@@ -159,20 +162,21 @@ class DMA(wiring.Component):
         ]
 
         def bounds(new_left, new_room):
-            new_cap = Mux(new_room < self.max_burst, new_room, self.max_burst)
-            # ``new_left <= new_cap`` as two compares side by side, not one behind the other.
-            new_last = (new_left <= self.max_burst) & (new_left <= new_room)
-            return [left.eq(new_left), room.eq(new_room), cap.eq(new_cap), last.eq(new_last)]
+            return [left.eq(new_left), room.eq(new_room),
+                    cap.eq(Mux(new_room < self.max_burst, new_room, self.max_burst))]
 
         with m.If(cut):
-            m.d.sync += addr.eq(addr + (length << shift))
+            m.d.sync += [addr.eq(addr + (length << shift)), first.eq(0)]
             # Not the last burst, so it was ``cap`` long: it ended at the page's end or
             # ``max_burst`` beats into the page.
-            m.d.sync += bounds(left - length, Mux(room == cap, page_beats, room - cap))
+            new_left, new_room = left - length, Mux(room == cap, page_beats, room - cap)
+            m.d.sync += bounds(new_left, new_room)
+            # ``new_left <= new_cap`` as two compares side by side, not one behind the other.
+            m.d.sync += last_next.eq((new_left <= self.max_burst) & (new_left <= new_room))
             with m.If(last):
                 m.d.sync += active.eq(0)
         with m.If(cmd.valid & cmd.ready):
-            m.d.sync += [active.eq(cmd.payload.beats != 0), addr.eq(cmd.payload.addr)]
+            m.d.sync += [active.eq(cmd.payload.beats != 0), addr.eq(cmd.payload.addr), first.eq(1)]
             m.d.sync += bounds(cmd.payload.beats, page_beats - cmd.payload.addr[shift:12])
         return active, addr, length, last, cut, ~skid.i.ready
 

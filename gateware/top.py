@@ -180,16 +180,19 @@ class Accelerator(wiring.Component):
         queues_to = (("aq", seq.a_tile, ra.tiles, Tile), ("wq", seq.w_tile, rw.tiles, Tile),
                      ("cq", seq.c_tile, cols.tiles, Tile), ("rq", seq.r_tile, res.tiles, Tile),
                      ("oq", seq.o_tile, writer.tiles, Tile), ("fq", seq.fetch, fetcher.fetch, Fetch))
-        # Each queue is entered through a skid buffer, so that the sequencer's issue test reads
-        # registered readies, not the queues' levels through compares (the issue, the pushes
-        # and the levels made paths of 9 levels on the board top).
+        # Each queue is entered and left through skid buffers, so that the sequencer's issue
+        # test reads registered readies, not the queues' levels through compares, and a unit's
+        # take of a descriptor (behind its own handshakes) ends at a skid's register, not at
+        # the queue's level (each made paths of 9-11 levels on the board top).
         for name, source, sink, shape in queues_to:
-            q, skid = StreamQueue(shape, depth=DESCRIPTOR_DEPTH), SkidBuffer(shape)
+            q, skid_in, skid_out = StreamQueue(shape, depth=DESCRIPTOR_DEPTH), SkidBuffer(shape), SkidBuffer(shape)
             m.submodules[name] = datapath(q)
-            m.submodules[f"{name}_skid"] = datapath(skid)
-            wiring.connect(m, source, skid.i)
-            wiring.connect(m, skid.o, q.i)
-            wiring.connect(m, q.o, sink)
+            m.submodules[f"{name}_in"] = datapath(skid_in)
+            m.submodules[f"{name}_out"] = datapath(skid_out)
+            wiring.connect(m, source, skid_in.i)
+            wiring.connect(m, skid_in.o, q.i)
+            wiring.connect(m, q.o, skid_out.i)
+            wiring.connect(m, skid_out.o, sink)
         m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle),
                      fetcher.weights_base.eq(regs.weights_base)]
 
@@ -209,12 +212,24 @@ class Accelerator(wiring.Component):
                      flags.w_tile.eq(live.w.mode == WMode.TILE), flags.w_direct.eq(live.w.mode == WMode.DIRECT)]
         self._readers(m, ph, flags, ra, rw, store, fetcher, kv, probs_rd, q_a, seq)
         self._probs_gate(m, flags, ra, cols, seq)
-        self._join(m, seq, flags, ra.o, rw.o, mac, ln)
+        # The readers' outputs pass skid buffers, so that their reads and walks do not wait on
+        # the join's test of both operands (a path of 11 levels into the W reader's walk).
+        a_out, w_out = SkidBuffer(ra.o.payload.shape()), SkidBuffer(rw.o.payload.shape())
+        m.submodules.a_out = datapath(a_out)
+        m.submodules.w_out = datapath(w_out)
+        wiring.connect(m, ra.o, a_out.i)
+        wiring.connect(m, rw.o, w_out.i)
+        self._join(m, seq, flags, a_out.o, w_out.o, mac, ln)
         self._results(m, seq, ph, store, fetcher, res, cols, writer, probs_wr, q_o)
         wiring.connect(m, writer.kv_write, kv.write)
         wiring.connect(m, mac.o, cols.i)
         m.d.comb += mac.skip_rest.eq(cols.skip_rest)
-        wiring.connect(m, cols.router, router.i)
+        # The router takes its columns through a skid buffer: its top-k's readiness no longer
+        # reaches the column handshake and the MAC array's drain (9 levels).
+        router_in = SkidBuffer(router.i.payload.shape())
+        m.submodules.router_in = datapath(router_in)
+        wiring.connect(m, cols.router, router_in.i)
+        wiring.connect(m, router_in.o, router.i)
         wiring.connect(m, ln.o, cols.ln)
         wiring.connect(m, routing.o, seq.routes)
         wiring.connect(m, res.o, cols.residual)

@@ -51,7 +51,9 @@ class TileReader(wiring.Component):
     pack : int
         Elements per memory word in a ``packed`` walk (the weight buffer holds ``pack`` words of
         int8 per DRAM beat): the memory address is the element address ``// pack``, and
-        ``sub`` says which one of the word's elements was read.
+        ``sub`` says which one of the word's elements was read. A packed walk's ``base``,
+        ``chunk0`` and half offset are multiples of ``pack`` (``sub`` is taken from the element
+        index alone, not from the whole address sum).
     half_words : int
         Elements per half of a double-buffered memory (``by_half``), or per row group
         (``by_group``); a power of two for ``by_group``.
@@ -79,6 +81,8 @@ class TileReader(wiring.Component):
     """
 
     def __init__(self, lanes, *, groups=1, pack=1, half_words=0):
+        if pack > 1 and half_words % pack:
+            raise ValueError(f"half_words ({half_words}) must be a multiple of pack ({pack})")
         self.lanes, self.groups, self.pack, self.half_words = lanes, groups, pack, half_words
         word = data.ArrayLayout(signed(16), groups * lanes)
         super().__init__({
@@ -131,7 +135,7 @@ class TileReader(wiring.Component):
         with m.If(read):
             m.d.sync += [valid.eq(1), zero_q.eq(gen_zero), last_q.eq(gen_last)]
             if self.pack > 1:
-                m.d.sync += self.sub.eq(addr % self.pack)
+                m.d.sync += self.sub.eq(c % self.pack)
             # A transposed walk reads the N tokens of a chunk before the next chunk.
             with m.If(w.transposed):
                 with m.If(r == N - 1):

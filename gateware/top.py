@@ -180,19 +180,18 @@ class Accelerator(wiring.Component):
         queues_to = (("aq", seq.a_tile, ra.tiles, Tile), ("wq", seq.w_tile, rw.tiles, Tile),
                      ("cq", seq.c_tile, cols.tiles, Tile), ("rq", seq.r_tile, res.tiles, Tile),
                      ("oq", seq.o_tile, writer.tiles, Tile), ("fq", seq.fetch, fetcher.fetch, Fetch))
-        # Each queue is entered and left through skid buffers, so that the sequencer's issue
-        # test reads registered readies, not the queues' levels through compares, and a unit's
-        # take of a descriptor (behind its own handshakes) ends at a skid's register, not at
-        # the queue's level (each made paths of 9-11 levels on the board top).
+        # Each queue is entered through a skid buffer, so that the sequencer's issue test reads
+        # registered readies, not the queues' levels through compares (the issue, the pushes
+        # and the levels made paths of 9 levels on the board top). Not left through one: the
+        # units test their descriptor's fields, and the skid's select in front of those tests
+        # made deeper paths (11 levels) than the queue levels it cut.
         for name, source, sink, shape in queues_to:
-            q, skid_in, skid_out = StreamQueue(shape, depth=DESCRIPTOR_DEPTH), SkidBuffer(shape), SkidBuffer(shape)
+            q, skid = StreamQueue(shape, depth=DESCRIPTOR_DEPTH), SkidBuffer(shape)
             m.submodules[name] = datapath(q)
-            m.submodules[f"{name}_in"] = datapath(skid_in)
-            m.submodules[f"{name}_out"] = datapath(skid_out)
-            wiring.connect(m, source, skid_in.i)
-            wiring.connect(m, skid_in.o, q.i)
-            wiring.connect(m, q.o, skid_out.i)
-            wiring.connect(m, skid_out.o, sink)
+            m.submodules[f"{name}_skid"] = datapath(skid)
+            wiring.connect(m, source, skid.i)
+            wiring.connect(m, skid.o, q.i)
+            wiring.connect(m, q.o, sink)
         m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle),
                      fetcher.weights_base.eq(regs.weights_base)]
 

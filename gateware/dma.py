@@ -55,7 +55,8 @@ class DMA(wiring.Component):
     the previous AR was taken and fewer than ``max_outstanding`` bursts are in flight); its
     first beat is on ``rd_data`` in the cycle RVALID rises. Commands and read beats pass
     one-entry skid buffers (:class:`SkidBuffer`), so ``rd_cmd.ready``, ``wr_cmd.ready`` and
-    RREADY are registers; a command or beat offered while the DMA cannot take it waits there. A write command accepted in cycle ``t`` presents AWVALID and
+    RREADY are registers; a command or beat offered while the DMA cannot take it waits there.
+    A write command accepted in cycle ``t`` presents AWVALID and
     takes its first ``wr_data`` beat from cycle ``t + 2``; ``wr_busy`` is high from cycle
     ``t + 1`` until the cycle after its last B response.
 

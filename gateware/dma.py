@@ -192,10 +192,26 @@ class DMA(wiring.Component):
         # cut and handshake logic through one gate (and never in its own cycle).
         flush = Signal()
         m.d.comb += flush.eq(self.halt | self.error)
+        rd_flight, r_bad, rd_ends = self._reads(m, flush)
+        wr_pending, b_done, wr_addrs = self._writes(m, flush)
+        m.d.comb += self.drained.eq((rd_flight == 0) & (wr_pending == 0))
 
-        # Reads. Bursts are counted from their cut until their last beat arrives, which bounds
-        # the bursts in flight; whether each one ends its command, and its address (for a
-        # fault), wait in `rd_ends` for it.
+        # The first fault, read before write when both come in one cycle.
+        with m.If(~self.error):
+            with m.If(r_bad):
+                m.d.sync += [self.error.eq(1), self.error_write.eq(0), self.error_resp.eq(axi.rresp),
+                             self.error_addr.eq(rd_ends.r_data[1:])]
+            with m.Elif(b_done & axi.bresp.as_value()[1]):
+                m.d.sync += [self.error.eq(1), self.error_write.eq(1), self.error_resp.eq(axi.bresp),
+                             self.error_addr.eq(wr_addrs.r_data)]
+        return m
+
+    def _reads(self, m, flush):
+        """The read channels. Bursts are counted from their cut until their last beat arrives,
+        which bounds the bursts in flight; whether each one ends its command, and its address
+        (for a fault), wait in ``rd_ends`` for it. Returns ``(rd_flight, r_bad, rd_ends)``: the
+        bursts in flight, a faulty beat seen, and that queue (its head is the beat's burst)."""
+        axi = self.axi
         rd_active, rd_addr, rd_len, rd_last, rd_cut, _ = self._splitter(m, self.rd_cmd, "rd", flush)
         m.submodules.rd_skid = rd_skid = SkidBuffer(self.rd_data.payload.shape())
         m.submodules.rd_ends = rd_ends = fifo.SyncFIFO(width=1 + self.addr_width, depth=self.max_outstanding)
@@ -226,10 +242,14 @@ class DMA(wiring.Component):
             rd_ends.r_en.eq(r_done),
         ]
         m.d.sync += rd_flight.eq(rd_flight + rd_cut - r_done)
+        return rd_flight, r_bad, rd_ends
 
-        # Writes. A burst's length is queued for the W channel when it is cut, so write data
-        # never waits for AWREADY; `wr_pending` counts bursts from their cut to their B, and
-        # `wr_addrs` keeps their addresses for a fault.
+    def _writes(self, m, flush):
+        """The write channels. A burst's length is queued for the W channel when it is cut, so
+        write data never waits for AWREADY; ``wr_pending`` counts bursts from their cut to their
+        B, and ``wr_addrs`` keeps their addresses for a fault. Returns ``(wr_pending, b_done,
+        wr_addrs)``."""
+        axi = self.axi
         wr_active, wr_addr, wr_len, _, wr_cut, wr_held = self._splitter(m, self.wr_cmd, "wr", flush)
         m.submodules.wr_lens = wr_lens = fifo.SyncFIFO(width=8, depth=self.max_outstanding)
         m.submodules.wr_addrs = wr_addrs = fifo.SyncFIFO(width=self.addr_width, depth=self.max_outstanding)
@@ -271,15 +291,5 @@ class DMA(wiring.Component):
         with m.Elif(axi.wvalid & ~w_blank):
             m.d.sync += w_keep.eq(1)
         m.d.sync += wr_pending.eq(wr_pending + wr_cut - b_done)
-        m.d.comb += [self.wr_busy.eq(wr_held | wr_active | (wr_pending != 0)),
-                     self.drained.eq((rd_flight == 0) & (wr_pending == 0))]
-
-        # The first fault, read before write when both come in one cycle.
-        with m.If(~self.error):
-            with m.If(r_bad):
-                m.d.sync += [self.error.eq(1), self.error_write.eq(0), self.error_resp.eq(axi.rresp),
-                             self.error_addr.eq(rd_ends.r_data[1:])]
-            with m.Elif(b_done & axi.bresp.as_value()[1]):
-                m.d.sync += [self.error.eq(1), self.error_write.eq(1), self.error_resp.eq(axi.bresp),
-                             self.error_addr.eq(wr_addrs.r_data)]
-        return m
+        m.d.comb += self.wr_busy.eq(wr_held | wr_active | (wr_pending != 0))
+        return wr_pending, b_done, wr_addrs

@@ -176,7 +176,39 @@ class Accelerator(wiring.Component):
         writer = Writer(cap)
         m.submodules.writer = datapath(writer)
 
-        # Descriptor queues, sequencer -> units.
+        self._descriptor_queues(m, datapath, seq, ra, rw, cols, res, writer, fetcher)
+        m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle),
+                     fetcher.weights_base.eq(regs.weights_base)]
+
+        self._control(m, regs, dmas[0], seq, queues, ln)
+        self._abort(m, regs, abort, dmas, seq)
+        self._dma_read(m, dmas, seq, fetcher)
+        q_a, q_o = self._queue_memory(m, seq)
+        ph, flags = self._data_phase(m, seq)
+        self._readers(m, ph, flags, ra, rw, store, fetcher, kv, probs_rd, q_a, seq)
+        self._probs_gate(m, flags, ra, cols, seq)
+        # The readers' outputs pass skid buffers, so that their reads and walks do not wait on
+        # the join's test of both operands (a path of 11 levels into the W reader's walk).
+        a_out, w_out = SkidBuffer(ra.o.payload.shape()), SkidBuffer(rw.o.payload.shape())
+        m.submodules.a_out = datapath(a_out)
+        m.submodules.w_out = datapath(w_out)
+        wiring.connect(m, ra.o, a_out.i)
+        wiring.connect(m, rw.o, w_out.i)
+        self._join(m, seq, flags, a_out.o, w_out.o, mac, ln)
+        self._results(m, seq, ph, store, fetcher, res, cols, writer, probs_wr, q_o)
+        wiring.connect(m, writer.kv_write, kv.write)
+        self._column_feeds(m, datapath, mac, cols, router, ln)
+        wiring.connect(m, routing.o, seq.routes)
+        wiring.connect(m, res.o, cols.residual)
+        wiring.connect(m, cols.o, writer.i)
+        m.d.comb += [self.trace.busy.eq(seq.busy), self.trace.at.eq(seq.position), self.trace.sink.eq(seq.phase.sink),
+                     self.trace.mac.eq(mac.i.valid & mac.i.ready), self.trace.stall.eq(seq.stall)]
+        m.d.comb += [router.gate_mult.eq(fetcher.gate_mult), router.gate_shift.eq(fetcher.gate_shift)]
+        return m
+
+    @staticmethod
+    def _descriptor_queues(m, datapath, seq, ra, rw, cols, res, writer, fetcher):
+        """The descriptor queues, sequencer -> units."""
         queues_to = (("aq", seq.a_tile, ra.tiles, Tile), ("wq", seq.w_tile, rw.tiles, Tile),
                      ("cq", seq.c_tile, cols.tiles, Tile), ("rq", seq.r_tile, res.tiles, Tile),
                      ("oq", seq.o_tile, writer.tiles, Tile), ("fq", seq.fetch, fetcher.fetch, Fetch))
@@ -192,35 +224,25 @@ class Accelerator(wiring.Component):
             wiring.connect(m, source, skid.i)
             wiring.connect(m, skid.o, q.i)
             wiring.connect(m, q.o, sink)
-        m.d.comb += [seq.a_busy.eq(ra.tiles.valid), seq.fetch_idle.eq(fetcher.idle),
-                     fetcher.weights_base.eq(regs.weights_base)]
 
-        self._control(m, regs, dmas[0], seq, queues, ln)
-        self._abort(m, regs, abort, dmas, seq)
-        self._dma_read(m, dmas, seq, fetcher)
-        q_a, q_o = self._queue_memory(m, seq)
-        # The readers, the join into the array and the column path see the phase a cycle after
-        # the sequencer sets it, with its mode tests as flags: their handshakes then start at
-        # registers, not behind a decode of the phase (paths of 9-10 levels on the board top).
-        # Their first tile comes two cycles after its phase is set (the descriptor queues'
-        # latency), so they never act on the lagging copy.
+    @staticmethod
+    def _data_phase(m, seq):
+        """The readers, the join into the array and the column path see the phase a cycle after
+        the sequencer sets it, with its mode tests as flags: their handshakes then start at
+        registers, not behind a decode of the phase (paths of 9-10 levels on the board top).
+        Their first tile comes two cycles after its phase is set (the descriptor queues'
+        latency), so they never act on the lagging copy. Returns ``(phase, flags)``."""
         ph, flags = Signal(Phase, name="data_phase"), Signal(_PhaseFlags, name="data_phase_flags")
         live = seq.phase
         m.d.sync += [ph.eq(live), flags.layernorm.eq(live.sink == Sink.LAYERNORM),
                      flags.a_words.eq(live.a.mode == AMode.WORDS), flags.a_probs.eq(live.a.mode == AMode.PROBS),
                      flags.w_tile.eq(live.w.mode == WMode.TILE), flags.w_direct.eq(live.w.mode == WMode.DIRECT)]
-        self._readers(m, ph, flags, ra, rw, store, fetcher, kv, probs_rd, q_a, seq)
-        self._probs_gate(m, flags, ra, cols, seq)
-        # The readers' outputs pass skid buffers, so that their reads and walks do not wait on
-        # the join's test of both operands (a path of 11 levels into the W reader's walk).
-        a_out, w_out = SkidBuffer(ra.o.payload.shape()), SkidBuffer(rw.o.payload.shape())
-        m.submodules.a_out = datapath(a_out)
-        m.submodules.w_out = datapath(w_out)
-        wiring.connect(m, ra.o, a_out.i)
-        wiring.connect(m, rw.o, w_out.i)
-        self._join(m, seq, flags, a_out.o, w_out.o, mac, ln)
-        self._results(m, seq, ph, store, fetcher, res, cols, writer, probs_wr, q_o)
-        wiring.connect(m, writer.kv_write, kv.write)
+        return ph, flags
+
+    @staticmethod
+    def _column_feeds(m, datapath, mac, cols, router, ln):
+        """The MAC array's columns into the column path, which feeds the router and takes
+        LayerNorm's rows."""
         wiring.connect(m, mac.o, cols.i)
         m.d.comb += mac.skip_rest.eq(cols.skip_rest)
         # The router takes its columns through a skid buffer: its top-k's readiness no longer
@@ -230,13 +252,6 @@ class Accelerator(wiring.Component):
         wiring.connect(m, cols.router, router_in.i)
         wiring.connect(m, router_in.o, router.i)
         wiring.connect(m, ln.o, cols.ln)
-        wiring.connect(m, routing.o, seq.routes)
-        wiring.connect(m, res.o, cols.residual)
-        wiring.connect(m, cols.o, writer.i)
-        m.d.comb += [self.trace.busy.eq(seq.busy), self.trace.at.eq(seq.position), self.trace.sink.eq(seq.phase.sink),
-                     self.trace.mac.eq(mac.i.valid & mac.i.ready), self.trace.stall.eq(seq.stall)]
-        m.d.comb += [router.gate_mult.eq(fetcher.gate_mult), router.gate_shift.eq(fetcher.gate_shift)]
-        return m
 
     @staticmethod
     def _control(m, regs, dma, seq, queues, ln):

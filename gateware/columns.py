@@ -121,7 +121,12 @@ class ColumnPath(wiring.Component):
         col1, last_cb = Signal(range(C + 1), init=1), Signal.like(ph.n_cb)
         m.d.sync += last_cb.eq(ph.n_cb - 1)
         cols_valid = t.cols
-        keep = col < cols_valid
+        # Whether the column is one of the tile's (``col < cols``) and whether it is the array's
+        # last, as registers reckoned as the previous column is taken: the handshake, the drain
+        # and the tile queue then start at flops, not behind a compare of the tile's fields
+        # (10 levels into the MAC array's drain). A tile's first column is always kept: the
+        # sequencer gives every tile at least one channel.
+        keep, col_end = Signal(init=1), Signal(init=int(C == 1))
         m.d.comb += [self.param_half.eq(t.half), self.param_col.eq(col)]
         record, router = self.param, self.router
         col_taken = Signal()
@@ -153,9 +158,9 @@ class ColumnPath(wiring.Component):
         # of its drain (a tile of 129 keys' scores on a 64-column array has 63 such in its last).
         m.d.comb += self.skip_rest.eq(~keep)
         with m.If(col_taken):
-            m.d.sync += [col.eq(col + 1), col1.eq(col1 + 1)]
-            with m.If((col == C - 1) | ~keep):
-                m.d.sync += [col.eq(0), col1.eq(1)]
+            m.d.sync += [col.eq(col + 1), col1.eq(col1 + 1), keep.eq(col1 < cols_valid), col_end.eq(col1 == C - 1)]
+            with m.If(col_end | ~keep):
+                m.d.sync += [col.eq(0), col1.eq(1), keep.eq(1), col_end.eq(C == 1)]
                 m.d.comb += self.tiles.ready.eq(1)
                 with m.If(t.release):
                     m.d.comb += self.release.eq(1 << t.half)

@@ -52,7 +52,8 @@ class KVBuffers(wiring.Component):
         Stored on the second clock edge after it is valid.
     read_addr, read_en : In(24), In(1)
     read_v : In(1)
-        Read V, else K; ``read_data`` (``G * lanes`` lanes) the cycle after an enabled read.
+        Read V, else K; ``read_data`` (``G * lanes`` lanes of ``ACT_BITS``) the cycle after an
+        enabled read.
     k_stride, v_stride : int
         Words between tokens in a bank's addresses, for the W reader's walks.
     """
@@ -66,7 +67,7 @@ class KVBuffers(wiring.Component):
         super().__init__({
             "write": In(stream.Signature(kv_write_layout(cap), always_ready=True)),
             "read_addr": In(24), "read_en": In(1), "read_v": In(1),
-            "read_data": Out(data.ArrayLayout(signed(16), G * N)),
+            "read_data": Out(data.ArrayLayout(signed(ACT_BITS), G * N)),
         })
 
     def elaborate(self, platform):

@@ -57,6 +57,10 @@ class TileReader(wiring.Component):
     half_words : int
         Elements per half of a double-buffered memory (``by_half``), or per row group
         (``by_group``); a power of two for ``by_group``.
+    lane_bits : int
+        Width of a lane (signed): 16 for the A operand (LayerNorm reads the 16-bit residual
+        through it), ``ACT_BITS`` for the W operand, whose values (weights, K and V) are never
+        wider, so that its transposers and output hold no bits that are only sign.
 
     Attributes
     ----------
@@ -69,33 +73,35 @@ class TileReader(wiring.Component):
     position : Out(16)
         The index of the element the walk reads next (of the chunk, in a transposed walk).
     mem_addr, mem_en : Out(24), Out(1)
-        The memory's read port; ``mem_data`` (``groups * lanes`` lanes) is expected the cycle
+        The memory's read port; ``mem_data`` (``groups * lanes`` lanes of ``lane_bits``) is expected the cycle
         after an enabled read,
         with the element ``sub`` selected for a packed walk.
     list_addr : Out(16), list_token : In(16)
         The token list (the expert's queue): entry ``list_addr``, read combinationally.
-    o : Out(stream.Signature({"data": ArrayLayout(signed(16), groups * lanes), "last": 1}))
+    o : Out(stream.Signature({"data": ArrayLayout(signed(lane_bits), groups * lanes), "last": 1}))
         ``last`` on the tile's last element. Latency: 1 cycle from a read (2 through the
         transposer, which emits a block's first element after its last word). Throughput: one
         word per cycle, i.e. one element per cycle on a plain walk.
     """
 
-    def __init__(self, lanes, *, groups=1, pack=1, half_words=0):
+    def __init__(self, lanes, *, groups=1, pack=1, half_words=0, lane_bits=16):
         if pack > 1 and half_words % pack:
             raise ValueError(f"half_words ({half_words}) must be a multiple of pack ({pack})")
         self.lanes, self.groups, self.pack, self.half_words = lanes, groups, pack, half_words
-        word = data.ArrayLayout(signed(16), groups * lanes)
+        self.lane_bits = lane_bits
+        word = data.ArrayLayout(signed(lane_bits), groups * lanes)
         super().__init__({
             "tiles": In(stream.Signature(Tile)), "walk": In(Walk), "go": In(1, init=1), "position": Out(16),
             "mem_addr": Out(24), "mem_en": Out(1), "mem_data": In(word), "sub": Out(range(max(pack, 2))),
             "list_addr": Out(16), "list_token": In(16),
-            "o": Out(stream.Signature(lane_layout(groups * lanes, signed(16)))),
+            "o": Out(stream.Signature(lane_layout(groups * lanes, signed(lane_bits)))),
         })
 
     def elaborate(self, platform):
         m = Module()
         N, G, w, t = self.lanes, self.groups, self.walk, self.tiles.payload
-        tps = [Transpose(N, signed(16)) for _ in range(G)]
+        tps = [Transpose(N, signed(self.lane_bits)) for _ in range(G)]
+        B = self.lane_bits
         for g, tp in enumerate(tps):
             m.submodules[f"transpose{g}" if G > 1 else "transpose"] = tp
         c, r = Signal(16), Signal(range(N))
@@ -153,10 +159,10 @@ class TileReader(wiring.Component):
         word = Signal.like(self.mem_data)
         for g in range(G):
             with m.If(~zero_q[g]):
-                m.d.comb += word.as_value()[16 * N * g:16 * N * (g + 1)].eq(
-                    self.mem_data.as_value()[16 * N * g:16 * N * (g + 1)])
+                m.d.comb += word.as_value()[B * N * g:B * N * (g + 1)].eq(
+                    self.mem_data.as_value()[B * N * g:B * N * (g + 1)])
         for g, tp in enumerate(tps):
-            m.d.comb += [tp.i.payload.data.eq(word.as_value()[16 * N * g:16 * N * (g + 1)]),
+            m.d.comb += [tp.i.payload.data.eq(word.as_value()[B * N * g:B * N * (g + 1)]),
                          tp.i.payload.last.eq(last_q), tp.i.valid.eq(valid & w.transposed)]
         with m.If(w.transposed):
             # The transposers run in lockstep: they take and give their words together.

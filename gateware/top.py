@@ -38,6 +38,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.attention import PROB_FRAC
+from golden.fixedpoint import ACT_BITS
 
 from .abort import AbortControl
 from .activations import ActivationStore
@@ -164,7 +165,7 @@ class Accelerator(wiring.Component):
         m.submodules.fetcher = datapath(fetcher)
         ra = TileReader(N, half_words=cap.probs_stride)     # a row group of the probabilities
         m.submodules.a_reader = datapath(ra)
-        rw = TileReader(N, groups=G, pack=fetcher.pack, half_words=self.kmax)
+        rw = TileReader(N, groups=G, pack=fetcher.pack, half_words=self.kmax, lane_bits=ACT_BITS)
         m.submodules.w_reader = datapath(rw)
         res = ResidualReader(N, G)
         m.submodules.residual = datapath(res)

@@ -10,8 +10,8 @@ from tests.sim_helpers import memory_port, run_simulation, stream_put, stream_re
 N = 4
 
 
-def _run(walk, tiles, mem, count, tokens=None, stalls=True, groups=1, half_words=0):
-    dut = TileReader(N, groups=groups, half_words=half_words)
+def _run(walk, tiles, mem, count, tokens=None, stalls=True, groups=1, half_words=0, lane_bits=16):
+    dut = TileReader(N, groups=groups, half_words=half_words, lane_bits=lane_bits)
     out = []
 
     async def testbench(ctx):
@@ -79,15 +79,20 @@ def test_plain_walk_by_row_group():
     assert last == ([False] * (count - 1) + [True]) * 3
 
 
-def test_wide_transposed_walk():
+@pytest.mark.parametrize("lane_bits", [16, 13])
+def test_wide_transposed_walk(lane_bits):
     """Two groups over a two-word memory (the attention K buffer): word ``g`` of a read holds
     token block ``2 * cb + g``; element j carries channel j of both blocks' tokens side by side;
-    tokens past ``rows`` are 0 per block."""
+    tokens past ``rows`` are 0 per block. Lanes of 13 bits (the W operand's) carry their
+    extremes unchanged."""
     rng = np.random.default_rng(3)
-    mem = rng.integers(-3000, 3000, size=(96, 2 * N))
+    top = 1 << (lane_bits - 1)
+    mem = rng.integers(-top, top, size=(96, 2 * N))
+    mem[rng.random(mem.shape) < 0.2] = -top
+    mem[rng.random(mem.shape) < 0.2] = top - 1
     base, stride, chunk0, chunks, rows, cb = 2, 3, 1, 2, 13, 1
     walk = dict(transposed=1, by_cb=1, base=base, stride=stride, chunk0=chunk0, chunks=chunks, rows=rows)
-    data, last = _run(walk, [(0, cb)], mem, chunks * N, groups=2)
+    data, last = _run(walk, [(0, cb)], mem, chunks * N, groups=2, lane_bits=lane_bits)
     want = np.zeros((chunks * N, 2 * N), np.int64)
     for c in range(chunks):
         for g in range(2):
@@ -99,14 +104,18 @@ def test_wide_transposed_walk():
     assert last == [False] * (chunks * N - 1) + [True]
 
 
-def test_wide_plain_walk():
+@pytest.mark.parametrize("lane_bits", [16, 13])
+def test_wide_plain_walk(lane_bits):
     """Two groups by channel block over a two-word memory (the attention V buffer): element k of
     tile ``cb`` is the memory's whole word ``base + k * stride + chunk0 + cb``."""
     rng = np.random.default_rng(4)
-    mem = rng.integers(-3000, 3000, size=(64, 2 * N))
+    top = 1 << (lane_bits - 1)
+    mem = rng.integers(-top, top, size=(64, 2 * N))
+    mem[0::3, 0] = -top
+    mem[1::3, 1] = top - 1
     base, stride, chunk0, count = 5, 6, 1, 4
     data, last = _run(dict(by_cb=1, base=base, stride=stride, chunk0=chunk0, count=count), [(0, 0), (0, 1)],
-                      mem, 2 * count, groups=2)
+                      mem, 2 * count, groups=2, lane_bits=lane_bits)
     want = [mem[base + k * stride + chunk0 + cb] for cb in (0, 1) for k in range(count)]
     np.testing.assert_array_equal(data, np.array(want))
     assert last == ([False] * (count - 1) + [True]) * 2

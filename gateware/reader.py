@@ -108,7 +108,7 @@ class TileReader(wiring.Component):
         # Whether c is the walk's last element (plain) or chunk (transposed) is reckoned a cycle
         # ahead from c's next value, so that no compare of c sits in front of the tile
         # handshake. The walk holds still from a cycle before its first tile (the phase's copy
-        # comes 2 cycles ahead of its tiles), as this needs. Both candidates (c moved or not)
+        # comes 3 cycles ahead of its tiles), as this needs. Both candidates (c moved or not)
         # are registered every cycle and a one-bit register of the handshake picks one, so the
         # handshake reaches no compare (Yosys merged the two compares into one behind it: 10
         # levels on the board top).

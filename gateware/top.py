@@ -213,17 +213,12 @@ class Accelerator(wiring.Component):
         queues_to = (("aq", seq.a_tile, ra.tiles, Tile), ("wq", seq.w_tile, rw.tiles, Tile),
                      ("cq", seq.c_tile, cols.tiles, Tile), ("rq", seq.r_tile, res.tiles, Tile),
                      ("oq", seq.o_tile, writer.tiles, Tile), ("fq", seq.fetch, fetcher.fetch, Fetch))
-        # Each queue is entered through a skid buffer, so that the sequencer's issue test reads
-        # registered readies, not the queues' levels through compares (the issue, the pushes
-        # and the levels made paths of 9 levels on the board top). Not left through one: the
-        # units test their descriptor's fields, and the skid's select in front of those tests
-        # made deeper paths (11 levels) than the queue levels it cut.
+        # Both sides of each queue are registers (``StreamQueue``), so the sequencer's issue
+        # reaches no queue level and no unit's handshake reaches the sequencer.
         for name, source, sink, shape in queues_to:
-            q, skid = StreamQueue(shape, depth=DESCRIPTOR_DEPTH), SkidBuffer(shape)
+            q = StreamQueue(shape, depth=DESCRIPTOR_DEPTH + 2)
             m.submodules[name] = datapath(q)
-            m.submodules[f"{name}_skid"] = datapath(skid)
-            wiring.connect(m, source, skid.i)
-            wiring.connect(m, skid.o, q.i)
+            wiring.connect(m, source, q.i)
             wiring.connect(m, q.o, sink)
 
     @staticmethod
@@ -231,7 +226,7 @@ class Accelerator(wiring.Component):
         """The readers, the join into the array and the column path see the phase a cycle after
         the sequencer sets it, with its mode tests as flags: their handshakes then start at
         registers, not behind a decode of the phase (paths of 9-10 levels on the board top).
-        Their first tile comes two cycles after its phase is set (the descriptor queues'
+        Their first tile comes three cycles after its phase is set (the descriptor queues'
         latency), so they never act on the lagging copy. Returns ``(phase, flags)``."""
         ph, flags = Signal(Phase, name="data_phase"), Signal(_PhaseFlags, name="data_phase_flags")
         live = seq.phase

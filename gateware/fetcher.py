@@ -64,7 +64,9 @@ class TileFetcher(wiring.Component):
     Attributes
     ----------
     fetch : In(stream.Signature(Fetch))
-        Taken when the last of its read commands is.
+        Taken into a register whenever the one held there (the fetch being issued) has had its
+        last read command taken: ``fetch.ready`` is that register's emptiness, so no claim or
+        command handshake reaches the queue in front.
     weights_base : In(ADDR_BITS)
     rd_cmd, rd_data : arrays of ``ports``
         The DMA read channels, as ``gateware.dma.DMA`` names them, flipped. Port 0's beats of a
@@ -136,13 +138,18 @@ class TileFetcher(wiring.Component):
         last_row = [Signal(16, name=f"last_row{h}") for h in range(2)]
         arrived = [Signal(P, name=f"arrived{h}") for h in range(2)]
         f_busy = Cat(*parts).any()
-        m.d.comb += self.idle.eq(~self.fetch.valid & ~f_busy)
-        claim = self._issue(m, tile_full, parts)
+        cur, cur_valid, cur_done = Signal(Fetch), Signal(), Signal()
+        m.d.comb += [self.fetch.ready.eq(~cur_valid), self.idle.eq(~self.fetch.valid & ~cur_valid & ~f_busy)]
+        with m.If(self.fetch.valid & ~cur_valid):
+            m.d.sync += [cur.eq(self.fetch.payload), cur_valid.eq(1)]
+        with m.Elif(cur_done):
+            m.d.sync += cur_valid.eq(0)
+        claim = self._issue(m, tile_full, parts, cur, cur_valid, cur_done)
         for h in range(2):
-            mine = claim & (self.fetch.payload.half == h)
+            mine = claim & (cur.half == h)
             m.d.sync += parts[h].eq((parts[h] | Mux(mine, (1 << P) - 1, 0)) & ~arrived[h])
             with m.If(mine):
-                m.d.sync += last_row[h].eq(self.fetch.payload.rows - 1)
+                m.d.sync += last_row[h].eq(cur.rows - 1)
             # Full once every port's part has arrived, the last of them in this cycle.
             m.d.comb += fill_half[h].eq(arrived[h].any() & ~(parts[h] & ~arrived[h]).any())
         for p, (first, count) in enumerate(self.spans):
@@ -150,16 +157,17 @@ class TileFetcher(wiring.Component):
                           arrived)
         return m
 
-    def _issue(self, m, tile_full, parts):
-        """Offer each port's command of the fetch at the head of the queue; returns the pulse
-        that claims its half (the first cycle it is offered)."""
-        f_t, P = self.fetch.payload, self.ports
+    def _issue(self, m, tile_full, parts, f_t, f_valid, f_done):
+        """Offer each port's command of the fetch held (``f_t`` while ``f_valid``; ``f_done``
+        once every port has taken its command); returns the pulse that claims its half (the
+        first cycle it is offered)."""
+        P = self.ports
         claimed = Signal()        # the fetch at the head has claimed its half; commands going out
         issued, took = Signal(P), Signal(P)
         f_pending = Cat(parts[0].any(), parts[1].any())
         free = ~(tile_full | f_pending).bit_select(f_t.half, 1)
         go, claim = Signal(), Signal()
-        m.d.comb += [go.eq(self.fetch.valid & (free | claimed)), claim.eq(go & ~claimed)]
+        m.d.comb += [go.eq(f_valid & (free | claimed)), claim.eq(go & ~claimed)]
         for p, (first, count) in enumerate(self.spans):
             cmd = self.rd_cmd[p]
             if P == 1:
@@ -171,7 +179,7 @@ class TileFetcher(wiring.Component):
             m.d.comb += [cmd.valid.eq(go & ~issued[p]), cmd.payload.addr.eq(self.weights_base + f_t.addr + offset),
                          cmd.payload.beats.eq(beats), took[p].eq(cmd.valid & cmd.ready)]
         done = (issued | took).all()
-        m.d.comb += self.fetch.ready.eq(go & done)
+        m.d.comb += f_done.eq(go & done)
         with m.If(go):
             m.d.sync += [claimed.eq(~done), issued.eq(Mux(done, 0, issued | took))]
         return claim

@@ -150,7 +150,7 @@ class TileFetcher(wiring.Component):
             m.d.sync += parts[h].eq((parts[h] | Mux(mine, (1 << P) - 1, 0)) & ~arrived[h])
             with m.If(mine):
                 m.d.sync += last_row[h].eq(cur.rows - 1)
-            # Full once every port's part has arrived, the last of them in this cycle.
+            # Full once every port's part has arrived, the last of them in the cycle before.
             m.d.comb += fill_half[h].eq(arrived[h].any() & ~(parts[h] & ~arrived[h]).any())
         for p, (first, count) in enumerate(self.spans):
             self._receive(m, p, wbuf_wr[first:first + count], pbuf_wr if p == 0 else None, parts, last_row,
@@ -217,7 +217,11 @@ class TileFetcher(wiring.Component):
                 m.d.sync += [row.eq(Mux(at_end, 0, row + 1)), bank.eq(bank + at_end)]
             else:
                 m.d.sync += row.eq(row + 1)
+        # A part's arrival is registered: the read beats' handshake (behind the DMA's fault
+        # flush) then stops at a register instead of running on into the parts still to come
+        # and the half's fill (9 levels on the board top). The port stays ready a cycle longer,
+        # which takes only beats of commands already issued, as ever.
+        for h in range(2):
+            m.d.sync += arrived[h][p].eq(take & rd.payload.last & (half == h))
         with m.If(take & rd.payload.last):
             m.d.sync += [half.eq(~half), row.eq(0), bank.eq(0)]
-            for h in range(2):
-                m.d.comb += arrived[h][p].eq(half == h)

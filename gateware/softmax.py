@@ -160,20 +160,22 @@ class Softmax(TwoPassTiming, wiring.Component):
             s_run = Signal(self.sum_width, name=f"s_run{k}")
             t = luts[k].data
             # The stage's first cycle fills three registers, free-running (no enable) so that
-            # the product maps onto the DSP's pipeline register. Their operands are steady for
+            # the products map onto the DSPs' pipeline registers. Their operands are steady for
             # the element's two cycles in the stage (s_run is written only as an element
             # leaves, t and dist_hi1 only as one enters), so on the second cycle they hold
-            # S * t, the clamped shift q and t of this element; t is shifted there, not behind
-            # the table (the table's LUTs and a shifter in one cycle were too deep), by q clamped
-            # to 17 (t <= 2**EXP_FRAC, so 2t >> 17 is 0), a shifter of 5 select bits, not 6.
+            # S * t, the clamped shift q, and 2t >> q' of this element, q' being q clamped to 17
+            # (t <= 2**EXP_FRAC, so 2t >> 17 is 0; 17 < _MAX_Q, so that clamp is one compare of
+            # the distance). That shift is a product too, t * 2**(17 - q') >> 16 exactly, so the
+            # table feeds a DSP and no shifter: a shifter behind the table, or in front of the
+            # second cycle's add, made paths of 9 levels.
             prod = Signal(self.sum_width + EXP_FRAC + 1, name=f"prod{k}")
             q1 = Signal(range(_MAX_Q + 1), name=f"q1_{k}")
-            t1 = Signal(EXP_FRAC + 1, name=f"t1_{k}")
-            qt1 = Signal(range(EXP_FRAC + 3), name=f"qt1_{k}")
-            q_now = _clamp_q(dist_hi1)
-            m.d.sync += [prod.eq(s_run * t), q1.eq(q_now), t1.eq(t),
-                         qt1.eq(Mux(q_now > EXP_FRAC + 2, EXP_FRAC + 2, q_now))]
-            t_half = (t1 << 1) >> qt1
+            assert _MAX_Q > EXP_FRAC + 2
+            pow_t = Signal(EXP_FRAC + 3, name=f"pow_t{k}")
+            m.d.comb += pow_t.eq(Mux(dist_hi1 > EXP_FRAC + 2, 1, Const(1, 1) << (EXP_FRAC + 2 - dist_hi1[:5]).as_unsigned()))
+            t_scaled = Signal(2 * EXP_FRAC + 4, name=f"t_scaled1_{k}")
+            m.d.sync += [prod.eq(s_run * t), q1.eq(_clamp_q(dist_hi1)), t_scaled.eq(t * pow_t)]
+            t_half = t_scaled[EXP_FRAC + 1:]
             # Both branches of golden's update, then the same select on a new maximum. Each is
             # rshift_round written as (twice the value, shifted, + 1) >> 1 with the other term
             # folded into that one add: one carry chain after the shifter, not two or three.

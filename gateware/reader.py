@@ -129,8 +129,12 @@ class TileReader(wiring.Component):
             # Row r of token block B is past the walk's rows when B * N + r >= rows (B * N + r
             # is a concatenation, lanes and groups being powers of two): one compare, not a
             # clamp of rows - B * N and a compare behind it.
-            m.d.comb += [gen_zero[g].eq(Cat(r, Const(g, range(G)), block) >= w.rows) if G > 1 else
-                         gen_zero[g].eq(Cat(r, block) >= w.rows) for g in range(G)]
+            # The token index is compared in the 16 bits of ``rows`` (token blocks past them do
+            # not exist): the block field's spare high bits made Yosys ripple the compare
+            # through LUTs (10 levels on the board top).
+            width = len(w.rows)
+            m.d.comb += [gen_zero[g].eq(Cat(r, Const(g, range(G)), block)[:width] >= w.rows) if G > 1 else
+                         gen_zero[g].eq(Cat(r, block)[:width] >= w.rows) for g in range(G)]
         with m.Else():
             m.d.comb += [addr.eq(w.base + c * w.stride + w.chunk0 + Mux(w.by_cb, t.cb, 0)
                                  + Mux(w.by_half, t.half * self.half_words, 0)

@@ -484,8 +484,9 @@ class _TileStates(_Settings):
             m.d.comb += r.prefetch.eq((self.ins.op == Op.MOE) & ~r.prefetched & seq.fetch.ready
                                       & ((sink == Sink.GELU) | (sink == Sink.COMBINE) & ~r.elast
                                          & seq.experts.valid))
-            quiet = ((r.outstanding == 0) & ~seq.scores_pending & ~seq.a_busy & fetched
-                     & (sink != Sink.ROUTER) | (r.outstanding == 0) & (sink == Sink.ROUTER) & seq.experts.valid)
+            none_out = r.issued == r.retired
+            quiet = (none_out & ~seq.scores_pending & ~seq.a_busy & fetched
+                     & (sink != Sink.ROUTER) | none_out & (sink == Sink.ROUTER) & seq.experts.valid)
             with m.If(quiet):
                 m.next = "AFTER"
         with m.State("AFTER"):
@@ -583,7 +584,7 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
             dst_row=Signal(24), dst_band=Signal(24), beat_addr=Signal(24),
             band_first=Signal(16), band_words=Signal(24),
             wdata=Signal(2 * self.N * 16),
-            outstanding=Signal(16), issue=Signal(), need_fetch=Signal(), last_tile=Signal(),
+            issued=Signal(16), retired=Signal(16), issue=Signal(), need_fetch=Signal(), last_tile=Signal(),
             running=Signal(),
         )
         m.submodules.prog = prog = Memory(shape=Instr, depth=cap.max_program, init=[])
@@ -606,7 +607,13 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
                      # The last channel block's words: what is left of the channels after the others.
                      self.last_blocks.eq(Mux(ph.sink == Sink.LAYERNORM, ph.blocks_per_tile, self.last_words)),
                      seq.phase.last_blocks.eq(self.last_blocks)]
-        m.d.sync += r.outstanding.eq(r.outstanding + r.issue - seq.retire)
+        # Tiles issued and retired are two counters, each advanced by its own pulse, and none is
+        # in flight when they are equal: the issue and the retirement (the end of the column
+        # handshake) reach a counter's enable, not one adder they would both feed (9 levels).
+        with m.If(r.issue):
+            m.d.sync += r.issued.eq(r.issued + 1)
+        with m.If(seq.retire):
+            m.d.sync += r.retired.eq(r.retired + 1)
         m.d.comb += [seq.position.running.eq(r.running), seq.position.pc.eq(r.pc), seq.position.expert.eq(r.expert)]
         with m.If(seq.busy):
             m.d.sync += seq.cycles.eq(seq.cycles + 1)

@@ -216,7 +216,7 @@ class Accelerator(wiring.Component):
         # Both sides of each queue are registers (``StreamQueue``), so the sequencer's issue
         # reaches no queue level and no unit's handshake reaches the sequencer.
         for name, source, sink, shape in queues_to:
-            q = StreamQueue(shape, depth=DESCRIPTOR_DEPTH + 2)
+            q = StreamQueue(shape, depth=DESCRIPTOR_DEPTH)
             m.submodules[name] = datapath(q)
             wiring.connect(m, source, q.i)
             wiring.connect(m, q.o, sink)

@@ -241,9 +241,10 @@ class Accelerator(wiring.Component):
         LayerNorm's rows."""
         wiring.connect(m, mac.o, cols.i)
         m.d.comb += mac.skip_rest.eq(cols.skip_rest)
-        # The router takes its columns through a skid buffer: its top-k's readiness no longer
-        # reaches the column handshake and the MAC array's drain (9 levels).
-        router_in = SkidBuffer(router.i.payload.shape())
+        # The router takes its columns through a queue registered on both sides: its top-k's
+        # readiness does not reach the column handshake and the MAC array's drain, nor the
+        # column path's tests of its tile the router's bookkeeping (9 levels each way).
+        router_in = StreamQueue(router.i.payload.shape(), depth=4)
         m.submodules.router_in = datapath(router_in)
         wiring.connect(m, cols.router, router_in.i)
         wiring.connect(m, router_in.o, router.i)

@@ -4,7 +4,8 @@ The design goes to Yosys as RTLIL (Amaranth's own netlist format, which keeps bi
 memories), is flattened and mapped to UltraScale+ primitives, and the mapped cells are counted:
 
 - ``lut``: LUT1..LUT6 cells; ``lutram``: distributed-RAM and shift-register cells (also LUT sites,
-  reported apart); ``ff``: FDRE/FDSE/FDCE/FDPE; ``dsp``: DSP48E2; ``bram``: RAMB36E2 + RAMB18E2 / 2
+  reported apart); ``lut_total``: both in LUTs (a RAM32M16 is 8), the figure the part's 230,400
+  LUTs and the percentages of its LUT limit are for; ``ff``: FDRE/FDSE/FDCE/FDPE; ``dsp``: DSP48E2; ``bram``: RAMB36E2 + RAMB18E2 / 2
   (in BRAM36 units); ``uram``: URAM288.
 - ``lut_levels``: the logic depth of the longest register-to-register path in the mapped netlist:
   the most LUT, carry and MUXF cells on one combinational chain, each counting one level. Yosys
@@ -36,7 +37,7 @@ from amaranth.back import rtlil
 __all__ = ["XCZU7EV", "SynthError", "synthesize", "count_cells", "logic_depth", "deepest_path", "deep_paths", "LEVEL_LIMIT"]
 
 #: Resources of the ZCU104's xczu7ev-ffvc1156-2-e.
-XCZU7EV = {"dsp": 1728, "lut": 230_400, "ff": 460_800, "bram": 312, "uram": 96}
+XCZU7EV = {"dsp": 1728, "lut": 230_400, "lut_total": 230_400, "ff": 460_800, "bram": 312, "uram": 96}
 
 _CELLS = {
     "lut": re.compile(r"^LUT[1-6]$"),
@@ -67,10 +68,24 @@ def _yosys():
     return exe
 
 
+#: LUTs each distributed-RAM primitive occupies (UG574, "Distributed RAM"): what ``lut_total``
+#: adds to ``lut``, as the part's CLB LUT count holds both.
+_LUTRAM_LUTS = {"RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4, "RAM512X1S": 8,
+                "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM256X1D": 8,
+                "RAM32M": 4, "RAM64M": 4, "RAM32M16": 8, "RAM64M8": 8,
+                "SRL16E": 1, "SRLC16E": 1, "SRLC32E": 1}
+
+
 def count_cells(cells):
-    """Resource figures from a ``{cell type: count}`` map of a mapped UltraScale+ netlist."""
+    """Resource figures from a ``{cell type: count}`` map of a mapped UltraScale+ netlist:
+    ``lut`` counts logic LUTs, ``lutram`` distributed-RAM cells, and ``lut_total`` every LUT,
+    logic or memory, the figure the part's LUT count is for."""
     out = {key: sum(n for t, n in cells.items() if rx.match(t)) for key, rx in _CELLS.items()}
     out["bram"] = cells.get("RAMB36E2", 0) + cells.get("RAMB18E2", 0) / 2
+    unknown = [t for t in cells if _CELLS["lutram"].match(t) and t not in _LUTRAM_LUTS]
+    if unknown:
+        raise SynthError(f"no LUT count for the distributed RAM cells {unknown}")
+    out["lut_total"] = out["lut"] + sum(n * _LUTRAM_LUTS[t] for t, n in cells.items() if t in _LUTRAM_LUTS)
     return out
 
 

@@ -1,7 +1,8 @@
 """Streaming n x n block transposer ("corner turner") between row words and column words."""
 
-from amaranth.hdl import Array, Cat, Module, Shape, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.hdl import Array, Cat, Module, Mux, Shape, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .lanes import lane_layout
@@ -17,13 +18,14 @@ class Transpose(wiring.Component):
     channels] thus become ``n`` tokens of one channel per word (the MAC array's columns), and the
     MAC array's columns become rows again through a second instance.
 
-    Two banks of ``n x n`` registers alternate: a whole input row is written into the filling
-    bank per cycle while the other, full bank is emitted column by column. The output is a
-    ``2n``-way select (bank and column) straight from the registers, combinational only from
-    state, never from ``o.ready`` or ``i``. A select mux was chosen over shifting the emitting
-    bank: it touches ``n`` registers per cycle instead of ``n*n`` (smaller enables, faster
-    pysim), and the mux is shallow (a 16:1 mux for ``n = 8`` is one LUT6/MUXF7/MUXF8 level
-    on 7-series/UltraScale).
+    Two banks of ``n x n`` elements alternate: a whole input row is written into the filling
+    bank per cycle while the other, full bank is emitted column by column. The banks are ``n``
+    lane memories of ``2n`` entries (distributed RAM on the FPGA), skewed so that element
+    ``(r, c)`` sits in memory ``(c + r) mod n``: a row is written as one word rotated by ``r``,
+    a column read as one entry of every memory, each at its own address, rotated back by ``c``.
+    The output comes from the memories' asynchronous reads at registered addresses through the
+    rotation, combinational only from state, never from ``o.ready`` or ``i``. Registers with a
+    ``2n``-way select per output bit (the design before) took about three times the LUTs.
 
     Parameters
     ----------
@@ -71,12 +73,20 @@ class Transpose(wiring.Component):
         m = Module()
         n = self.n
         width = Shape.cast(self.shape).width
-        row_layout = data.ArrayLayout(self.shape, n)
 
         def lane(word, c):
             return word.as_value()[c * width:(c + 1) * width]
 
-        rows = [[Signal(row_layout, name=f"bank{b}_row{r}") for r in range(n)] for b in range(2)]
+        # Lane memories, skewed: element (r, c) of bank b is in memory (c + r) mod n at address
+        # b * n + r, so that a row is one write to every memory at one address and a column one
+        # read from every memory at its own address; the words are rotated on the way in and
+        # out. Registers with a 2n-way select per output bit (as this was) cost about three
+        # times the LUTs (the board build has seven transposers, four of them 16 x 16).
+        mems = []
+        for j in range(n):
+            mem = Memory(shape=width, depth=2 * n, init=[])
+            m.submodules[f"lane{j}"] = mem
+            mems.append((mem.write_port(), mem.read_port(domain="comb")))
         full = Signal(2)
         tag = Signal(2)     # the block in that bank was tagged ``last``
         wbank = Signal()
@@ -93,13 +103,14 @@ class Transpose(wiring.Component):
             emit.eq(self.o.valid & self.o.ready),
         ]
 
+        row_in = _rotate([lane(self.i.payload.data, c) for c in range(n)], wrow, n, left=True)
+        for j, (wr, rd) in enumerate(mems):
+            m.d.comb += [wr.en.eq(accept), wr.addr.eq(Cat(wrow, wbank) if _pow2(n) else wbank * n + wrow),
+                         wr.data.eq(row_in[j]), rd.addr.eq(_read_addr(j, rcol, rbank, n))]
+
         # The filling bank is never full and the emitting bank always is, so the set and the
         # clear below never hit the same bank on one edge.
         with m.If(accept):
-            for b in range(2):
-                for r in range(n):
-                    with m.If((wbank == b) & (wrow == r)):
-                        m.d.sync += rows[b][r].eq(self.i.payload.data)
             with m.If(wrow == n - 1):
                 m.d.sync += [
                     wrow.eq(0),
@@ -120,10 +131,38 @@ class Transpose(wiring.Component):
             with m.Else():
                 m.d.sync += rcol.eq(rcol + 1)
 
-        column = [Array(Array(lane(rows[b][r], c) for c in range(n)) for b in range(2))[rbank][rcol]
-                  for r in range(n)]
+        column = _rotate([rd.data for _, rd in mems], rcol, n, left=False)
         m.d.comb += [
             self.o.payload.data.as_value().eq(Cat(*column)),
             self.o.payload.last.eq(tag.bit_select(rbank, 1) & (rcol == n - 1)),
         ]
         return m
+
+
+def _pow2(n):
+    return n & (n - 1) == 0
+
+
+def _rotate(words, amount, n, *, left):
+    """``words`` (n values) rotated by ``amount`` places: ``out[j] = words[(j - amount) % n]``
+    with ``left``, else ``out[j] = words[(j + amount) % n]``. A log shifter (a 4:1 LUT mux per
+    two select bits) for a power-of-two ``n``, an n-way select otherwise."""
+    if n == 1:
+        return list(words)
+    sign = -1 if left else 1
+    if not _pow2(n):
+        return [Array(words[(j + sign * k) % n] for k in range(n))[amount] for j in range(n)]
+    out = list(words)
+    for bit in range(len(amount)):
+        step = 1 << bit
+        out = [Mux(amount[bit], out[(j + sign * step) % n], out[j]) for j in range(n)]
+    return out
+
+
+def _read_addr(j, col, bank, n):
+    """Memory ``j``'s address for column ``col`` of ``bank``: row ``(j - col) mod n``."""
+    if n == 1:
+        return bank
+    if _pow2(n):
+        return Cat((j - col)[:(n - 1).bit_length()], bank)
+    return bank * n + Mux(col <= j, j - col, j - col + n)

@@ -8,7 +8,7 @@ from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from boards.synth import count_cells, deep_paths, deepest_path, logic_depth, synthesize
+from boards.synth import SynthError, count_cells, deep_paths, deepest_path, logic_depth, synthesize
 from tests.cli_helpers import run_m3vit
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,10 @@ def test_deepest_path_falls_back_to_ports_sources_and_bits():
 def test_count_cells():
     figures = count_cells({"LUT6": 3, "LUT2": 2, "FDRE": 5, "FDCE": 1, "DSP48E2": 4, "RAMB36E2": 1,
                            "RAMB18E2": 3, "URAM288": 2, "RAM64M": 1, "SRLC32E": 2, "CARRY4": 9})
-    assert figures == {"lut": 5, "lutram": 3, "ff": 6, "dsp": 4, "uram": 2, "bram": 2.5}
+    # RAM64M is 4 LUTs, SRLC32E one each: 5 + 4 + 2.
+    assert figures == {"lut": 5, "lutram": 3, "ff": 6, "dsp": 4, "uram": 2, "bram": 2.5, "lut_total": 11}
+    with pytest.raises(SynthError, match="RAM32M99"):
+        count_cells({"RAM32M99": 1})
 
 
 class _MultiplyAccumulate(wiring.Component):

@@ -108,12 +108,13 @@ class TileReader(wiring.Component):
         # Whether c is the walk's last element (plain) or chunk (transposed) is reckoned a cycle
         # ahead from c's next value, so that no compare of c sits in front of the tile
         # handshake. The walk holds still from a cycle before its first tile (the phase's copy
-        # comes 3 cycles ahead of its tiles), as this needs. Both candidates (c moved or not)
-        # are registered every cycle and a one-bit register of the handshake picks one, so the
-        # handshake reaches no compare (Yosys merged the two compares into one behind it: 10
-        # levels on the board top).
-        c_last, c_last_stay, c_last_move, moved = Signal(), Signal(), Signal(), Signal()
-        m.d.comb += c_last.eq(Mux(moved, c_last_move, c_last_stay))
+        # comes 3 cycles ahead of its tiles), as this needs. The three candidates (c stayed,
+        # moved on, or went back to 0 at a tile's end) are registered, and two registered bits
+        # of the handshake pick one: the handshake and the tile's end reach no compare (Yosys
+        # merged the compares into one behind them, 9-10 levels on the board top).
+        c_last, c_last_stay, c_last_next, c_last_wrap = Signal(), Signal(), Signal(), Signal()
+        moved, wrapped = Signal(), Signal()
+        m.d.comb += c_last.eq(Mux(moved, Mux(wrapped, c_last_wrap, c_last_next), c_last_stay))
         limit = Mux(w.transposed, w.chunks, w.count)
         valid, zero_q, last_q = Signal(), Signal(G), Signal()     # beside the memory's read data
         dst_ready, en = Signal(), Signal()
@@ -145,8 +146,8 @@ class TileReader(wiring.Component):
         read = self.tiles.valid & self.go & en
         m.d.comb += self.position.eq(c)
         c_moves = read & (~w.transposed | (r == N - 1))
-        m.d.sync += [c_last_move.eq(Mux(gen_last, limit == 1, c + 2 == limit)), c_last_stay.eq(c + 1 == limit),
-                     moved.eq(c_moves)]
+        m.d.sync += [c_last_wrap.eq(limit == 1), c_last_next.eq(c + 2 == limit), c_last_stay.eq(c + 1 == limit),
+                     moved.eq(c_moves), wrapped.eq(gen_last)]
         with m.If(read):
             m.d.sync += [valid.eq(1), zero_q.eq(gen_zero), last_q.eq(gen_last)]
             if self.pack > 1:

@@ -402,12 +402,14 @@ class Accelerator(wiring.Component):
                      writer.residual.eq(store.r.data), q_o.addr.eq(writer.list_addr),
                      writer.list_token.eq(q_o.data.token), writer.list_weight.eq(q_o.data.weight),
                      seq.retire.eq(cols.retire | writer.retire)]
-        # LOAD16 and LOAD_PATCHES write the activation memory while no tile is in flight.
-        with m.If(seq.act_write.valid):
-            m.d.comb += [store.write.valid.eq(1), store.write.payload.eq(seq.act_write.payload)]
+        # LOAD16 and LOAD_PATCHES write the activation memory while no tile is in flight, which
+        # is while the sequencer owns port 0: that register picks the writes' source, not the
+        # sequencer's write (behind the DMA's read beats, 9 levels into the memory's data).
+        m.d.comb += store.write.valid.eq(seq.act_write.valid | writer.act_write.valid)
+        with m.If(seq.dma_owner):
+            m.d.comb += store.write.payload.eq(seq.act_write.payload)
         with m.Else():
-            m.d.comb += [store.write.valid.eq(writer.act_write.valid),
-                         store.write.payload.eq(writer.act_write.payload)]
+            m.d.comb += store.write.payload.eq(writer.act_write.payload)
 
 
 def _a_walk(m, ph, walk):

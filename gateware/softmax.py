@@ -127,6 +127,7 @@ class Softmax(TwoPassTiming, wiring.Component):
         first, the rounded shift, add and select back into ``S`` on the second."""
         p, stage = self.i.payload, bank.stage
         wiring.connect(m, wiring.flipped(self.i), bank.i)
+        assert _MAX_Q > EXP_FRAC + 2      # the clamp of q' below is one compare
         for k in range(self.lanes):
             x = p.u[k]
             m_run = Signal(signed(_IN_BITS), name=f"m_run{k}")
@@ -170,7 +171,6 @@ class Softmax(TwoPassTiming, wiring.Component):
             # second cycle's add, made paths of 9 levels.
             prod = Signal(self.sum_width + EXP_FRAC + 1, name=f"prod{k}")
             q1 = Signal(range(_MAX_Q + 1), name=f"q1_{k}")
-            assert _MAX_Q > EXP_FRAC + 2
             pow_t = Signal(EXP_FRAC + 3, name=f"pow_t{k}")
             m.d.comb += pow_t.eq(Mux(dist_hi1 > EXP_FRAC + 2, 1, Const(1, 1) << (EXP_FRAC + 2 - dist_hi1[:5]).as_unsigned()))
             t_scaled = Signal(2 * EXP_FRAC + 4, name=f"t_scaled1_{k}")
@@ -178,7 +178,7 @@ class Softmax(TwoPassTiming, wiring.Component):
             t_half = t_scaled[EXP_FRAC + 1:]
             # Both branches of golden's update, then the same select on a new maximum. Each is
             # rshift_round written as (twice the value, shifted, + 1) >> 1 with the other term
-            # folded into that one add: one carry chain after the shifter, not two or three.
+            # folded into that one add: one carry chain, not two or three.
             added = (Cat(Const(1, 1), s_run) + t_half) >> 1
             prod_half = ((prod << 1) >> EXP_FRAC) >> q1
             rescaled = (prod_half + (1 + (1 << (EXP_FRAC + 1)))) >> 1

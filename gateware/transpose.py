@@ -25,7 +25,9 @@ class Transpose(wiring.Component):
     a column read as one entry of every memory, each at its own address, rotated back by ``c``.
     The output comes from the memories' asynchronous reads at registered addresses through the
     rotation, combinational only from state, never from ``o.ready`` or ``i``. Registers with a
-    ``2n``-way select per output bit (the design before) took about three times the LUTs.
+    ``2n``-way select per output bit (the design before) cost far more LUTs: the board build's W
+    reader (four 16 x 16 transposers of 13-bit lanes) took 16,114 LUTs with them, 6,834 with these
+    (Yosys, the reader alone).
 
     Parameters
     ----------
@@ -77,11 +79,7 @@ class Transpose(wiring.Component):
         def lane(word, c):
             return word.as_value()[c * width:(c + 1) * width]
 
-        # Lane memories, skewed: element (r, c) of bank b is in memory (c + r) mod n at address
-        # b * n + r, so that a row is one write to every memory at one address and a column one
-        # read from every memory at its own address; the words are rotated on the way in and
-        # out. Registers with a 2n-way select per output bit (as this was) cost about three
-        # times the LUTs (the board build has seven transposers, four of them 16 x 16).
+        # Element (r, c) of bank b is in memory (c + r) mod n at address b * n + r.
         mems = []
         for j in range(n):
             mem = Memory(shape=width, depth=2 * n, init=[])

@@ -1,6 +1,6 @@
 """The activation memory: every on-chip tensor of the frame, in words of ``lanes`` int16."""
 
-from amaranth import Module, signed
+from amaranth import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -30,6 +30,9 @@ class ActivationStore(wiring.Component):
     Attributes
     ----------
     write : In(stream.Signature(act_write_layout(lanes), always_ready=True))
+        Registered on the way in: a word is in the memory two clock edges after it is offered,
+        so a read in the next cycle still sees the old word. The writer's address sum and the
+        URAM cascade's block select were 9 levels together (board top, stop 24).
     a, r : In(read_port_signature(lanes))
         The A reader's and the residual reader's ports; latency 1 cycle.
     """
@@ -43,11 +46,13 @@ class ActivationStore(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        write = Signal.like(self.write.payload)
+        write_en = Signal()
+        m.d.sync += [write.eq(self.write.payload), write_en.eq(self.write.valid)]
         for name in "ar":
             m.submodules[f"act_{name}"] = copy = Memory(shape=data.ArrayLayout(signed(16), self.lanes),
                                                         depth=self.depth, init=[], attrs={"ram_style": "ultra"})
-            read, write, port = copy.read_port(), copy.write_port(), getattr(self, name)
+            read, port_w, port = copy.read_port(), copy.write_port(), getattr(self, name)
             m.d.comb += [read.addr.eq(port.addr), read.en.eq(port.en), port.data.eq(read.data),
-                         write.addr.eq(self.write.payload.addr), write.data.eq(self.write.payload.data),
-                         write.en.eq(self.write.valid)]
+                         port_w.addr.eq(write.addr), port_w.data.eq(write.data), port_w.en.eq(write_en)]
         return m

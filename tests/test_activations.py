@@ -10,8 +10,9 @@ N, DEPTH = 4, 16
 
 def test_two_readers_see_every_write():
     """Each cycle a random write (or none) and a read on each of A and R at its own address:
-    every read returns the word as it was before that cycle's write, the cycle after the read,
-    and a port not enabled keeps its last word."""
+    every read returns the word as it was before the previous cycle's write (writes are
+    registered on the way in), the cycle after the read, and a port not enabled keeps its last
+    word."""
     dut = ActivationStore(N, DEPTH)
     rng = np.random.default_rng(0)
     mem = np.zeros((DEPTH, N), dtype=np.int64)
@@ -19,6 +20,7 @@ def test_two_readers_see_every_write():
 
     async def testbench(ctx):
         held = [mem[0].copy() for _ in ports]
+        pending = None
         for cycle in range(200):
             write = rng.random() < 0.6
             addr, word = int(rng.integers(DEPTH)), rng.integers(-32768, 32768, N)
@@ -36,7 +38,8 @@ def test_two_readers_see_every_write():
                     held[k] = mem[at].copy()
                 got = [int(v) for v in ctx.get(port.data)]
                 assert got == held[k].tolist(), f"cycle {cycle}, port {'ar'[k]}"
-            if write:
-                mem[addr] = word
+            if pending is not None:
+                mem[pending[0]] = pending[1]
+            pending = (addr, word) if write else None
 
     run_simulation(dut, testbench)

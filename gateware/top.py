@@ -248,7 +248,13 @@ class Accelerator(wiring.Component):
         m.submodules.router_in = datapath(router_in)
         wiring.connect(m, cols.router, router_in.i)
         wiring.connect(m, router_in.o, router.i)
-        wiring.connect(m, ln.o, cols.ln)
+        # LayerNorm's rows reach the column path through a skid buffer: the column path's sink
+        # decode and the transposer's ready no longer run into LayerNorm's pass-2 read control
+        # and its row start (9 levels into its element index on the board top).
+        ln_out = SkidBuffer(ln.o.payload.shape())
+        m.submodules.ln_out = datapath(ln_out)
+        wiring.connect(m, ln.o, ln_out.i)
+        wiring.connect(m, ln_out.o, cols.ln)
 
     @staticmethod
     def _control(m, regs, dma, seq, queues, ln):

@@ -60,13 +60,18 @@ def _synth(args):
             Path(args.json).write_text("")
         except OSError as err:
             raise UserError(f"cannot write {args.json}: {err.strerror}") from None
+    keep = Path(args.keep) if args.keep else None
+    if keep is not None and keep.exists() and not keep.is_dir():
+        raise UserError(f"--keep {args.keep}: not a folder")
+    if keep is not None and not keep.resolve().parent.is_dir():
+        raise UserError(f"--keep {args.keep}: its parent is not a folder")
     results = []
     print(f"{'unit':<14}{'DSP':>6}{'LUT':>8}{'LUTRAM':>8}{'LUT all':>9}{'FF':>8}{'BRAM36':>8}{'URAM':>6}{'levels':>8}{'chain=1':>8}{'s':>7}")
     progress = Progress()
     for name, factory in targets:
         try:
             with progress.stage(f"synthesising {name}"):
-                r = synthesize(factory(), name)
+                r = synthesize(factory(), name, workdir=keep / name if keep else None)
         except (SynthError, BoardError) as err:
             raise UserError(str(err)) from None
         results.append(r)
@@ -108,6 +113,8 @@ def register(sub):
     p.add_argument("--config", metavar="NAME", help="with --top: the smallest accelerator that holds this "
                                                     "model config (default edge-moe: the board's build)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--keep", metavar="DIR", help="keep Yosys' work folder of each unit or top in DIR/NAME "
+                                                 "(its RTLIL, script, log and mapped netlist.json, to trace paths)")
     p.set_defaults(handler=_synth)
 
     p = sub.add_parser("build", help="write a board design's Vivado tree and, where Vivado is on PATH, "

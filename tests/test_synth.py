@@ -167,6 +167,19 @@ def test_cli_unknown_unit_and_unwritable_json(tmp_path):
     assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_cli_synth_keep(tmp_path):
+    """``--keep DIR`` leaves Yosys' folder with the mapped netlist; a file or a missing parent is refused."""
+    r = run_m3vit("synth", "--unit", "routing", "--keep", str(tmp_path / "yosys"))
+    assert r.returncode == 0, r.stderr
+    kept = tmp_path / "yosys" / "routing"
+    assert {"design.il", "synth.ys", "yosys.log", "netlist.json"} <= {f.name for f in kept.iterdir()}
+    assert "top" in json.loads((kept / "netlist.json").read_text())["modules"]
+    (tmp_path / "file").write_text("")
+    for bad, why in ((tmp_path / "file", "not a folder"), (tmp_path / "no" / "dir", "its parent")):
+        r = run_m3vit("synth", "--unit", "routing", "--keep", str(bad))
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.slow
 def test_cli_synth_top_json(tmp_path):
     """The board's PL top, sized for the tiny model (8 x 8 array), through ``m3vit synth --top``.

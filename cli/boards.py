@@ -52,6 +52,7 @@ def _top_capacity(config):
 def _synth(args):
     from boards.build import BoardError
     from boards.synth import LEVEL_LIMIT, SynthError, synthesize
+    from cli.model import check_output_folder
     from cli.progress import Progress
 
     targets = synth_targets(args)
@@ -61,10 +62,8 @@ def _synth(args):
         except OSError as err:
             raise UserError(f"cannot write {args.json}: {err.strerror}") from None
     keep = Path(args.keep) if args.keep else None
-    if keep is not None and keep.exists() and not keep.is_dir():
-        raise UserError(f"--keep {args.keep}: not a folder")
-    if keep is not None and not keep.resolve().parent.is_dir():
-        raise UserError(f"--keep {args.keep}: its parent is not a folder")
+    if keep is not None:
+        check_output_folder("--keep", keep)
     results = []
     print(f"{'unit':<14}{'DSP':>6}{'LUT':>8}{'LUTRAM':>8}{'LUT all':>9}{'FF':>8}{'BRAM36':>8}{'URAM':>6}{'levels':>8}{'chain=1':>8}{'s':>7}")
     progress = Progress()

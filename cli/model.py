@@ -65,6 +65,16 @@ def check_new_file(option, path, suffix, *, any_case=False):
         raise UserError(f"cannot write {out}: its folder is missing or not writable")
 
 
+def check_output_folder(option, path):
+    """Refuse, before the long work, a ``--option`` folder that exists as a file, or that would be
+    created in a parent folder that is missing or not writable."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} exists and is not a folder")
+    if not out.exists() and not os.access(out.parent if str(out.parent) else ".", os.W_OK):
+        raise UserError(f"cannot create {out}: its parent folder is missing or not writable")
+
+
 def write_json(path, data):
     try:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")

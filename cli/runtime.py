@@ -1,6 +1,5 @@
 """``m3vit bundle`` and ``m3vit run``: package a compiled model, run it on the board or the simulator."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -38,17 +37,14 @@ def _bundle(args):
     import dataclasses
 
     from gateware.program import CapacityError, compile_frame
-    from cli.model import model_inputs, load_artifact
+    from cli.model import check_output_folder, load_artifact, model_inputs
     from cli.progress import Progress
     from model.quantize import calibration_images, quantize_model
 
     from runtime.bundle import write_bundle
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if not out.exists() and not os.access(out.parent if str(out.parent) else ".", os.W_OK):
-        raise UserError(f"cannot create {out}: its parent folder is missing or not writable")
+    check_output_folder("--out", out)
     if args.bitstream and not Path(args.bitstream).is_file():
         raise UserError(f"bitstream {args.bitstream} does not exist")
     cfg, weights, image = model_inputs(args)

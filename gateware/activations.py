@@ -32,7 +32,7 @@ class ActivationStore(wiring.Component):
     write : In(stream.Signature(act_write_layout(lanes), always_ready=True))
         Registered on the way in: a word is in the memory two clock edges after it is offered,
         so a read in the next cycle still sees the old word. The writer's address sum and the
-        URAM cascade's block select were 9 levels together (board top, stop 24).
+        URAM cascade's block select were 9 levels together on the board top.
     a, r : In(read_port_signature(lanes))
         The A reader's and the residual reader's ports; latency 1 cycle.
     """

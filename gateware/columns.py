@@ -70,9 +70,9 @@ class ColumnPath(wiring.Component):
 
     Latency: ``PostProcess.latency`` (+ ``GELU``'s) + 1 cycles from a column to the
     transposer, which emits a tile's token words after its last column. Throughput: one column
-    per cycle; into the softmax one per 2 cycles (its ``input_period``), which the MAC array's
-    accumulation over the head dimension (16 cycles or more per tile of ``lanes <= 8`` columns,
-    64 on edge-moe for 16) mostly hides.
+    per cycle; into the softmax one per cycle, one more for each column that is a new maximum
+    of some row (``Softmax``), which the MAC array's accumulation over the head dimension (16
+    cycles or more per tile of ``lanes <= 8`` columns, 64 on edge-moe for 16) mostly hides.
     """
 
     def __init__(self, lanes, max_tokens, *, cols=None, router, ln):

@@ -42,6 +42,7 @@ class RowBank(wiring.Component):
         Cycles each element spends in the stage (1 by default), so ``i`` takes at most one
         element per ``period`` cycles: a unit whose statistics update needs a registered
         operation (a pipelined multiply) inside its recurrence spreads it over ``period`` cycles.
+        ``hold`` lengthens an element's stay where only some elements need that time.
 
     Attributes
     ----------
@@ -52,11 +53,15 @@ class RowBank(wiring.Component):
         that the slot cannot take yet.
     open : Out(1)
         A row is open: the element on ``i`` is not its row's first.
-    stage : Out(StructLayout({"advance": 1, "update": 1, "first": 1, "last": 1}))
-        The unit's statistics stage. ``advance``: it takes the element transferred on ``i``
+    stage : Out(StructLayout({"valid": 1, "advance": 1, "update": 1, "first": 1, "last": 1}))
+        The unit's statistics stage. ``valid``: it holds an element. ``advance``: it takes the
+        element transferred on ``i``
         this cycle (or a bubble); ``update``: the element in it leaves this cycle, folded into
         the row's statistics (its ``period``-th cycle there, or later while the slot is full);
         ``first``/``last``: that element starts/ends its row.
+    hold : In(1)
+        The element in the stage stays there at least one more cycle (the unit's update of
+        this element is not finished); low by default.
     stats : In(StructLayout({name: ArrayLayout(shape, lanes) for name, shape in stats}))
         The row's statistics including the element in the stage; latched as its last leaves.
     rows : Out(stream.Signature(StructLayout({"n": range(max_len + 1), "stats": stats})))
@@ -88,7 +93,9 @@ class RowBank(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(lane_layout(lanes, field[1], self.field))),
             "open": Out(1),
-            "stage": Out(data.StructLayout({"advance": 1, "update": 1, "first": 1, "last": 1})),
+            "stage": Out(data.StructLayout({"valid": 1, "advance": 1, "update": 1, "first": 1,
+                                             "last": 1})),
+            "hold": In(1),
             "stats": In(stats),
             "rows": Out(stream.Signature(data.StructLayout({"n": length, "stats": stats}))),
             "start": In(stream.Signature(data.StructLayout({"n": length, "tag": tag}))),
@@ -122,7 +129,7 @@ class RowBank(wiring.Component):
 
         # The element's cycles in the stage; it may leave on its period-th (``done``).
         phase = Signal(range(self.period))
-        done = phase == self.period - 1
+        done = (phase == self.period - 1) & ~self.hold
         with m.If(self.stage.advance):
             m.d.sync += phase.eq(0)
         with m.Elif(v1 & ~done):
@@ -137,6 +144,7 @@ class RowBank(wiring.Component):
             wr.addr.eq(base + idx),
             wr.data.eq(p[self.field]),
             wr.en.eq(accept),
+            self.stage.valid.eq(v1),
             self.stage.update.eq(v1 & self.stage.advance),
             self.stage.first.eq(first1),
             self.stage.last.eq(last1),
@@ -201,9 +209,12 @@ class RowBank(wiring.Component):
 class TwoPassTiming:
     """The row rate of a two-pass unit built on a :class:`RowBank` (``Softmax``, ``LayerNorm``),
     from its ``banks``, ``latency``, ``read_latency``, ``divider_period`` and ``input_period``
-    (the RowBank's ``period``: cycles per input element, 1 unless the unit sets it)."""
+    (the RowBank's ``period``: cycles per input element, 1 unless the unit sets it) and
+    ``input_register`` (1 where an input register before the bank holds a row's first element
+    while the bank's are all held, so the bank is held from one edge after the input takes it)."""
 
     input_period = 1
+    input_register = 0
 
     def input_span(self, n):
         """Cycles from a row's first input transfer to its last, inclusive, at full rate."""
@@ -214,10 +225,10 @@ class TwoPassTiming:
 
         The largest of three limits: the input (``input_period * n``), the per-row divider
         (``divider_period``), and the row buffer: a bank is held from a row's first input until
-        pass 2 has read its last element, ``input_span(n) + n + latency - read_latency - 1``
-        cycles, so ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the sum
+        pass 2 has read its last element, ``input_span(n) + n + latency - read_latency - 1
+        - input_register`` cycles, so ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the sum
         of any ``banks`` consecutive row periods) when one limit dominates.
         """
-        held = self.input_span(n) + n + self.latency - self.read_latency - 1
+        held = self.input_span(n) + n + self.latency - self.read_latency - 1 - self.input_register
         return max(Fraction(self.input_period * n), Fraction(self.divider_period),
                    Fraction(held, self.banks))

@@ -59,25 +59,73 @@ def test_backpressure():
     _check(rows, 8, max_len=12, in_gaps=np.random.default_rng(1), out_stalls=np.random.default_rng(2))
 
 
+def _slow(rows):
+    """Per row group, whether each element is a new maximum in some lane (not the first)."""
+    rows = np.asarray(rows)
+    running = np.maximum.accumulate(rows, axis=-1)
+    slow = np.zeros(rows.shape[::2], dtype=bool)
+    slow[:, 1:] = (rows[..., 1:] > running[..., :-1]).any(axis=1)
+    return slow
+
+
+def _leading_max(rng, groups, lanes, n):
+    """Random rows whose first element is the row's maximum: no element after it is a new one."""
+    rows = rng.integers(-2000, 2000, size=(groups, lanes, n))
+    rows[..., 0] = 2000
+    return rows
+
+
 @pytest.mark.parametrize("n", [1, 5, 64])
 def test_row_latency(n):
-    """One row group alone: n inputs one every other cycle, ``latency`` (35) edges, then n
-    output cycles back to back."""
-    rng = np.random.default_rng(n)
-    dut, in_cycles, out_cycles = _check(rng.integers(-2000, 2000, size=(1, 2, n)), 8)
+    """One row group alone, no new maximum after its first element: n inputs on n cycles,
+    ``latency`` (35) edges, then n output cycles back to back."""
+    dut, in_cycles, out_cycles = _check(_leading_max(np.random.default_rng(n), 1, 2, n), 8)
     check_lone_row(dut, in_cycles, out_cycles, n, "softmax")
     # The documented figures, pinned: a change to them is a change to the docstring.
-    assert (dut.input_period, dut.latency) == (2, 35)
+    assert (dut.input_period, dut.latency) == (1, 35)
+
+
+@pytest.mark.parametrize("n", [2, 12, 64])
+def test_new_maxima_cost_a_cycle_each(n):
+    """Random rows: each element that is a new maximum in some lane (its running-sum rescale is
+    a registered product) delays the element two behind it by one cycle, and the row's first
+    output by one cycle; nothing else moves."""
+    rows = np.random.default_rng(n + 100).integers(-2000, 2000, size=(1, 4, n))
+    rows[0, 0] = np.arange(n)                # one lane rising: every element a new maximum
+    rows[0, 1, 1] = 3000                     # and one with its maximum second
+    slow = _slow(rows)[0]
+    assert slow[1:].all()
+    for rows_ in (rows, rows[:, 1:]):
+        slow = _slow(rows_)[0]
+        dut, in_cycles, out_cycles = _check(rows_, 8)
+        late = np.r_[0, 0, np.cumsum(slow)[:-2]][:n]
+        assert [c - in_cycles[0] for c in in_cycles] == list(np.arange(n) + late)
+        assert out_cycles == list(range(out_cycles[0], out_cycles[0] + n))
+        assert out_cycles[0] - in_cycles[0] == n - 1 + slow.sum() + dut.latency
+
+
+def test_fixed_period():
+    """``fixed_period``: the same probabilities; two cycles per element whatever the data."""
+    rng = np.random.default_rng(11)
+    rows = rng.integers(-2000, 2000, size=(3, 2, 16))
+    rows = np.asarray(rows, dtype=np.int64)
+    dut = Softmax(2, 16, 15, banks=3, fixed_period=True)
+    p, in_cycles, _ = _simulate(dut, rows)
+    np.testing.assert_array_equal(p, softmax(rows, 15))
+    # The input register takes one element ahead of the stage, then one per two cycles.
+    assert np.diff(in_cycles[1:16]).tolist() == [2] * 14
+    assert (dut.input_period, dut.latency) == (2, 36)
 
 
 @pytest.mark.parametrize("banks,n", [(2, 64), (3, 64), (3, 17), (2, 17), (2, 5)])
 def test_streaming_throughput(banks, n):
-    """Back-to-back row groups: the row period settles to ``steady_period``, exactly. Bound by
-    the input (2 cycles per element) for (2, 64), (3, 64), (3, 17); by the two row banks for
-    (2, 17) (a bank held 3 * 17 + 29 cycles); by the divider's 28 cycles for (2, 5)."""
+    """Back-to-back row groups, no new maximum after each row's first element: the row period
+    settles to ``steady_period``, exactly. Bound by the input (1 cycle per element) for (3, 64);
+    by the two or three row banks for (2, 64), (3, 17) and (2, 17) (a bank held 2 * n + 29
+    cycles); by the divider's 28 cycles for (2, 5)."""
     groups = 2 * banks + 3
-    rng = np.random.default_rng(banks + n)
-    dut, _, out_cycles = _check(rng.integers(-2000, 2000, size=(groups, 2, n)), 8, banks=banks)
+    rows = _leading_max(np.random.default_rng(banks + n), groups, 2, n)
+    dut, _, out_cycles = _check(rows, 8, banks=banks)
     check_steady_period(dut, out_cycles, n, "softmax")
 
 

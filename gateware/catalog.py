@@ -34,7 +34,8 @@ def _units():
 
     def layernorm():
         from .layernorm import LayerNorm
-        return LayerNorm(LANES, cfg.dim)
+        from .top import LAYERNORM_BANKS
+        return LayerNorm(LANES, cfg.dim, banks=LAYERNORM_BANKS)
 
     def topk():
         from .topk import TopK

@@ -43,7 +43,7 @@ class LayerNorm(TwoPassTiming, wiring.Component):
         Longest row (channels); sizes the row buffer, the parameter memories and the sums.
     banks : int
         Rows the buffer holds; with 2, pass 1 of row ``k + 1`` overlaps pass 2 of row ``k``;
-        with 4, rows of 102 or more elements stream back to back (see ``steady_period``).
+        with 3, rows of 102 or more elements stream back to back (see ``steady_period``).
 
     Attributes
     ----------

@@ -97,7 +97,7 @@ def test_outliers_at_model_width():
     _check(rows, gamma, np.zeros(n, dtype=np.int64), 25, 1)
 
 
-@pytest.mark.parametrize("banks,n", [(2, 96), (3, 96), (4, 110), (3, 20)])
+@pytest.mark.parametrize("banks,n", [(2, 96), (3, 96), (3, 104), (4, 110), (3, 20)])
 def test_streaming_throughput(banks, n):
     """Back-to-back row groups: the row period settles to ``steady_period``, exactly."""
     groups = 2 * banks + 3

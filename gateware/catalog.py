@@ -34,8 +34,7 @@ def _units():
 
     def layernorm():
         from .layernorm import LayerNorm
-        from .top import LAYERNORM_BANKS
-        return LayerNorm(LANES, cfg.dim, banks=LAYERNORM_BANKS)
+        return LayerNorm(LANES, cfg.dim)
 
     def topk():
         from .topk import TopK

@@ -16,12 +16,20 @@ from .row_bank import RowBank, TwoPassTiming
 from .seq_divider import SeqDivider
 from .skid_buffer import SkidBuffer
 
-__all__ = ["LayerNorm"]
+__all__ = ["BANKS", "LayerNorm"]
 
 #: ``2**(2 * RSQRT_BITS) // V`` needs this many quotient bits (V may be 1).
 _RECIP_BITS = 2 * RSQRT_BITS + 1
 #: ``golden.layernorm.layernorm`` accepts affine shifts up to this.
 _MAX_AFFINE_SHIFT = 40
+#: Row banks by default: a bank is held ``2 * n + 102`` cycles per row of ``n`` channels, so with 3
+#: a row of 102 or more channels streams at one channel per cycle (edge-moe's 192: 192 cycles a
+#: token block, against 243 with 2 banks).
+BANKS = 3
+#: Per-row divider period, row latency and pass-2 read latency (the class's attributes).
+_DIVIDER_PERIOD = _RECIP_BITS + 2
+_LATENCY = _RECIP_BITS + (_RECIP_BITS + 1) // 2 + 11
+_READ_LATENCY = 6
 
 
 class LayerNorm(TwoPassTiming, wiring.Component):
@@ -42,8 +50,9 @@ class LayerNorm(TwoPassTiming, wiring.Component):
     max_dim : int
         Longest row (channels); sizes the row buffer, the parameter memories and the sums.
     banks : int
-        Rows the buffer holds; with 2, pass 1 of row ``k + 1`` overlaps pass 2 of row ``k``;
-        with 3, rows of 102 or more elements stream back to back (see ``steady_period``).
+        Rows the buffer holds (``BANKS``, 3, by default); with 2, pass 1 of row ``k + 1``
+        overlaps pass 2 of row ``k``; with 3, rows of 102 or more elements stream back to back
+        (see ``steady_period``).
 
     Attributes
     ----------
@@ -83,7 +92,7 @@ class LayerNorm(TwoPassTiming, wiring.Component):
     always ready: ``steady_period(n)`` (``TwoPassTiming``; a bank is held ``2 * n + 102`` cycles).
     """
 
-    def __init__(self, lanes, max_dim, banks=2):
+    def __init__(self, lanes, max_dim, banks=BANKS):
         if lanes < 1 or max_dim < 1 or banks < 1:
             raise ValueError("lanes, max_dim and banks must be positive")
         self.lanes = lanes
@@ -96,9 +105,7 @@ class LayerNorm(TwoPassTiming, wiring.Component):
         # |n*x - S1| <= sqrt((n - 1) * V), so |z| <= sqrt(n - 1) * 2**Z_FRAC + 1 after rounding.
         z_bound = ((math.isqrt(max(max_dim - 1, 0)) + 1) << Z_FRAC) + 1
         self.z_width = z_bound.bit_length() + 1
-        self.divider_period = _RECIP_BITS + 2
-        self.latency = _RECIP_BITS + (_RECIP_BITS + 1) // 2 + 11
-        self.read_latency = 6
+        self.divider_period, self.latency, self.read_latency = _DIVIDER_PERIOD, _LATENCY, _READ_LATENCY
         super().__init__({
             "i": In(stream.Signature(lane_layout(lanes, signed(RES_BITS), "x"))),
             "o": Out(stream.Signature(lane_layout(lanes, signed(ACT_BITS), "y"))),
@@ -110,6 +117,14 @@ class LayerNorm(TwoPassTiming, wiring.Component):
             "affine_shift": In(unsigned(_MAX_AFFINE_SHIFT.bit_length())),
             "eps_term": In(unsigned(self.var_width)),
         })
+
+    @staticmethod
+    def row_period(n, banks=BANKS):
+        """``steady_period(n)`` of a LayerNorm with ``banks`` banks, without building one."""
+        timing = TwoPassTiming()
+        timing.banks, timing.latency, timing.read_latency = banks, _LATENCY, _READ_LATENCY
+        timing.divider_period = _DIVIDER_PERIOD
+        return timing.steady_period(n)
 
     def elaborate(self, platform):
         m = Module()

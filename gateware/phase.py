@@ -51,8 +51,10 @@ Tile = data.StructLayout({"tb": 12, "cb": 12, "half": 1, "release": 1, "last": 1
 Fetch = data.StructLayout({"addr": ADDR_BITS, "beats": 16, "half": 1, "rows": 16})
 
 #: The A reader's walk: ``rows`` tokens (from ``base``, ``stride`` words apart) by ``chunks``
-#: words from word ``chunk0`` of each.
-ARead = data.StructLayout({"mode": AMode, "base": 24, "stride": 8, "chunk0": 8, "chunks": 8, "rows": 16})
+#: words from word ``chunk0`` of each; with ``ln`` each token's row passes LayerNorm on its way
+#: to the MAC array (a GEMM whose input is a LayerNorm of the residual stream).
+ARead = data.StructLayout({"mode": AMode, "ln": 1, "base": 24, "stride": 8, "chunk0": 8, "chunks": 8,
+                           "rows": 16})
 #: The W reader's walk: ``len`` elements of a tile, or ``rows`` tokens of a region like ``ARead``.
 WRead = data.StructLayout({"mode": WMode, "base": 24, "stride": 8, "chunk0": 8, "len": 16, "rows": 16})
 #: Where results go: token ``t`` of ``rows`` is written at ``base + (t + offset) * stride + chunk0``.

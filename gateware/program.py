@@ -2,9 +2,11 @@
 
 ``golden/schedule.py`` lists the frame's steps; :func:`compile_frame` turns them into
 instructions for the sequencer of ``gateware/top.py`` and lays out everything the hardware reads
-from DRAM. The hardware walks the same steps with two fusions that change no value: GELU runs on
-the fc1 outputs as they leave the post-processor, and the three heads of an ``attention`` step
-are three ATTENTION instructions writing one ``attn`` buffer.
+from DRAM. The hardware walks the same steps with three fusions that change no value: GELU runs on
+the fc1 outputs as they leave the post-processor; the three heads of an ``attention`` step are
+three ATTENTION instructions writing one ``attn`` buffer; and a LayerNorm whose only reader is the
+GEMM after it (QKV, a dense layer's fc1) runs inside that GEMM, each row passing LayerNorm on its
+way to the MAC array, where LayerNorm keeps the array's pace (rows of 102 channels or more).
 
 DRAM (byte addresses relative to the ``weights_base`` register):
 
@@ -40,6 +42,7 @@ from golden.schedule import compile_schedule
 from model.config import MAC_LANES
 from runtime.layout import BEAT, RoutingLayout, routing_offset
 
+from .layernorm import LayerNorm
 from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr, LNParams, Op,
                       OutMode, TileParams, encode, pack_records)
 
@@ -318,6 +321,7 @@ class _Compiler:
         self.img = _Image()
         self.img.add(bytes(BEAT_BYTES))                       # header, filled in at the end
         self.instrs, self.dense = [], 0
+        self.pending_ln = None
         self.gate_bytes, self.expert_bytes = {}, {}
         self.labels, self.label = [], (-1, "load")
         self.routing = RoutingLayout(len(self.cfg.moe_layers), self.cfg.tokens, self.cfg.top_k)
@@ -347,7 +351,9 @@ class _Compiler:
                   stride0=cfg.image_width, stride1=cfg.image_height * cfg.image_width,
                   k_chunks=cfg.patch_dim // n, n_out=cfg.in_chans, **region("pixels", "dst"))
 
-    def step(self, step):
+    def step(self, step, fuse=False):
+        """Emit ``step``'s instructions; with ``fuse``, a LayerNorm leaves its parameters and
+        settings to the GEMM that follows, which takes its rows through LayerNorm."""
         cfg, t, n, region, p = self.cfg, self.t, self.n, self.region, step.params
         d = cfg.dim // n
         self.label = (step.layer, p.rstrip(".").rpartition(".")[2] if step.op == "linear" else step.op)
@@ -356,9 +362,14 @@ class _Compiler:
                       rows=cfg.num_patches, row_offset=1, k_chunks=cfg.patch_dim // n, n_out=cfg.dim,
                       **region("pixels", "src"), **region("residual", "dst"))
         elif step.op == "layernorm":
-            self.emit(op=Op.LAYERNORM, dram0=self.dense_object(_ln_params(t[p + "gamma"], t[p + "beta"])),
-                      rows=cfg.tokens, k_chunks=d, shift=int(t[p + "shift"]), eps=int(t["ln.eps_term"]),
-                      **region("residual", "src"), **region("ln", "dst"))
+            params = self.dense_object(_ln_params(t[p + "gamma"], t[p + "beta"]))
+            ln = dict(shift=int(t[p + "shift"]), eps=int(t["ln.eps_term"]))
+            if fuse:
+                # The next GEMM reads the residual stream through LayerNorm itself.
+                self.pending_ln = dict(ln=1, dram1=params, **ln, **region("residual", "src"))
+            else:
+                self.emit(op=Op.LAYERNORM, dram0=params, rows=cfg.tokens, k_chunks=d, **ln,
+                          **region("residual", "src"), **region("ln", "dst"))
         elif step.op == "linear":
             self.linear(step)
         elif step.op == "attention":
@@ -379,6 +390,9 @@ class _Compiler:
         t, p, region = self.t, step.params, self.region
         fields = dict(op=Op.GEMM, dram0=self.dense_object(self.tiles(p)), rows=self.cfg.tokens,
                       k_chunks=t[p + "w"].shape[1] // self.n, n_out=t[p + "w"].shape[0], **region(step.src, "src"))
+        if self.pending_ln is not None:
+            fields.update(self.pending_ln)
+            self.pending_ln = None
         if step.dst == "hidden16":
             # fc1: golden's separate ``gelu`` step runs on the outputs on their way out
             g = f"l{step.layer}.gelu."
@@ -416,6 +430,32 @@ class _Compiler:
                   + routes.layer_offset(cfg.moe_layers.index(step.layer)))
 
 
+def layernorm_keeps_pace(dim):
+    """Whether LayerNorm streams a row of ``dim`` channels at one channel per cycle, the rate a
+    GEMM's A operand of ``dim`` words is taken at (``LayerNorm.row_period``)."""
+    return LayerNorm.row_period(dim) == dim
+
+
+def _fusable_layernorm(steps, i, dim):
+    """Whether step ``i`` is a LayerNorm whose only reader is the GEMM right after it, and
+    LayerNorm keeps the array's pace: that GEMM then runs it (its rows pass LayerNorm on their
+    way to the MAC array), and the array does not wait for a LayerNorm phase of its own. A row
+    LayerNorm cannot stream (a divider's period or its banks slower than the row) would slow
+    every tile of the GEMM, each column block again."""
+    step = steps[i]
+    if step.op != "layernorm" or i + 1 == len(steps) or not layernorm_keeps_pace(dim):
+        return False
+    after = steps[i + 1]
+    if after.op != "linear" or after.src != step.dst:
+        return False
+    for later in steps[i + 2:]:
+        if later.src == step.dst:
+            return False
+        if later.dst == step.dst:
+            break
+    return True
+
+
 def compile_frame(artifact, cap: Capacity):
     """Compile ``artifact``'s frame for an accelerator of capacity ``cap``.
 
@@ -428,8 +468,9 @@ def compile_frame(artifact, cap: Capacity):
     check_capacity(cfg, cap)
     c = _Compiler(artifact, cap)
     c.prologue()
-    for step in compile_schedule(cfg):
-        c.step(step)
+    steps = compile_schedule(cfg)
+    for i, step in enumerate(steps):
+        c.step(step, fuse=_fusable_layernorm(steps, i, cfg.dim))
     c.label = (cfg.depth - 1, "store")
     c.emit(op=Op.STORE16, rows=cfg.tokens, k_chunks=cfg.dim // cap.lanes, **c.region("residual", "src"))
     c.label = (cfg.depth - 1, "end")

@@ -61,6 +61,7 @@ Instr = data.StructLayout({
     "op": Op,
     "out_mode": OutMode,
     "narrow": 1,                    # saturate to ACT_BITS, else 16 bits
+    "ln": 1,                        # GEMM: the A rows through LayerNorm (parameters at dram1, shift, eps)
     "dram0": ADDR_BITS,             # tiles / parameters / source, relative to its base
     "dram1": ADDR_BITS,
     "dram2": ADDR_BITS,

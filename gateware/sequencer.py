@@ -162,10 +162,10 @@ class _Settings:
         r = self.r
         self.m.d.sync += [r.tb.eq(0), r.last_tb.eq(n_tb - 1), r.cb.eq(0), r.tb_outer.eq(outer), r.at_tb0.eq(1)]
 
-    def set_a(self, mode, base, stride, chunk0, chunks, rows):
+    def set_a(self, mode, base, stride, chunk0, chunks, rows, ln=0):
         a = self.ph.a
-        self.m.d.sync += [a.mode.eq(mode), a.base.eq(base), a.stride.eq(stride), a.chunk0.eq(chunk0),
-                          a.chunks.eq(chunks), a.rows.eq(rows)]
+        self.m.d.sync += [a.mode.eq(mode), a.ln.eq(ln), a.base.eq(base), a.stride.eq(stride),
+                          a.chunk0.eq(chunk0), a.chunks.eq(chunks), a.rows.eq(rows)]
 
     def set_w(self, mode, base=0, stride=0, chunk0=0, length=0, rows=0):
         w = self.ph.w
@@ -201,6 +201,26 @@ class _Settings:
             if value is not None:
                 stmts.append(ph[field].eq(value))
         self.m.d.sync += stmts
+
+    def start_gemm(self):
+        """A GEMM's phase settings and its issue loop, from the instruction."""
+        m, seq, ins, N = self.m, self.seq, self.ins, self.N
+        self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows, ln=ins.ln)
+        self.set_w(WMode.TILE, length=ins.k_chunks * N)
+        self.set_tiles(ins.k_chunks, ins.dram0)
+        self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows, ins.row_offset)
+        self.set_columns("n_out", ins.narrow, 0, ins.mult2, ins.shift2)
+        m.d.sync += seq.dma_owner.eq(0)
+        with m.Switch(ins.out_mode):
+            with m.Case(OutMode.WRITE):
+                self.set_sink(Sink.WRITE)
+            with m.Case(OutMode.RESIDUAL):
+                self.set_sink(Sink.RESIDUAL, r=1)
+            with m.Case(OutMode.GELU):
+                self.set_sink(Sink.GELU)
+            with m.Case(OutMode.QKV):
+                self.set_sink(Sink.WRITE, kv=1)
+        self.start_tiles(self.n_blocks)
 
     def read_dram(self, addr, beats):
         seq = self.seq
@@ -394,7 +414,9 @@ class _DataStates(_Settings):
             with m.If(~seq.wr_busy):
                 m.next = "NEXT"
         with m.State("LN_CMD"):
-            with m.If(self.read_dram(seq.weights_base + ins.dram0, ins.k_chunks * N * PARAM_BYTES // BEAT_BYTES)):
+            # A LAYERNORM's parameters are at dram0, a GEMM's through LayerNorm at dram1.
+            params = Mux(ins.op == Op.GEMM, ins.dram1, ins.dram0)
+            with m.If(self.read_dram(seq.weights_base + params, ins.k_chunks * N * PARAM_BYTES // BEAT_BYTES)):
                 m.d.sync += [r.word.eq(0), r.sub.eq(0)]
                 m.next = "LN_PARAMS"
         with m.State("LN_PARAMS"):
@@ -406,12 +428,15 @@ class _DataStates(_Settings):
             with m.If(seq.rd_data.valid):
                 m.d.sync += [r.sub.eq(r.sub ^ 1), r.word.eq(r.word + 1)]
                 with m.If(seq.rd_data.payload.last & (r.sub == 1)):
-                    self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
-                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
-                    self.set_sink(Sink.LAYERNORM, w=0, c=0, blocks=ins.k_chunks)
-                    self.set_columns("lanes")      # one tile per token block
-                    m.d.sync += seq.dma_owner.eq(0)
-                    self.start_tiles(self.n_blocks)
+                    with m.If(ins.op == Op.GEMM):
+                        self.start_gemm()
+                    with m.Else():
+                        self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
+                        self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows)
+                        self.set_sink(Sink.LAYERNORM, w=0, c=0, blocks=ins.k_chunks)
+                        self.set_columns("lanes")      # one tile per token block
+                        m.d.sync += seq.dma_owner.eq(0)
+                        self.start_tiles(self.n_blocks)
                     m.next = "ISSUE"
 
 
@@ -712,23 +737,13 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
                     m.d.sync += r.word.eq(0)
                     m.next = "LN_CMD"
                 with m.Case(Op.GEMM):
-                    self.set_a(AMode.ROWS, ins.src_base, ins.src_stride, 0, ins.k_chunks, ins.rows)
-                    self.set_w(WMode.TILE, length=ins.k_chunks * N)
-                    self.set_tiles(ins.k_chunks, ins.dram0)
-                    self.set_d(ins.dst_base, ins.dst_stride, 0, ins.rows, ins.row_offset)
-                    self.set_columns("n_out", ins.narrow, 0, ins.mult2, ins.shift2)
-                    m.d.sync += seq.dma_owner.eq(0)
-                    with m.Switch(ins.out_mode):
-                        with m.Case(OutMode.WRITE):
-                            self.set_sink(Sink.WRITE)
-                        with m.Case(OutMode.RESIDUAL):
-                            self.set_sink(Sink.RESIDUAL, r=1)
-                        with m.Case(OutMode.GELU):
-                            self.set_sink(Sink.GELU)
-                        with m.Case(OutMode.QKV):
-                            self.set_sink(Sink.WRITE, kv=1)
-                    self.start_tiles(self.n_blocks)
-                    m.next = "ISSUE"
+                    # Through LayerNorm: its parameters first (LN_CMD), then the same start.
+                    with m.If(ins.ln):
+                        m.d.sync += r.word.eq(0)
+                        m.next = "LN_CMD"
+                    with m.Else():
+                        self.start_gemm()
+                        m.next = "ISSUE"
                 with m.Case(Op.ATTENTION):
                     m.next = "ATT_QK"
                 with m.Case(Op.MOE):

@@ -70,12 +70,9 @@ DATA_WIDTH = 8 * BEAT_BYTES
 #: first tile is issued, so this lead must cover a fetch: with 4, a 16 x 64 array stalled on about
 #: 440 cycles of every 800-beat tile (the fetch queued only ~2 token tiles ahead of its use).
 DESCRIPTOR_DEPTH = 16
-#: LayerNorm's row banks: a bank is held 2 * n + 102 cycles per row of n channels, so with 3 a
-#: token block of 102 or more channels streams at one channel per cycle (edge-moe's 192: 192
-#: cycles a block, against 243 with 2 banks).
-LAYERNORM_BANKS = 3
 #: The phase's mode tests the datapath's handshakes read, registered beside its copy of the phase.
-_PhaseFlags = data.StructLayout({"layernorm": 1, "a_words": 1, "a_probs": 1, "w_tile": 1, "w_direct": 1})
+_PhaseFlags = data.StructLayout({"layernorm": 1, "ln_a": 1, "a_words": 1, "a_probs": 1, "w_tile": 1,
+                                 "w_direct": 1})
 
 
 class Accelerator(wiring.Component):
@@ -142,7 +139,7 @@ class Accelerator(wiring.Component):
         C, G = cap.cols, cap.groups
         mac = MACArray(N, C)
         m.submodules.mac = datapath(mac)
-        ln = LayerNorm(N, cap.max_dim_chunks * N, banks=LAYERNORM_BANKS)
+        ln = LayerNorm(N, cap.max_dim_chunks * N)
         m.submodules.layernorm = datapath(ln)
         router = Router(N, cap.num_experts, cap.top_k, cap.max_tokens)
         m.submodules.router = datapath(router)
@@ -199,10 +196,17 @@ class Accelerator(wiring.Component):
         m.submodules.w_out = datapath(w_out)
         wiring.connect(m, ra.o, a_out.i)
         wiring.connect(m, rw.o, w_out.i)
-        self._join(m, seq, flags, a_out.o, w_out.o, mac, ln)
+        # LayerNorm's rows go through a skid buffer to the column path (a LAYERNORM) or to the
+        # MAC array (a GEMM through LayerNorm): the consumer's handshake does not reach back into
+        # LayerNorm's pass-2 read control and its row start (9 levels into its element index
+        # on the board top).
+        ln_out = SkidBuffer(ln.o.payload.shape())
+        m.submodules.ln_out = datapath(ln_out)
+        wiring.connect(m, ln.o, ln_out.i)
+        self._join(m, seq, flags, a_out.o, w_out.o, ln_out.o, mac, ln, cols)
         self._results(m, seq, ph, store, fetcher, res, cols, writer, probs_wr, q_o)
         wiring.connect(m, writer.kv_write, kv.write)
-        self._column_feeds(m, datapath, mac, cols, router, ln)
+        self._column_feeds(m, datapath, mac, cols, router)
         wiring.connect(m, routing.o, seq.routes)
         wiring.connect(m, res.o, cols.residual)
         wiring.connect(m, cols.o, writer.i)
@@ -235,14 +239,14 @@ class Accelerator(wiring.Component):
         ph, flags = Signal(Phase, name="data_phase"), Signal(_PhaseFlags, name="data_phase_flags")
         live = seq.phase
         m.d.sync += [ph.eq(live), flags.layernorm.eq(live.sink == Sink.LAYERNORM),
+                     flags.ln_a.eq(live.a.ln & (live.sink != Sink.LAYERNORM)),
                      flags.a_words.eq(live.a.mode == AMode.WORDS), flags.a_probs.eq(live.a.mode == AMode.PROBS),
                      flags.w_tile.eq(live.w.mode == WMode.TILE), flags.w_direct.eq(live.w.mode == WMode.DIRECT)]
         return ph, flags
 
     @staticmethod
-    def _column_feeds(m, datapath, mac, cols, router, ln):
-        """The MAC array's columns into the column path, which feeds the router and takes
-        LayerNorm's rows."""
+    def _column_feeds(m, datapath, mac, cols, router):
+        """The MAC array's columns into the column path, which feeds the router."""
         wiring.connect(m, mac.o, cols.i)
         m.d.comb += mac.skip_rest.eq(cols.skip_rest)
         # The router takes its columns through a queue registered on both sides: its top-k's
@@ -252,13 +256,6 @@ class Accelerator(wiring.Component):
         m.submodules.router_in = datapath(router_in)
         wiring.connect(m, cols.router, router_in.i)
         wiring.connect(m, router_in.o, router.i)
-        # LayerNorm's rows reach the column path through a skid buffer: the column path's sink
-        # decode and the transposer's ready no longer run into LayerNorm's pass-2 read control
-        # and its row start (9 levels into its element index on the board top).
-        ln_out = SkidBuffer(ln.o.payload.shape())
-        m.submodules.ln_out = datapath(ln_out)
-        wiring.connect(m, ln.o, ln_out.i)
-        wiring.connect(m, ln_out.o, cols.ln)
 
     @staticmethod
     def _control(m, regs, dma, seq, queues, ln):
@@ -375,20 +372,31 @@ class Accelerator(wiring.Component):
         block = ra.tiles.payload.tb
         m.d.comb += ra.go.eq(~flags.a_probs | (block < complete) | (block == complete) & (ra.position < written))
 
-    def _join(self, m, seq, flags, a_out, w_out, mac, ln):
-        """The A and W streams into the MAC array, A alone into LayerNorm or to the store."""
-        # The MAC array wants its operands from registers; the transposers and read stages are.
+    def _join(self, m, seq, flags, a_out, w_out, ln_out, mac, ln, cols):
+        """The A and W streams into the MAC array, A alone into LayerNorm or to the store; a
+        GEMM through LayerNorm takes LayerNorm's rows as its A operand."""
+        # The MAC array wants its operands from registers; the transposers, read stages and
+        # skid buffers are.
         N = self.lanes
-        with m.If(flags.layernorm):
+        with m.If(flags.layernorm | flags.ln_a):
             m.d.comb += [ln.i.valid.eq(a_out.valid), a_out.ready.eq(ln.i.ready),
                          ln.i.payload.last.eq(a_out.payload.last)]
             m.d.comb += [ln.i.payload.x[i].eq(a_out.payload.data[i]) for i in range(N)]
-        with m.Elif(~flags.a_words):
-            both = a_out.valid & w_out.valid
-            m.d.comb += [mac.i.valid.eq(both), a_out.ready.eq(both & mac.i.ready),
-                         w_out.ready.eq(both & mac.i.ready), mac.i.payload.last.eq(a_out.payload.last)]
-            m.d.comb += [mac.i.payload.a[i].eq(a_out.payload.data[i]) for i in range(N)]
+
+        def operands(a, a_data):
+            both = a.valid & w_out.valid
+            m.d.comb += [mac.i.valid.eq(both), a.ready.eq(both & mac.i.ready),
+                         w_out.ready.eq(both & mac.i.ready), mac.i.payload.last.eq(a.payload.last)]
+            m.d.comb += [mac.i.payload.a[i].eq(a_data[i]) for i in range(N)]
             m.d.comb += [mac.i.payload.w[i].eq(w_out.payload.data[i]) for i in range(self.cap.cols)]
+
+        with m.If(flags.layernorm):
+            m.d.comb += [cols.ln.valid.eq(ln_out.valid), ln_out.ready.eq(cols.ln.ready),
+                         cols.ln.payload.eq(ln_out.payload)]
+        with m.Elif(flags.ln_a):
+            operands(ln_out, ln_out.payload.y)
+        with m.Elif(~flags.a_words):
+            operands(a_out, a_out.payload.data)
         with m.Else():
             # STORE16: the sequencer takes the words to the DMA.
             m.d.comb += [seq.store.valid.eq(a_out.valid), seq.store.payload.eq(a_out.payload),

@@ -61,6 +61,30 @@ def test_tiny_frame_bit_exact_pysim(tiny, tiny_frame):
     assert report["routing_matches"] and report["routing_mismatches"] == 0
 
 
+@pytest.mark.xdist_group("tiny-ln")
+def test_tiny_frame_layernorm_in_gemm_pysim(tiny, monkeypatch):
+    """A GEMM that takes its rows through LayerNorm (``Instr.ln``), as edge-moe's QKV and dense
+    fc1 do: the tiny config's rows are too short for LayerNorm to keep the array's pace, so the
+    compiler leaves them alone unless told otherwise; told, every LayerNorm but the MoE layers'
+    second runs inside the GEMM after it, and the frame is bit-exact, routing golden's."""
+    import gateware.program
+    artifact, pixels = tiny
+    cfg = artifact.config
+    cap = Capacity.for_config(cfg, 8)
+    plain = compile_frame(artifact, cap).instructions
+    monkeypatch.setattr(gateware.program, "layernorm_keeps_pace", lambda dim: True)
+    fused = compile_frame(artifact, cap).instructions
+    dense_layers = cfg.depth - len(cfg.moe_layers)
+    assert sum(i["op"] == Op.LAYERNORM for i in plain) == 2 * cfg.depth
+    assert sum(i["op"] == Op.LAYERNORM for i in fused) == len(cfg.moe_layers)
+    assert sum(i.get("ln", 0) for i in fused) == cfg.depth + dense_layers
+    result = simulate_frame(artifact, pixels, 0, cap=cap, engine="pysim")
+    golden = run_backbone(artifact, pixels, 0)
+    report = frame_report(artifact, 0, result, golden, cap)
+    assert report["bit_exact"], f"{report['mismatches']} features differ"
+    assert report["routing_matches"]
+
+
 @pytest.mark.xdist_group("tiny-wide")
 def test_tiny_frame_wide_array_pysim(tiny):
     """An 8 x 16 array (two column groups): every tile's channels span two activation words, and

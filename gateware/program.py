@@ -368,7 +368,7 @@ class _Compiler:
                 # The next GEMM reads the residual stream through LayerNorm itself.
                 self.pending_ln = dict(ln=1, dram1=params, **ln, **region("residual", "src"))
             else:
-                self.emit(op=Op.LAYERNORM, dram0=params, rows=cfg.tokens, k_chunks=d, **ln,
+                self.emit(op=Op.LAYERNORM, dram1=params, rows=cfg.tokens, k_chunks=d, **ln,
                           **region("residual", "src"), **region("ln", "dst"))
         elif step.op == "linear":
             self.linear(step)

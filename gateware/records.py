@@ -34,8 +34,9 @@ class Op(enum.IntEnum, shape=4):
     LOAD_PATCHES = 1    # image -> pixels region (patch vectors), int8 sign-extended
     LOAD16 = 2          # DRAM int16 [rows, chunks*lanes] -> region
     STORE16 = 3         # region -> DRAM int16
-    LAYERNORM = 4
-    GEMM = 5            # region x DRAM tiles -> region (write, residual add, or fused GELU)
+    LAYERNORM = 4       # region -> region, its parameters at dram1
+    GEMM = 5            # region x DRAM tiles -> region (write, residual add, or fused GELU);
+                        # with ``ln`` the region's rows through LayerNorm first
     ATTENTION = 6       # one head: QK^T, softmax, A.V
     MOE = 7             # gate, top-k, queues, the active experts, weighted combine
     ROUTES = 8          # the last MOE's expert choices (routing recorder) -> DRAM at output_base + dram0

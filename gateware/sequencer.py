@@ -414,9 +414,10 @@ class _DataStates(_Settings):
             with m.If(~seq.wr_busy):
                 m.next = "NEXT"
         with m.State("LN_CMD"):
-            # A LAYERNORM's parameters are at dram0, a GEMM's through LayerNorm at dram1.
-            params = Mux(ins.op == Op.GEMM, ins.dram1, ins.dram0)
-            with m.If(self.read_dram(seq.weights_base + params, ins.k_chunks * N * PARAM_BYTES // BEAT_BYTES)):
+            # LayerNorm's parameters are at dram1, in a LAYERNORM as in a GEMM through LayerNorm
+            # (whose dram0 is its weight tiles): one field, no select in front of the DMA's
+            # command (a select by the opcode made the board top's paths 9 deep).
+            with m.If(self.read_dram(seq.weights_base + ins.dram1, ins.k_chunks * N * PARAM_BYTES // BEAT_BYTES)):
                 m.d.sync += [r.word.eq(0), r.sub.eq(0)]
                 m.next = "LN_PARAMS"
         with m.State("LN_PARAMS"):

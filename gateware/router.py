@@ -85,12 +85,13 @@ class Router(wiring.Component):
         ``num_experts + 44``: when a group's ``last`` logit transfers on clock edge ``t`` and
         the pipeline is idle with ``o`` ready, its first token transfers on ``o`` at edge
         ``t + latency``, and the rest on the following edges. Input register 1, PostProcess 7,
-        Softmax 36 (``Softmax.latency`` with ``fixed_period``), then the group's ``num_experts`` probability
-        transfers; the last of them loads the output register.
+        Softmax 36 (``Softmax.latency`` with ``fixed_period``), then the group's
+        ``num_experts`` probability transfers; the last of them loads the output register.
 
     Throughput: ``i`` takes one transfer per ``Softmax.input_period`` (2) cycles, the rate of
     the softmax built with ``fixed_period`` (so the group's timing does not hang on where its
-    logits set new maxima), while the branches have room. Back to back, with ``o`` ready, a group takes
+    logits set new maxima), while the branches have room. Back to back, with ``o`` ready, a
+    group takes
     ``steady_period()`` cycles on average: ``max(Softmax.steady_period(num_experts), lanes)``;
     the softmax's input, 2 cycles per expert, dominates for the default 16 experts and 16 lanes
     (16 tokens per 32 cycles); for fewer than 14 experts its per-row divider's 28 cycles do.
@@ -104,7 +105,8 @@ class Router(wiring.Component):
                              f"num_experts={num_experts}")
         self.lanes, self.num_experts, self.k, self.max_tokens = lanes, num_experts, k, max_tokens
         # Built here for its timing figures (``latency``, ``steady_period``), used in elaborate.
-        self._softmax = Softmax(lanes, num_experts, GATE_FRAC, banks=_SOFTMAX_BANKS, fixed_period=True)
+        self._softmax = Softmax(lanes, num_experts, GATE_FRAC, banks=_SOFTMAX_BANKS,
+                                fixed_period=True)
         self.latency = num_experts + 1 + PostProcess.latency + self._softmax.latency
         self._meta = data.StructLayout({
             "token_base": range(max_tokens),

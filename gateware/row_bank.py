@@ -55,10 +55,10 @@ class RowBank(wiring.Component):
         A row is open: the element on ``i`` is not its row's first.
     stage : Out(StructLayout({"valid": 1, "advance": 1, "update": 1, "first": 1, "last": 1}))
         The unit's statistics stage. ``valid``: it holds an element. ``advance``: it takes the
-        element transferred on ``i``
-        this cycle (or a bubble); ``update``: the element in it leaves this cycle, folded into
-        the row's statistics (its ``period``-th cycle there, or later while the slot is full);
-        ``first``/``last``: that element starts/ends its row.
+        element transferred on ``i`` this cycle (or a bubble); ``update``: the element in it
+        leaves this cycle, folded into the row's statistics (its ``period``-th cycle there, or
+        later while ``hold`` is high or the slot is full); ``first``/``last``: that element
+        starts/ends its row.
     hold : In(1)
         The element in the stage stays there at least one more cycle (the unit's update of
         this element is not finished); low by default.
@@ -226,8 +226,8 @@ class TwoPassTiming:
         The largest of three limits: the input (``input_period * n``), the per-row divider
         (``divider_period``), and the row buffer: a bank is held from a row's first input until
         pass 2 has read its last element, ``input_span(n) + n + latency - read_latency - 1
-        - input_register`` cycles, so ``banks`` banks hold at most ``banks`` rows per that time. Exact (as the sum
-        of any ``banks`` consecutive row periods) when one limit dominates.
+        - input_register`` cycles, so ``banks`` banks hold at most ``banks`` rows per that time.
+        Exact (as the sum of any ``banks`` consecutive row periods) when one limit dominates.
         """
         held = self.input_span(n) + n + self.latency - self.read_latency - 1 - self.input_register
         return max(Fraction(self.input_period * n), Fraction(self.divider_period),

@@ -91,10 +91,10 @@ class Router(wiring.Component):
     Throughput: ``i`` takes one transfer per ``Softmax.input_period`` (2) cycles, the rate of
     the softmax built with ``fixed_period`` (so the group's timing does not hang on where its
     logits set new maxima), while the branches have room. Back to back, with ``o`` ready, a
-    group takes
-    ``steady_period()`` cycles on average: ``max(Softmax.steady_period(num_experts), lanes)``;
-    the softmax's input, 2 cycles per expert, dominates for the default 16 experts and 16 lanes
-    (16 tokens per 32 cycles); for fewer than 14 experts its per-row divider's 28 cycles do.
+    group takes ``steady_period()`` cycles on average: ``max(Softmax.steady_period(num_experts),
+    lanes)``; the softmax's input, 2 cycles per expert, dominates for the default 16 experts and
+    16 lanes (16 tokens per 32 cycles); for fewer than 14 experts its per-row divider's 28
+    cycles do.
     """
 
     def __init__(self, lanes, num_experts, k, max_tokens):

@@ -1,5 +1,7 @@
 """Online-normaliser softmax over token lanes, the twin of ``golden/softmax.py``."""
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -134,12 +136,11 @@ class Softmax(TwoPassTiming, wiring.Component):
         self._normalise(m, bank, [exp_lut.read_port() for _ in range(lanes)])
         return m
 
-    def _stats(self, m, bank, luts):
-        """Pass 1: the running max into an input register, with the exp table's index; the table
-        and its products as the element enters the bank's stage; the running-sum update there,
-        one cycle for an add, two for a rescale (``S * t`` into a product register on the first,
-        the rounded shift, add and select back into ``S`` on the second)."""
-        p, stage = self.i.payload, bank.stage
+    def _input(self, m, bank):
+        """Pass 1's input register: the element, its lanes' running maximum, new-maximum flags and
+        exp-table distance, a cycle ahead of the bank's stage. Returns the register's per-lane
+        fields and ``slow``: the element is a new maximum in some lane."""
+        p = self.i.payload
         valid_in, open_in, last_in, slow_in = Signal(), Signal(), Signal(), Signal()
         u_in = Signal.like(p.u)
         accept = Signal()
@@ -154,16 +155,7 @@ class Softmax(TwoPassTiming, wiring.Component):
             m.d.sync += [valid_in.eq(1), u_in.eq(p.u), last_in.eq(p.last), open_in.eq(~p.last)]
         with m.Elif(bank.i.ready):
             m.d.sync += valid_in.eq(0)
-        # The element in the stage rescales in some lane (or every element takes two cycles):
-        # it stays a second cycle, ``second``, while the product register fills.
-        slow, second, hold = Signal(), Signal(), Signal()
-        m.d.comb += [hold.eq(stage.valid & ~second & (slow | self.fixed_period)), bank.hold.eq(hold)]
-        with m.If(stage.advance):
-            m.d.sync += [second.eq(0), slow.eq(slow_in)]
-        with m.Elif(hold):
-            m.d.sync += second.eq(1)
-        assert _MAX_Q > EXP_FRAC + 2      # the clamp of q' below is one compare
-        is_new = []
+        lanes, is_new = [], []
         for k in range(self.lanes):
             x = p.u[k]
             m_run = Signal(signed(_IN_BITS), name=f"m_run{k}")
@@ -180,20 +172,43 @@ class Softmax(TwoPassTiming, wiring.Component):
                 dist.eq(Mux(open_in, Mux(down[-1], up, down), 0)),
             ]
             is_new.append(new)
-            newmax_in = Signal(name=f"newmax_in{k}")
-            index_in = Signal(EXP_IN_FRAC, name=f"index_in{k}")
-            # The shift's integer part goes on unclamped; the clamp is taken at the stage.
-            dist_hi_in = Signal(_DIST_BITS - EXP_IN_FRAC, name=f"dist_hi_in{k}")
-            m_in = Signal(signed(_IN_BITS), name=f"m_in{k}")
+            lane = SimpleNamespace(
+                newmax=Signal(name=f"newmax_in{k}"), index=Signal(EXP_IN_FRAC, name=f"index_in{k}"),
+                # The shift's integer part goes on unclamped; the clamp is taken at the stage.
+                dist_hi=Signal(_DIST_BITS - EXP_IN_FRAC, name=f"dist_hi_in{k}"),
+                m=Signal(signed(_IN_BITS), name=f"m_in{k}"))
             with m.If(accept):
                 m.d.sync += [
                     m_run.eq(Mux(open_in & ~new, m_run, x)),
-                    m_in.eq(Mux(open_in & ~new, m_run, x)),
-                    newmax_in.eq(new),
-                    dist_hi_in.eq(dist[EXP_IN_FRAC:]),
-                    index_in.eq(dist[:EXP_IN_FRAC]),
+                    lane.m.eq(Mux(open_in & ~new, m_run, x)),
+                    lane.newmax.eq(new),
+                    lane.dist_hi.eq(dist[EXP_IN_FRAC:]),
+                    lane.index.eq(dist[:EXP_IN_FRAC]),
                 ]
-            m.d.comb += luts[k].addr.eq(index_in)
+            lanes.append(lane)
+        with m.If(accept):
+            m.d.sync += slow_in.eq(Cat(*is_new).any())
+        return lanes, slow_in
+
+    def _stats(self, m, bank, luts):
+        """Pass 1: the running max into an input register (``_input``), with the exp table's
+        index; the table and its products as the element enters the bank's stage; the
+        running-sum update there, one cycle for an add, two for a rescale (``S * t`` into a
+        product register on the first, the rounded shift, add and select back into ``S`` on the
+        second)."""
+        stage = bank.stage
+        inputs, slow_in = self._input(m, bank)
+        # The element in the stage rescales in some lane (or every element takes two cycles):
+        # it stays a second cycle, ``second``, while the product register fills.
+        slow, second, hold = Signal(), Signal(), Signal()
+        m.d.comb += [hold.eq(stage.valid & ~second & (slow | self.fixed_period)), bank.hold.eq(hold)]
+        with m.If(stage.advance):
+            m.d.sync += [second.eq(0), slow.eq(slow_in)]
+        with m.Elif(hold):
+            m.d.sync += second.eq(1)
+        assert _MAX_Q > EXP_FRAC + 2      # the clamp of q' below is one compare
+        for k, lane in enumerate(inputs):
+            m.d.comb += luts[k].addr.eq(lane.index)
             t = luts[k].data
             # The stage's registers are written as an element enters it and stay for its cycles
             # there: the table entry t, the clamped shift q, the maximum, and 2t >> q' with q'
@@ -206,12 +221,12 @@ class Softmax(TwoPassTiming, wiring.Component):
             newmax_s = Signal(name=f"newmax_s{k}")
             m_s = Signal(signed(_IN_BITS), name=f"m_s{k}")
             pow_t = Signal(EXP_FRAC + 3, name=f"pow_t{k}")
-            m.d.comb += pow_t.eq(Mux(dist_hi_in > EXP_FRAC + 2, 1,
-                                     Const(1, 1) << (EXP_FRAC + 2 - dist_hi_in[:5]).as_unsigned()))
+            m.d.comb += pow_t.eq(Mux(lane.dist_hi > EXP_FRAC + 2, 1,
+                                     Const(1, 1) << (EXP_FRAC + 2 - lane.dist_hi[:5]).as_unsigned()))
             t_scaled = Signal(2 * EXP_FRAC + 4, name=f"t_scaled{k}")
             with m.If(stage.advance):
-                m.d.sync += [t_s.eq(t), q_s.eq(_clamp_q(dist_hi_in)), newmax_s.eq(newmax_in),
-                             m_s.eq(m_in), t_scaled.eq(t * pow_t)]
+                m.d.sync += [t_s.eq(t), q_s.eq(_clamp_q(lane.dist_hi)), newmax_s.eq(lane.newmax),
+                             m_s.eq(lane.m), t_scaled.eq(t * pow_t)]
             # S * t, free-running so that it maps onto the DSP's pipeline register: both operands
             # are steady while the element is in the stage (S is written only by its update).
             s_run = Signal(self.sum_width, name=f"s_run{k}")
@@ -234,8 +249,6 @@ class Softmax(TwoPassTiming, wiring.Component):
             ]
             with m.If(stage.update | hold & ~newmax_s):
                 m.d.sync += s_run.eq(s_new)
-        with m.If(accept):
-            m.d.sync += slow_in.eq(Cat(*is_new).any())
 
     def _reciprocal(self, m, bank):
         """Once per row: ``rcp = 2**RCP_BITS // S`` in every lane, all dividers in lockstep."""

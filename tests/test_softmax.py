@@ -108,7 +108,6 @@ def test_fixed_period():
     """``fixed_period``: the same probabilities; two cycles per element whatever the data."""
     rng = np.random.default_rng(11)
     rows = rng.integers(-2000, 2000, size=(3, 2, 16))
-    rows = np.asarray(rows, dtype=np.int64)
     dut = Softmax(2, 16, 15, banks=3, fixed_period=True)
     p, in_cycles, _ = _simulate(dut, rows)
     np.testing.assert_array_equal(p, softmax(rows, 15))

@@ -239,7 +239,7 @@ class Accelerator(wiring.Component):
         ph, flags = Signal(Phase, name="data_phase"), Signal(_PhaseFlags, name="data_phase_flags")
         live = seq.phase
         m.d.sync += [ph.eq(live), flags.layernorm.eq(live.sink == Sink.LAYERNORM),
-                     flags.ln_a.eq(live.a.ln & (live.sink != Sink.LAYERNORM)),
+                     flags.ln_a.eq(live.a.ln),
                      flags.a_words.eq(live.a.mode == AMode.WORDS), flags.a_probs.eq(live.a.mode == AMode.PROBS),
                      flags.w_tile.eq(live.w.mode == WMode.TILE), flags.w_direct.eq(live.w.mode == WMode.DIRECT)]
         return ph, flags

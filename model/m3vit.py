@@ -2,6 +2,9 @@
 
 Weights live in a flat dict of float32 arrays named as Edge-MoE's weight files (see
 ``model/weights.py``), so the importer, the float model and the quantiser share one vocabulary.
+The model computes in float64 (``FLOAT``): in float32 its sums depend on how torch's CPU kernels
+split them over threads, and calibration's peaks and second moments, and through them the
+quantised artifact, then differed between machines (59 of 360 arrays between 1 and 2 threads).
 
 Routing (DESIGN.md §2): ``logits = x @ w_gate[task]`` (no bias), ``w_gate`` being M³ViT's
 ``[dim, experts]`` gate; softmax over all experts; the k largest logits are selected (ties to the
@@ -19,7 +22,10 @@ import torch.nn.functional as F
 
 from .config import M3ViTConfig
 
-__all__ = ["M3ViT", "expected_shapes", "patchify"]
+__all__ = ["FLOAT", "M3ViT", "expected_shapes", "patchify"]
+
+#: The float model's precision (module docstring: why not float32).
+FLOAT = torch.float64
 
 
 def expected_shapes(cfg: M3ViTConfig):
@@ -85,7 +91,7 @@ class M3ViT(torch.nn.Module):
                              + (" ..." if len(missing) > 5 else ""))
         self.w = {}
         for name, shape in shapes.items():
-            t = torch.as_tensor(np.asarray(weights[name], dtype=np.float32))
+            t = torch.as_tensor(np.asarray(weights[name]), dtype=FLOAT)
             if tuple(t.shape) != shape:
                 hint = ""
                 if "w_gate_T" in name and tuple(t.shape) == shape[::-1]:
@@ -165,7 +171,7 @@ class M3ViT(torch.nn.Module):
         if not 0 <= task < cfg.num_tasks:
             raise ValueError(f"task {task} out of range: config {cfg.name!r} has {cfg.num_tasks} tasks")
         rec = record or (lambda layer, name, t: None)
-        image = torch.as_tensor(image, dtype=torch.float32)
+        image = torch.as_tensor(image, dtype=FLOAT)
         rec(-1, "patches", patchify(image, cfg.patch))
         x = self.embed(image)
         rec(-1, "residual", x)

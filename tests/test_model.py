@@ -7,7 +7,7 @@ import torch
 from golden.backbone import run_backbone
 from model.artifact import Artifact, ArtifactError
 from model.config import M3ViTConfig, get_config
-from model.m3vit import M3ViT
+from model.m3vit import FLOAT, M3ViT
 from model.numerics import compare
 from model.quantize import calibration_images, quantize_model
 from model.weights import (GateLayout, WeightError, default_image, default_weights, gate_to_edge_moe,
@@ -36,9 +36,9 @@ def test_routing_ties_and_weights():
     w = default_weights(TINY).tensors
     w["l1_w_gate_T_task0"] = np.zeros_like(w["l1_w_gate_T_task0"])
     model = M3ViT(TINY, w)
-    idx, gate, _ = model.route(1, torch.randn(5, TINY.dim), 0)
+    idx, gate, _ = model.route(1, torch.randn(5, TINY.dim, dtype=FLOAT), 0)
     assert idx.tolist() == [[0, 1]] * 5
-    assert torch.allclose(gate, torch.full((5, 2), 1 / TINY.num_experts))
+    assert torch.allclose(gate, torch.full((5, 2), 1 / TINY.num_experts, dtype=FLOAT))
 
 
 def test_importer_reads_folder_and_generates_missing_experts(tmp_path):
@@ -78,9 +78,9 @@ def test_gate_layouts_are_named_and_checked(tmp_path):
     with pytest.raises(ValueError, match="M³ViT's w_gate layout"):
         M3ViT(TINY, swapped)
     # logits = x @ w_gate (M³ViT) = x @ w_gate_T.T (Edge-MoE)
-    x = torch.randn(3, TINY.dim)
+    x = torch.randn(3, TINY.dim, dtype=FLOAT)
     _, _, logits = M3ViT(TINY, w).route(1, x, 0)
-    assert torch.allclose(logits, x @ torch.as_tensor(gate).T, atol=1e-6)
+    assert torch.allclose(logits, x @ torch.as_tensor(gate, dtype=FLOAT).T, atol=1e-6)
 
     # A folder may hold either file; the name says the layout.
     _write_folder(tmp_path, w, skip=("l1_w_gate_T_task0",))
@@ -121,7 +121,7 @@ def test_pixels_fold_offset_into_bias(tiny_artifact):
     assert np.array_equal((pixels + 128) / 256.0, image.astype(np.float64))
     run = run_backbone(tiny_artifact, pixels, 0)
     model = M3ViT(TINY, default_weights(TINY).tensors)
-    ref = model.embed(torch.as_tensor(image)).numpy()
+    ref = model.embed(torch.as_tensor(image, dtype=FLOAT)).numpy()
     got = run.layer_outputs()[-1] * tiny_artifact.scales["residual"]
     assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
 

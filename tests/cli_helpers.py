@@ -6,6 +6,7 @@ import sys
 __all__ = ["run_m3vit"]
 
 
-def run_m3vit(*args, timeout=600):
-    """Run ``m3vit ARGS...`` (as ``python -m cli``) and return the completed process."""
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout)
+def run_m3vit(*args, timeout=600, env=None):
+    """Run ``m3vit ARGS...`` (as ``python -m cli``, with ``env`` if given) and return the completed process."""
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)

@@ -48,7 +48,7 @@ def compare(cfg, weights, image, artifact=None, tasks=None, rounding="error-feed
                 ref[(layer, name)] = t.detach().numpy()
 
         with torch.no_grad():
-            model(image_q.astype(np.float32), task, record)
+            model(image_q, task, record)
         run = run_backbone(artifact, pixels, task)
         for layer, res in sorted(run.layer_outputs().items()):
             f = ref[(layer, "residual")]
@@ -80,7 +80,7 @@ def compare_with_reference(cfg, weights, image, reference, artifact):
     sets agree (matched expert by expert)."""
     model = M3ViT(cfg, weights)
     pixels = image_to_pixels(image)
-    image_q = ((pixels + 128) / 256.0).astype(np.float32)
+    image_q = (pixels + 128) / 256.0
     streams, routing = [], []
     for task in range(cfg.num_tasks):
         rec = {}

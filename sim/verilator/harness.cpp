@@ -200,14 +200,24 @@ void vm_tick(vm_ctx *ctx, uint64_t n) {
     }
 }
 
+#if VM_HAS_RST
+// The design's reset is a register of vm_top, loaded from the rst input on a rising edge of
+// rst_load (see _wrapper_verilog in verilator_engine.py).
+static void load_reset(vm_ctx *ctx, int value) {
+    ctx->top->rst = value;
+    ctx->top->rst_load = 1;
+    ctx->top->eval();
+    ctx->top->rst_load = 0;
+    ctx->top->eval();
+    ctx->dirty = false;
+}
+#endif
+
 int vm_reset(vm_ctx *ctx) {
 #if VM_HAS_RST
-    ctx->top->rst = 1;
-    ctx->dirty = true;
-    settle(ctx);
+    load_reset(ctx, 1);
     clock_edge(ctx);
-    ctx->top->rst = 0;
-    ctx->dirty = true;
+    load_reset(ctx, 0);
     ctx->cycle = 0;
     return 0;
 #else

@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 from cli import UserError
-from cli.sim import array_shape
-from model.config import MAC_LANES, default_lanes
+from cli.sim import array_shape, default_capacity
+from model.config import MAC_LANES
 from sim import ENGINES
 
 __all__ = ["register"]
@@ -13,24 +13,15 @@ __all__ = ["register"]
 
 def _capacity(cfg, array=None):
     """The build a bundle targets: with ``array`` (R, C) the smallest build with that MAC array that
-    holds the model; else the board's (``Capacity.board()``) when the model fits it, else the
-    smallest build that holds the model (as ``m3vit synth --top accelerator --config`` builds)."""
-    from gateware.program import Capacity, CapacityError, check_capacity
+    holds the model; else :func:`cli.sim.default_capacity` (the board's when the model fits it)."""
+    from gateware.program import Capacity, CapacityError
 
     if array:
         try:
             return Capacity.for_config(cfg, *array)
         except CapacityError as err:
             raise UserError(str(err)) from None
-    try:
-        check_capacity(cfg, Capacity.board())
-        return Capacity.board()
-    except CapacityError:
-        pass
-    try:
-        return Capacity.for_config(cfg, default_lanes(cfg))
-    except CapacityError as err:
-        raise UserError(str(err)) from None
+    return default_capacity(cfg)
 
 
 def _bundle(args):

@@ -7,7 +7,7 @@ from cli import UserError
 from model.config import MAC_LANES, default_lanes
 from sim import ENGINES
 
-__all__ = ["register", "add_dram_options", "dram_options", "bytes_per_cycle"]
+__all__ = ["register", "add_dram_options", "dram_options", "bytes_per_cycle", "default_capacity"]
 
 
 def _latency(text):
@@ -110,11 +110,14 @@ def _run(args, tasks, trace=False):
     cfg, weights, image = model_inputs(args)
     for task in tasks:
         check_task(cfg, task)
-    lanes, cols = args.array or (args.lanes or default_lanes(cfg), None)
-    try:
-        cap = Capacity.for_config(cfg, lanes, cols, ports=args.ports)
-    except CapacityError as err:
-        raise UserError(str(err)) from None
+    if args.array is None and args.lanes is None and args.ports is None:
+        cap = default_capacity(cfg)
+    else:
+        lanes, cols = args.array or (args.lanes or default_lanes(cfg), None)
+        try:
+            cap = Capacity.for_config(cfg, lanes, cols, ports=1 if args.ports is None else args.ports)
+        except CapacityError as err:
+            raise UserError(str(err)) from None
     progress = Progress()
     artifact = load_artifact(args.artifact, cfg)
     if artifact is None:
@@ -135,6 +138,23 @@ def _run(args, tasks, trace=False):
     return [({**frame_report(artifact, task, result, golden, cap), "dram_bytes_per_cycle": args.dram_bytes_per_cycle},
              np.argwhere(result.output != golden.output), result.timeline)
             for task, result, golden in zip(tasks, results, goldens)]
+
+
+def default_capacity(cfg):
+    """The build a model runs on unless told otherwise: the board's (``Capacity.board()``) when
+    the model fits it (edge-moe), else the smallest build that holds the model on the config's
+    default lanes (tiny), as ``m3vit synth --top accelerator --config`` builds."""
+    from gateware.program import Capacity, CapacityError, check_capacity
+
+    try:
+        check_capacity(cfg, Capacity.board())
+        return Capacity.board()
+    except CapacityError:
+        pass
+    try:
+        return Capacity.for_config(cfg, default_lanes(cfg))
+    except CapacityError as err:
+        raise UserError(str(err)) from None
 
 
 def array_shape(text):
@@ -224,14 +244,17 @@ def register(sub):
                                                           "(default: quantise now)")
         p.add_argument("--engine", choices=ENGINES, default=engine, help=f"simulator (default {engine})")
         shape = p.add_mutually_exclusive_group()
-        shape.add_argument("--lanes", type=int, choices=MAC_LANES, help="MAC array rows and columns (default: 8 for "
-                                                                      "small models, else 16)")
+        shape.add_argument("--lanes", type=int, choices=MAC_LANES,
+                           help="a square MAC array of this many rows and columns, the smallest build that holds "
+                                "the model (without --lanes, --array and --ports: the board's build, 16x64 with "
+                                "four ports, when the model fits it, as edge-moe does; else 8 lanes for small "
+                                "models such as tiny)")
         shape.add_argument("--array", type=array_shape, metavar="RxC",
                            help="MAC array of R token lanes (8 or 16) by C output channels (R times 1, 2, 4 or 8, "
                                 "a multiple of 16 unless R, dividing the model's head size), e.g. 16x64")
-        p.add_argument("--ports", type=int, default=1, metavar="P",
-                       help="AXI4 read managers streaming weight tiles: 1, 2 or 4, at most C / 16 (default 1); "
-                            "port 0 also carries the program, image and outputs")
+        p.add_argument("--ports", type=int, metavar="P",
+                       help="AXI4 read managers streaming weight tiles: 1, 2 or 4, at most C / 16 (default 1 with "
+                            "--lanes or --array); port 0 also carries the program, image and outputs")
         add_dram_options(p)
         if name == "perf":
             p.add_argument("--json", metavar="FILE", help="write the figures as JSON")

@@ -362,8 +362,7 @@ def test_edge_moe_impolite_verilator():
     artifact = quantize_model(cfg, default_weights(cfg).tensors, calibration_images(image))
     pixels = image_to_pixels(image)
     imp = Impolite(seed=16, ar_drop=0.25, aw_drop=0.25, w_drop=0.25, latency_max=120)
-    [r] = simulate_frames(artifact, pixels, [0], cap=Capacity.for_config(cfg, 16), engine="verilator",
-                          impolite=imp)
+    [r] = simulate_frames(artifact, pixels, [0], cap=Capacity.board(), engine="verilator", impolite=imp)
     golden = run_backbone(artifact, pixels, 0).output
     bad = np.argwhere(r.output != golden)
     assert bad.size == 0, f"{len(bad)} features differ, first at {bad[:3].tolist()}"

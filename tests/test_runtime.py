@@ -124,21 +124,18 @@ def test_run_simulated_both_tasks_bit_exact(tiny):
 @pytest.mark.xdist_group("verilator-accelerator")
 def test_run_edge_moe_verilator_both_tasks(tmp_path):
     """Edge-moe under Verilator through the same driver and command: both tasks back to back on
-    one load, features equal to golden word for word. It simulates the 16 x 16 build
-    (``bundle --array 16x16``, ``run --sim-lanes 16``): the board's 16 x 64 build takes 15-25
-    minutes to compile under Verilator
-    on CI's two cores, past its budget; ``benchmarks/design_space.py`` runs that one."""
+    one load, features equal to golden word for word, on the bundle's own build: the board's."""
     cfg = get_config("edge-moe")
     image = default_image(cfg)
     artifact = quantize_model(cfg, default_weights(cfg).tensors, calibration_images(image))
     artifact.save(tmp_path / "edge-moe.npz")
     np.save(tmp_path / "image.npy", image)
     r = run_m3vit("bundle", "--config", "edge-moe", "--artifact", str(tmp_path / "edge-moe.npz"),
-                  "--array", "16x16", "--out", str(tmp_path / "bundle"))
+                  "--out", str(tmp_path / "bundle"))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "features.npz"
     r = run_m3vit("run", "--bundle", str(tmp_path / "bundle"), "--image", str(tmp_path / "image.npy"),
-                  "--task", "1", "0", "--simulate", "--engine", "verilator", "--sim-lanes", "16", "--out", str(out),
+                  "--task", "1", "0", "--simulate", "--engine", "verilator", "--out", str(out),
                   timeout=1800)
     assert r.returncode == 0, r.stderr
     pixels = image_to_pixels(image)

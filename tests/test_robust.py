@@ -366,4 +366,4 @@ def test_edge_moe_impolite_verilator():
     golden = run_backbone(artifact, pixels, 0).output
     bad = np.argwhere(r.output != golden)
     assert bad.size == 0, f"{len(bad)} features differ, first at {bad[:3].tolist()}"
-    assert r.cycles > 3_000_000
+    assert r.cycles > 990_000, "a whole frame ran"

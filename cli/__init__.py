@@ -9,14 +9,15 @@ handler returns the exit status. Errors meant for the user are raised as ``UserE
 import argparse
 import sys
 
-__all__ = ["UserError", "main"]
+__all__ = ["UserError", "build_parser", "main"]
 
 
 class UserError(Exception):
     """A problem with the user's input (file, shape, option): printed as one clear line."""
 
 
-def _parser():
+def build_parser():
+    """The ``m3vit`` argument parser, every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="m3vit",
         description="M3ViT mixture-of-experts ViT accelerator: model, golden reference, gateware, board.")
@@ -29,7 +30,7 @@ def _parser():
 
 def main(argv=None):
     """Run ``m3vit`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args) or 0

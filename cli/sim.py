@@ -98,7 +98,7 @@ def _run(args, tasks, trace=False):
     import numpy as np
 
     from golden.backbone import run_backbone
-    from gateware.program import Capacity, CapacityError
+    from gateware.program import CapacityError
     from cli.model import check_task, model_inputs, load_artifact
     from model.quantize import calibration_images, quantize_model
     from model.weights import image_to_pixels
@@ -110,14 +110,7 @@ def _run(args, tasks, trace=False):
     cfg, weights, image = model_inputs(args)
     for task in tasks:
         check_task(cfg, task)
-    if args.array is None and args.lanes is None and args.ports is None:
-        cap = default_capacity(cfg)
-    else:
-        lanes, cols = args.array or (args.lanes or default_lanes(cfg), None)
-        try:
-            cap = Capacity.for_config(cfg, lanes, cols, ports=1 if args.ports is None else args.ports)
-        except CapacityError as err:
-            raise UserError(str(err)) from None
+    cap = build_for(cfg, args)
     progress = Progress()
     artifact = load_artifact(args.artifact, cfg)
     if artifact is None:
@@ -153,6 +146,21 @@ def default_capacity(cfg):
         pass
     try:
         return Capacity.for_config(cfg, default_lanes(cfg))
+    except CapacityError as err:
+        raise UserError(str(err)) from None
+
+
+def build_for(cfg, args):
+    """The build ``simulate`` and ``perf`` run ``cfg`` on: :func:`default_capacity` without
+    ``--lanes``, ``--array`` and ``--ports``; else the smallest build of that shape (one port unless
+    ``--ports`` says more). ``UserError`` where none holds the model."""
+    from gateware.program import Capacity, CapacityError
+
+    if args.array is None and args.lanes is None and args.ports is None:
+        return default_capacity(cfg)
+    lanes, cols = args.array or (args.lanes or default_lanes(cfg), None)
+    try:
+        return Capacity.for_config(cfg, lanes, cols, ports=1 if args.ports is None else args.ports)
     except CapacityError as err:
         raise UserError(str(err)) from None
 

@@ -172,3 +172,36 @@ def test_progress_one_line_per_stage(stream):
     else:
         assert text.splitlines()[0].startswith("frame 1 of 1 ... done in ")
         assert text.splitlines()[1].startswith("building ... failed in ")
+
+
+@pytest.mark.parametrize("config, argv, shape, ports", [
+    ("edge-moe", [], "16x64", 4),
+    ("edge-moe", ["--array", "16x16"], "16x16", 1),
+    ("edge-moe", ["--array", "16x32", "--ports", "2"], "16x32", 2),
+    ("edge-moe", ["--lanes", "8"], "8x8", 1),
+    ("tiny", [], "8x8", 1),
+])
+def test_simulate_runs_the_board_build_unless_told(config, argv, shape, ports):
+    """Without a shape, ``simulate`` and ``perf`` run what the board runs (edge-moe fits its build;
+    tiny, far smaller, gets the smallest build); with one, the smallest build of that shape."""
+    from cli import build_parser
+    from cli.sim import build_for
+    from gateware.program import Capacity
+    from model.config import get_config
+
+    for command in ("simulate", "perf"):
+        args = build_parser().parse_args([command, "--config", config, *argv])
+        cap = build_for(get_config(config), args)
+        assert (cap.shape, cap.ports) == (shape, ports)
+        assert (cap == Capacity.board()) == (config == "edge-moe" and not argv)
+
+
+def test_simulate_ports_alone_keep_the_square_array():
+    """``--ports`` alone shapes a square build, which four ports do not fit: a clear error."""
+    from cli import UserError, build_parser
+    from cli.sim import build_for
+    from model.config import get_config
+
+    args = build_parser().parse_args(["simulate", "--config", "edge-moe", "--ports", "4"])
+    with pytest.raises(UserError, match="at most the tile.s 1 bank of 16 bytes .cols / 16. on a 16x16 array"):
+        build_for(get_config("edge-moe"), args)

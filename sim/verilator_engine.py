@@ -260,8 +260,8 @@ class VerilatorModel:
         self._by_path = {port.path: port for port in port_list}
         stored = [port for port in port_list if port.width]
 
-        # The cache is keyed by the design's RTLIL: Yosys' conversion of it to Verilog is half of
-        # the conversion's time on the board's build (about 30 s), and a cached build skips it.
+        # The cache is keyed by the design's RTLIL, so a cached build skips Yosys' conversion of it
+        # to Verilog (about 10 s of the board's build; the RTLIL itself takes about 45 s).
         design = rtlil.convert(component, name="dut", emit_src=False)
         root = verilator_root()
         inputs = _top_inputs(design)
@@ -271,7 +271,6 @@ class VerilatorModel:
             raise ValueError(f"{name}: inputs {sorted(unknown)} are not in the signature; only "
                              f"the sync clock domain is supported")
         generated = {
-            "dut.il": design,
             "vm_top.v": _wrapper_verilog(stored, has_clk, has_rst),
             "vm_ports.inc": _ports_include(stored, has_clk, has_rst),
         }
@@ -281,7 +280,7 @@ class VerilatorModel:
                 raise FileNotFoundError(f"extra C++ source {path} does not exist")
         digest = hashlib.sha256()
         for part in [_verilator_version(), opt, opt_slow, *_VERILATOR_FLAGS, *_CXXFLAGS, *_LDFLAGS,
-                     *sorted(generated.items()),
+                     ("dut.il", design), *sorted(generated.items()),
                      *((f, (_HARNESS_DIR / f).read_text()) for f in _HARNESS_FILES),
                      *((p.name, p.read_bytes()) for p in extra_paths)]:
             digest.update(repr(part).encode())
@@ -292,7 +291,7 @@ class VerilatorModel:
         self.compile_seconds = 0.0
         if self.compiled:
             start = time.perf_counter()
-            self._build(root, generated, extra_paths, opt, opt_slow, jobs)
+            self._build(root, design, generated, extra_paths, opt, opt_slow, jobs)
             self.compile_seconds = time.perf_counter() - start
 
         self._lib = ctypes.CDLL(str(library))
@@ -333,7 +332,7 @@ class VerilatorModel:
         call.__name__ = fn.__name__
         return call
 
-    def _build(self, root, generated, extra_paths, opt, opt_slow, jobs):
+    def _build(self, root, design, generated, extra_paths, opt, opt_slow, jobs):
         cache = self.build_path.parent
         cache.mkdir(parents=True, exist_ok=True)
         # Built aside and moved in whole, so a concurrent or interrupted build never leaves a
@@ -359,11 +358,10 @@ class VerilatorModel:
                                      f"{failed}):\n{_tail(result.stdout)}")
 
         try:
-            sources = {name: text for name, text in generated.items() if name != "dut.il"}
             start = time.perf_counter()
             # Amaranth's own path from RTLIL to Verilog (what verilog.convert runs after
             # rtlil.convert); private, so the amaranth pin (<0.6) guards it.
-            sources["dut.v"] = verilog._convert_rtlil_text(generated["dut.il"])
+            sources = {**generated, "dut.v": verilog._convert_rtlil_text(design)}
             log.append(f"(yosys, RTLIL to Verilog: {time.perf_counter() - start:.1f} s)\n")
             for file_name, text in sources.items():
                 (staging / file_name).write_text(text)

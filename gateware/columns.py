@@ -9,7 +9,7 @@ from golden.mac_array import ACC_BITS
 
 from .gelu import GELU
 from .lanes import lane_layout
-from .phase import Phase, Sink, Tile
+from .phase import SLOTS, SLOT_BITS, Phase, Sink, Tile
 from .postprocess import PostProcess
 from .program import probs_stride
 from .reader import clamp_rows
@@ -50,11 +50,11 @@ class ColumnPath(wiring.Component):
     phase : In(Phase)
         Its sink is taken a cycle after it is set (registered): steady from the cycle before a
         tile's first column.
-    param_half, param_col : Out, param : In(TileParams)
+    param_slot, param_col : Out, param : In(TileParams)
         The weight buffer's record of the column's channel, read combinationally.
     residual : In(stream.Signature({"data": ArrayLayout(signed(16), lanes), "last": 1}))
-    release : Out(2)
-        Pulses, per weight-buffer half, when a tile that releases it is done.
+    release : Out(SLOTS)
+        Pulses, per weight-buffer slot, when a tile that releases it is done.
     retire : Out(1)
         Pulses with a tile's last column when nothing is written (softmax, router).
     probs_write : Out(stream.Signature({"addr": 16, "data": ..., "last": 1}, always_ready=True))
@@ -84,9 +84,9 @@ class ColumnPath(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(lane_layout(lanes, signed(ACC_BITS)))), "skip_rest": Out(1),
             "tiles": In(stream.Signature(Tile)), "phase": In(Phase),
-            "param_half": Out(1), "param_col": Out(range(self.cols)), "param": In(TileParams),
+            "param_slot": Out(SLOT_BITS), "param_col": Out(range(self.cols)), "param": In(TileParams),
             "residual": In(stream.Signature(word)),
-            "release": Out(2), "retire": Out(1),
+            "release": Out(SLOTS), "retire": Out(1),
             "router": Out(router), "ln": In(ln),
             "probs_write": Out(stream.Signature(probs, always_ready=True)),
             "probs_arm": In(1), "scores_pending": Out(1),
@@ -127,7 +127,7 @@ class ColumnPath(wiring.Component):
         # (10 levels into the MAC array's drain). A tile's first column is always kept: the
         # sequencer gives every tile at least one channel.
         keep, col_end = Signal(init=1), Signal(init=int(C == 1))
-        m.d.comb += [self.param_half.eq(t.half), self.param_col.eq(col)]
+        m.d.comb += [self.param_slot.eq(t.slot), self.param_col.eq(col)]
         record, router = self.param, self.router
         col_taken = Signal()
         sink = self.sink
@@ -163,7 +163,7 @@ class ColumnPath(wiring.Component):
                 m.d.sync += [col.eq(0), col1.eq(1), keep.eq(1), col_end.eq(C == 1)]
                 m.d.comb += self.tiles.ready.eq(1)
                 with m.If(t.release):
-                    m.d.comb += self.release.eq(1 << t.half)
+                    m.d.comb += self.release.eq(1 << t.slot)
                 with m.If(sink[Sink.SOFTMAX] | sink[Sink.ROUTER]):
                     m.d.comb += self.retire.eq(1)
 

@@ -10,6 +10,10 @@ from amaranth.lib import data, enum
 
 from .records import ADDR_BITS
 
+#: The weight buffer's slots (``gateware/fetcher.py``): tiles fetched ahead of the array.
+SLOT_BITS = 2
+SLOTS = 1 << SLOT_BITS
+
 __all__ = ["AMode", "WMode", "Sink", "Tile", "Fetch", "ARead", "WRead", "Dest", "KVCopy", "Phase", "Position",
            "Trace"]
 
@@ -40,15 +44,15 @@ class Sink(enum.Enum, shape=3):
     LAYERNORM = 6   # no MAC: the A reader feeds the LayerNorm unit
 
 
-#: One tile: token block ``tb`` by output-channel block ``cb``, its weights in buffer half
-#: ``half``; ``release`` on the last tile to use that half, ``last`` on the phase's last tile;
+#: One tile: token block ``tb`` by output-channel block ``cb``, its weights in buffer slot
+#: ``slot``; ``release`` on the last tile to use that slot, ``last`` on the phase's last tile;
 #: ``blocks``: the token words per token it yields (its valid channels in words, or LayerNorm's row);
 #: ``cols``: its valid channels (the column path's, reckoned by the sequencer so that no subtraction
 #: from the phase's channel count sits in front of the column handshake).
-Tile = data.StructLayout({"tb": 12, "cb": 12, "half": 1, "release": 1, "last": 1, "blocks": 8, "cols": 12})
-#: One weight-tile fetch: DRAM offset (from ``weights_base``), beats, the buffer half it fills, and
+Tile = data.StructLayout({"tb": 12, "cb": 12, "slot": SLOT_BITS, "release": 1, "last": 1, "blocks": 8, "cols": 12})
+#: One weight-tile fetch: DRAM offset (from ``weights_base``), beats, the buffer slot it fills, and
 #: ``rows``, the tile's inner dimension: the beats of each 16-byte bank (``gateware/fetcher.py``).
-Fetch = data.StructLayout({"addr": ADDR_BITS, "beats": 16, "half": 1, "rows": 16})
+Fetch = data.StructLayout({"addr": ADDR_BITS, "beats": 16, "slot": SLOT_BITS, "rows": 16})
 
 #: The A reader's walk: ``rows`` tokens (from ``base``, ``stride`` words apart) by ``chunks``
 #: words from word ``chunk0`` of each; with ``ln`` each token's row passes LayerNorm on its way

@@ -13,15 +13,19 @@ DRAM (byte addresses relative to the ``weights_base`` register):
 - offset 0: a 16-byte :data:`~gateware.records.Header` naming the program: ``count``
   :data:`~gateware.records.Instr` records of ``INSTR_BYTES`` each, after all the data.
 - parameters and weight *tiles*. A tile is one block of ``cols`` output channels of a linear
-  layer (the MAC array's columns; the last block zero-padded): ``cols``
-  :data:`~gateware.records.TileParams` records, then the int8 weights *bank-major*: a bank is
-  one 16-byte column of the tile (channels ``[16 b, 16 b + 16)``, one beat per input element
-  ``k``), and bank ``b``'s ``K`` beats are contiguous, bank after bank. A tile under a beat wide
-  (``cols`` = 8) is one bank of ``k``-major rows, two per beat. Each bank is one memory of the
-  fetcher's buffer, so a run of whole banks streams into its memories from any AXI port with
-  no write conflicts: with ``Capacity.ports`` P, port ``p`` reads one contiguous range of banks
-  (port 0 the parameters too), one command each (``gateware/fetcher.py``). On an 8-lane array a
-  bank holds two column groups of 8 channels; the layout is per bank, not per group.
+  layer (the MAC array's columns; the last block zero-padded), laid out *bank-major*: a bank is
+  one 16-byte column of the tile (channels ``[16 b, 16 b + 16)``), and bank ``b`` is its
+  channels' :data:`~gateware.records.TileParams` records, then its int8 weights, one beat per
+  input element ``k``, bank after bank. A tile under a beat wide (``cols`` = 8) is one bank:
+  its 8 records, then ``k``-major rows, two per beat. Each bank is one memory of the fetcher's
+  buffer (and one of its parameter memories), so a run of whole banks streams into its memories
+  from any AXI port with no write conflicts: with ``Capacity.ports`` P, port ``p`` reads one
+  contiguous range of banks, one command each (``gateware/fetcher.py``). A bank carries its own
+  records so that every port reads as many bytes: with the records all in front of bank 0,
+  port 0 read 224 beats of a 192-row tile to the other ports' 192, and the memory's round-robin
+  share (0.8 beats a cycle each of four) made port 0 set the pace, 45 bytes a cycle of the
+  51.2 the memory gives. On an 8-lane array a bank holds two column groups of 8 channels; the
+  layout is per bank, not per group.
 - LayerNorm parameters: per channel one :data:`~gateware.records.LNParams` record.
 - the position embedding, int16 ``[tokens, dim]`` row-major.
 
@@ -300,10 +304,13 @@ def _tiles(w, b, mult, shift, cols):
                (("bias", b), ("mult", mult), ("shift", shift))}
         wt = np.zeros((k, cols), dtype=np.int8)
         wt[:, :cols - pad] = w[ch].T
-        # Bank-major: each 16-byte column of the tile (one fetcher memory) contiguous.
+        # Bank-major: each 16-byte column of the tile (one fetcher memory) contiguous, behind
+        # its channels' records.
         bank = min(cols, BEAT_BYTES)
         banks = wt.reshape(k, cols // bank, bank).transpose(1, 0, 2)
-        out += pack_records(TileParams, **rec) + banks.tobytes()
+        for j, weights in enumerate(banks):
+            bank_ch = slice(j * bank, (j + 1) * bank)
+            out += pack_records(TileParams, **{name: v[bank_ch] for name, v in rec.items()}) + weights.tobytes()
     return bytes(out)
 
 

@@ -14,11 +14,11 @@ __all__ = ["Walk", "TileReader", "clamp_rows"]
 #: ``chunk0``, the ``lanes`` tokens of the tile's token block (its ``tb``, or its ``cb`` with
 #: ``by_cb``; from the token list with ``list``) at ``base + token * stride``; tokens past
 #: ``rows`` read as zero. A *plain* walk reads ``count`` elements ``c`` at ``base + c * stride
-#: + chunk0`` (plus the tile's ``cb`` with ``by_cb``, plus ``half * half_words`` with
-#: ``by_half``, plus ``tb * half_words`` with ``by_group``: the probability buffer's row group of
+#: + chunk0`` (plus the tile's ``cb`` with ``by_cb``, plus ``slot * slot_words`` with
+#: ``by_slot``, plus ``tb * slot_words`` with ``by_group``: the probability buffer's row group of
 #: the tile's query block), as they are stored.
 Walk = data.StructLayout({
-    "transposed": 1, "list": 1, "by_cb": 1, "by_half": 1, "by_group": 1, "packed": 1,
+    "transposed": 1, "list": 1, "by_cb": 1, "by_slot": 1, "by_group": 1, "packed": 1,
     "base": 24, "stride": 8, "chunk0": 8, "chunks": 8, "rows": 16, "count": 24,
 })
 
@@ -52,10 +52,10 @@ class TileReader(wiring.Component):
         Elements per memory word in a ``packed`` walk (the weight buffer holds ``pack`` words of
         int8 per DRAM beat): the memory address is the element address ``// pack``, and
         ``sub`` says which one of the word's elements was read. A packed walk's ``base``,
-        ``chunk0`` and half offset are multiples of ``pack`` (``sub`` is taken from the element
+        ``chunk0`` and slot offset are multiples of ``pack`` (``sub`` is taken from the element
         index alone, not from the whole address sum).
-    half_words : int
-        Elements per half of a double-buffered memory (``by_half``), or per row group
+    slot_words : int
+        Elements per slot of a multi-buffered memory (``by_slot``), or per row group
         (``by_group``); a power of two for ``by_group``.
     lane_bits : int
         Width of a lane (signed): 16 for the A operand (LayerNorm reads the 16-bit residual
@@ -68,7 +68,7 @@ class TileReader(wiring.Component):
         Taken with the tile's last read.
     walk : In(Walk)
     go : In(1)
-        The tile's data is there to read (the weight buffer's half is full, or the probability
+        The tile's data is there to read (the weight buffer's slot is full, or the probability
         buffer's next word is written); reads wait for it.
     position : Out(16)
         The index of the element the walk reads next (of the chunk, in a transposed walk).
@@ -84,10 +84,10 @@ class TileReader(wiring.Component):
         word per cycle, i.e. one element per cycle on a plain walk.
     """
 
-    def __init__(self, lanes, *, groups=1, pack=1, half_words=0, lane_bits=16):
-        if pack > 1 and half_words % pack:
-            raise ValueError(f"half_words ({half_words}) must be a multiple of pack ({pack})")
-        self.lanes, self.groups, self.pack, self.half_words = lanes, groups, pack, half_words
+    def __init__(self, lanes, *, groups=1, pack=1, slot_words=0, lane_bits=16):
+        if pack > 1 and slot_words % pack:
+            raise ValueError(f"slot_words ({slot_words}) must be a multiple of pack ({pack})")
+        self.lanes, self.groups, self.pack, self.slot_words = lanes, groups, pack, slot_words
         self.lane_bits = lane_bits
         word = data.ArrayLayout(signed(lane_bits), groups * lanes)
         super().__init__({
@@ -138,8 +138,8 @@ class TileReader(wiring.Component):
                          gen_zero[g].eq(Cat(r, block)[:width] >= w.rows) for g in range(G)]
         with m.Else():
             m.d.comb += [addr.eq(w.base + c * w.stride + w.chunk0 + Mux(w.by_cb, t.cb, 0)
-                                 + Mux(w.by_half, t.half * self.half_words, 0)
-                                 + Mux(w.by_group, t.tb * self.half_words, 0)),
+                                 + Mux(w.by_slot, t.slot * self.slot_words, 0)
+                                 + Mux(w.by_group, t.tb * self.slot_words, 0)),
                          gen_last.eq(c_last)]
         m.d.comb += self.mem_addr.eq(Mux(w.packed, addr // self.pack, addr))
 

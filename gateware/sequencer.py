@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from .dma import command_layout
 from .kv_buffers import kv_strides
-from .phase import AMode, Fetch, Phase, Position, Sink, Tile, WMode
+from .phase import SLOT_BITS, SLOTS, AMode, Fetch, Phase, Position, Sink, Tile, WMode
 from .program import tile_bytes
 from .records import (ADDR_BITS, BEAT_BYTES, INSTR_BYTES, PARAM_BYTES, PROGRAM_MAGIC, Header, Instr,
                       LNParams, Op, OutMode)
@@ -452,7 +452,7 @@ class _TileStates(_Settings):
         m.d.comb += r.last_tile.eq(last_tb & last_cb)
         tile = Signal(Tile)
         m.d.comb += [tile.tb.eq(r.tb), tile.cb.eq(r.cb),
-                     tile.half.eq(Mux(r.need_fetch, Mux(r.prefetched, r.pre_half, r.half), r.cur_half)),
+                     tile.slot.eq(Mux(r.need_fetch, Mux(r.prefetched, r.pre_slot, r.slot), r.cur_slot)),
                      tile.release.eq(r.tb_outer | last_tb), tile.last.eq(r.last_tile),
                      tile.blocks.eq(Mux(last_cb, self.last_blocks, self.ph.blocks_per_tile)),
                      tile.cols.eq(Mux(last_cb, self.last_cols, C))]
@@ -460,21 +460,31 @@ class _TileStates(_Settings):
             m.d.comb += getattr(seq, f"{unit}_tile").payload.eq(tile)
         m.d.comb += [seq.fetch.payload.addr.eq(r.fetch_base + r.cb * r.tile_bytes),
                      seq.fetch.payload.beats.eq(r.fetch_beats), seq.fetch.payload.rows.eq(r.fetch_rows),
-                     seq.fetch.payload.half.eq(r.half)]
+                     seq.fetch.payload.slot.eq(r.slot)]
         prefetch = Signal(Fetch)
         next_expert = seq.experts.payload.expert
+        next_base = Signal(ADDR_BITS)
         with m.If(self.ph.sink == Sink.GELU):
-            m.d.comb += [prefetch.addr.eq(ins.dram1 + r.expert * ins.stride1 + ins.dram2),
+            m.d.comb += [next_base.eq(ins.dram1 + r.expert * ins.stride1 + ins.dram2),
                          prefetch.beats.eq(tile_bytes(ins.count * N, C) // BEAT_BYTES),
                          prefetch.rows.eq(ins.count * N)]
         with m.Else():
-            m.d.comb += [prefetch.addr.eq(ins.dram1 + next_expert * ins.stride1),
+            m.d.comb += [next_base.eq(ins.dram1 + next_expert * ins.stride1),
                          prefetch.beats.eq(tile_bytes(ins.k_chunks * N, C) // BEAT_BYTES),
                          prefetch.rows.eq(ins.k_chunks * N)]
-        m.d.comb += prefetch.half.eq(r.half)
+        # The next phase's first tiles, one after another from its first channel block, as many
+        # as it has (at most one slot short of all: the last tile of this phase holds one).
+        m.d.comb += [prefetch.slot.eq(r.slot), prefetch.addr.eq(next_base + r.pre_off),
+                     r.prefetched.eq(r.pre_count != 0),
+                     r.pre_room.eq((r.pre_count != SLOTS - 1)
+                                   & (r.pre_count < Mux(self.ph.sink == Sink.GELU, self.columns["k_chunks"].n_cb,
+                                                        self.columns["count"].n_cb)))]
         with m.If(r.prefetch):
             m.d.comb += [seq.fetch.payload.eq(prefetch), seq.fetch.valid.eq(1)]
-            m.d.sync += [r.half.eq(~r.half), r.pre_half.eq(r.half), r.prefetched.eq(1)]
+            m.d.sync += [r.slot.eq(r.slot + 1), r.pre_count.eq(r.pre_count + 1),
+                         r.pre_off.eq(r.pre_off + prefetch.beats * BEAT_BYTES)]
+            with m.If(~r.prefetched):
+                m.d.sync += r.pre_slot.eq(r.slot)
 
     def _tiles(self):
         """The tile issue loop shared by every MAC and LayerNorm phase, and its barrier."""
@@ -488,10 +498,12 @@ class _TileStates(_Settings):
                              seq.r_tile.valid.eq(r.use_r), seq.o_tile.valid.eq(r.use_o),
                              r.issue.eq(r.use_o | r.use_c), seq.fetch.valid.eq(r.need_fetch & ~r.prefetched)]
                 with m.If(r.need_fetch & r.prefetched):
-                    m.d.sync += [r.cur_half.eq(r.pre_half), r.prefetched.eq(0)]
+                    m.d.sync += [r.cur_slot.eq(r.pre_slot), r.pre_slot.eq(r.pre_slot + 1),
+                                 r.pre_count.eq(r.pre_count - 1)]
                 with m.Elif(r.need_fetch):
-                    m.d.sync += [r.half.eq(~r.half), r.cur_half.eq(r.half)]
+                    m.d.sync += [r.slot.eq(r.slot + 1), r.cur_slot.eq(r.slot)]
                 with m.If(r.last_tile):
+                    m.d.sync += r.pre_off.eq(0)
                     m.next = "BARRIER"
                 with m.If(r.tb_outer):
                     with m.If(r.cb == self.last_cb):
@@ -507,7 +519,7 @@ class _TileStates(_Settings):
             # A prefetch may still be in flight; every other fetch has been used by a retired tile.
             sink = self.ph.sink
             fetched = r.prefetched | seq.fetch_idle
-            m.d.comb += r.prefetch.eq((self.ins.op == Op.MOE) & ~r.prefetched & seq.fetch.ready
+            m.d.comb += r.prefetch.eq((self.ins.op == Op.MOE) & r.pre_room & seq.fetch.ready
                                       & ((sink == Sink.GELU) | (sink == Sink.COMBINE) & ~r.elast
                                          & seq.experts.valid))
             none_out = r.issued == r.retired
@@ -594,12 +606,15 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
             tb_outer=Signal(), fetch_base=Signal(ADDR_BITS), fetch_beats=Signal(16), tile_bytes=Signal(32),
             fetch_rows=Signal(16),
             use_w=Signal(), use_c=Signal(), use_r=Signal(), use_o=Signal(),
-            half=Signal(),           # the half the next fetch fills
-            cur_half=Signal(),
-            # MoE: the next phase's first tile (this expert's fc2, or the next expert's fc1) is
-            # fetched while the current phase drains, so experts follow each other without
-            # waiting for DRAM.
-            prefetched=Signal(), pre_half=Signal(), prefetch=Signal(),
+            slot=Signal(SLOT_BITS),           # the weight-buffer slot the next fetch fills
+            cur_slot=Signal(SLOT_BITS),
+            # MoE: the next phase's first tiles (this expert's fc2, or the next expert's fc1)
+            # are fetched while the current phase drains, so experts follow each other without
+            # waiting for DRAM: ``pre_count`` of them from slot ``pre_slot`` on, not yet taken
+            # by the next phase's tiles (``prefetched``: any), the next at ``pre_off`` from the
+            # next phase's first tile.
+            prefetched=Signal(), pre_slot=Signal(SLOT_BITS), prefetch=Signal(),
+            pre_count=Signal(range(SLOTS)), pre_room=Signal(), pre_off=Signal(ADDR_BITS),
             expert=Signal(range(cap.num_experts)), ecount=Signal(range(cap.max_tokens + 1)), elast=Signal(),
             qpos=Signal(range(cap.max_tokens + 1)),
             word=Signal(24), sub=Signal(4),

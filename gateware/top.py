@@ -164,9 +164,9 @@ class Accelerator(wiring.Component):
         probs_rd, probs_wr = probs.read_port(), probs.write_port()
         fetcher = TileFetcher(C, self.kmax, cap.ports)
         m.submodules.fetcher = datapath(fetcher)
-        ra = TileReader(N, half_words=cap.probs_stride)     # a row group of the probabilities
+        ra = TileReader(N, slot_words=cap.probs_stride)     # a row group of the probabilities
         m.submodules.a_reader = datapath(ra)
-        rw = TileReader(N, groups=G, pack=fetcher.pack, half_words=self.kmax, lane_bits=ACT_BITS)
+        rw = TileReader(N, groups=G, pack=fetcher.pack, slot_words=self.kmax, lane_bits=ACT_BITS)
         m.submodules.w_reader = datapath(rw)
         res = ResidualReader(N, G)
         m.submodules.residual = datapath(res)
@@ -343,10 +343,10 @@ class Accelerator(wiring.Component):
             m.d.comb += ra.mem_data.eq(store.a.data)
         w_t = rw.tiles.payload
         with m.If(flags.w_tile):
-            ready = fetcher.readable.bit_select(w_t.half, 1)
+            ready = fetcher.readable.bit_select(w_t.slot, 1)
             m.d.comb += [rw.go.eq(ready), seq.stall.eq(rw.tiles.valid & ~ready)]
             with m.If(rw.tiles.ready & w_t.release):
-                m.d.comb += fetcher.spend.eq(1 << w_t.half)
+                m.d.comb += fetcher.spend.eq(1 << w_t.slot)
             for i in range(C):
                 m.d.comb += rw.mem_data[i].eq(fetcher.w_data.as_value().word_select(rw.sub * C + i, 8).as_signed()
                                               if fetcher.pack > 1 else fetcher.w_data[i])
@@ -409,7 +409,7 @@ class Accelerator(wiring.Component):
         ph = seq.phase
         m.d.comb += [res.dest.eq(ph.d), res.final.eq(seq.final), store.r.addr.eq(res.mem_addr),
                      store.r.en.eq(res.mem_en), res.mem_data.eq(store.r.data)]
-        m.d.comb += [cols.phase.eq(data_phase), fetcher.param_half.eq(cols.param_half), fetcher.param_col.eq(cols.param_col),
+        m.d.comb += [cols.phase.eq(data_phase), fetcher.param_slot.eq(cols.param_slot), fetcher.param_col.eq(cols.param_col),
                      cols.param.eq(fetcher.param), fetcher.release.eq(cols.release),
                      fetcher.capture_gate.eq(ph.sink == Sink.ROUTER),
                      cols.probs_arm.eq(seq.probs_arm), seq.scores_pending.eq(cols.scores_pending)]
@@ -446,12 +446,12 @@ def _a_walk(m, ph, walk):
 
 
 def _w_walk(m, ph, walk):
-    """The W reader's walk: the weight tile's half of the buffer, K transposed (its token
+    """The W reader's walk: the weight tile's slot of the buffer, K transposed (its token
     block is the tile's channel block), or V one token per element."""
     w = ph.w
     with m.Switch(w.mode):
         with m.Case(WMode.TILE):
-            m.d.comb += [walk.by_half.eq(1), walk.packed.eq(1), walk.stride.eq(1), walk.count.eq(w.len)]
+            m.d.comb += [walk.by_slot.eq(1), walk.packed.eq(1), walk.stride.eq(1), walk.count.eq(w.len)]
         with m.Case(WMode.TRANS):
             m.d.comb += [walk.transposed.eq(1), walk.by_cb.eq(1), walk.base.eq(w.base), walk.stride.eq(w.stride),
                          walk.chunk0.eq(w.chunk0), walk.chunks.eq(ph.a.chunks), walk.rows.eq(w.rows)]

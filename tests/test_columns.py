@@ -32,7 +32,7 @@ def _run(dut, phase, tile, columns, *, records=None, residual=None, out=None, co
         await ctx.tick()    # the column path takes its sink from the phase a cycle after it is set
         ctx.set(dut.tiles.payload, tile)
         if records is not None:
-            ctx.set(dut.param, records[tile["half"]][0])
+            ctx.set(dut.param, records[tile["slot"]][0])
         ctx.set(dut.tiles.valid, 1)
         await stream_send(ctx, dut.i, [{"data": [int(v) for v in col], "last": c == N - 1}
                                        for c, col in enumerate(columns)], gaps=np.random.default_rng(1))
@@ -47,10 +47,10 @@ def _run(dut, phase, tile, columns, *, records=None, residual=None, out=None, co
         got.extend(await stream_receive(ctx, out(dut), count, stalls=np.random.default_rng(2)))
 
     async def tile_records(ctx):
-        # The weight buffer's records are read combinationally, by half and column.
-        async for half, col in ctx.changed(dut.param_half, dut.param_col):
+        # The weight buffer's records are read combinationally, by slot and column.
+        async for slot, col in ctx.changed(dut.param_slot, dut.param_col):
             if records is not None:
-                ctx.set(dut.param, records[half][col])
+                ctx.set(dut.param, records[slot][col])
 
     async def watch(ctx):
         col = 0
@@ -72,8 +72,8 @@ def _tokens(words):
 
 
 def test_store_with_the_tile_records():
-    """WRITE: each column through its channel's bias and requantisation (from buffer half 1),
-    saturated to 16 bits, and back into token words; the tile releases its half."""
+    """WRITE: each column through its channel's bias and requantisation (from buffer slot 1),
+    saturated to 16 bits, and back into token words; the tile releases its slot."""
     rng = np.random.default_rng(5)
     columns = rng.integers(-(1 << 20), 1 << 20, (N, N))
     bias = rng.integers(-(1 << 16), 1 << 16, N)
@@ -84,7 +84,7 @@ def test_store_with_the_tile_records():
     records = [[unused] * N, [{"bias": int(b), "mult": int(m), "shift": int(s)}
                               for b, m, s in zip(bias, mult, shift)]]
     phase = {"sink": Sink.WRITE, "n_cols": 2 * N, "n_cb": 2, "fix_params": 0, "narrow": 0}
-    tile = {"tb": 0, "cb": 1, "half": 1, "release": 1, "last": 1, "cols": N}
+    tile = {"tb": 0, "cb": 1, "slot": 1, "release": 1, "last": 1, "cols": N}
     words, pulses = _run(_column_path(), phase, tile, columns, records=records,
                          out=lambda d: d.o, count=N)
     want = postprocess(columns.T, bias, mult, shift, 16)       # [token, channel]
@@ -103,7 +103,7 @@ def test_residual_add_with_fixed_requantisation(narrow):
     mult, shift = 40000, 18
     phase = {"sink": Sink.RESIDUAL, "n_cols": N, "n_cb": 1, "fix_params": 1, "fix_mult": mult,
              "fix_shift": shift, "narrow": narrow}
-    tile = {"tb": 0, "cb": 0, "half": 0, "release": 0, "last": 1, "cols": N}
+    tile = {"tb": 0, "cb": 0, "slot": 0, "release": 0, "last": 1, "cols": N}
     words, pulses = _run(_column_path(), phase, tile, columns, residual=residual,
                          out=lambda d: d.o, count=N)
     bits = 13 if narrow else 16
@@ -120,7 +120,7 @@ def test_router_columns_past_n_cols_dropped():
     columns = rng.integers(-(1 << 31), 1 << 31, (N, N))
     phase = {"sink": Sink.ROUTER, "n_cols": N + 2, "n_cb": 2,
              "d": {"base": 0, "stride": 0, "chunk0": 0, "rows": 6, "offset": 0}}
-    tile = {"tb": 1, "cb": 1, "half": 0, "release": 0, "last": 1, "cols": 2}
+    tile = {"tb": 1, "cb": 1, "slot": 0, "release": 0, "last": 1, "cols": 2}
     sent, pulses = _run(_column_path(), phase, tile, columns[:3], out=lambda d: d.router, count=2)
     assert [[int(v) for v in p.logits] for p in sent] == columns[:2].tolist()
     assert [(int(p.token_base), int(p.valid_lanes), int(p.final), int(p.last)) for p in sent] == \

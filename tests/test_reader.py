@@ -10,8 +10,8 @@ from tests.sim_helpers import memory_port, run_simulation, stream_put, stream_re
 N = 4
 
 
-def _run(walk, tiles, mem, count, tokens=None, stalls=True, groups=1, half_words=0, lane_bits=16):
-    dut = TileReader(N, groups=groups, half_words=half_words, lane_bits=lane_bits)
+def _run(walk, tiles, mem, count, tokens=None, stalls=True, groups=1, slot_words=0, lane_bits=16):
+    dut = TileReader(N, groups=groups, slot_words=slot_words, lane_bits=lane_bits)
     out = []
 
     async def testbench(ctx):
@@ -68,12 +68,12 @@ def test_plain_walk_two_tiles():
 
 def test_plain_walk_by_row_group():
     """The probability buffer's walk: each tile reads its token block's row group,
-    ``tb * half_words`` on from the walk's base."""
+    ``tb * slot_words`` on from the walk's base."""
     rng = np.random.default_rng(3)
     mem = rng.integers(-3000, 3000, size=(64, N))
     count, group_words = 5, 16
     data, last = _run(dict(by_group=1, stride=1, count=count), [(2, 0), (0, 0), (3, 0)], mem, 3 * count,
-                      half_words=group_words)
+                      slot_words=group_words)
     want = [mem[tb * group_words + k] for tb in (2, 0, 3) for k in range(count)]
     np.testing.assert_array_equal(data, np.array(want))
     assert last == ([False] * (count - 1) + [True]) * 3

@@ -76,7 +76,7 @@ def test_load16_writes_words_then_done():
 
 def test_gemm_tiles_fetches_and_barrier():
     """Two token blocks by two channel blocks: channel block outer, a fetch per channel block into
-    alternating halves, ``release`` on a half's last tile; done only after every tile retires."""
+    successive slots, ``release`` on a slot's last tile; done only after every tile retires."""
     dut = _sequencer()
     k, n = 1, CAP.lanes
     image, _ = _image([dict(op=Op.GEMM, out_mode=OutMode.WRITE, dram0=0x100, rows=10, k_chunks=k, n_out=16,
@@ -96,9 +96,9 @@ def test_gemm_tiles_fetches_and_barrier():
             assert not done, "done before the tiles retired"
             assert not r_valid and c_valid == a_valid == o_valid
             if a_valid:
-                tiles.append((tile.tb, tile.cb, tile.half, tile.release, tile.last))
+                tiles.append((tile.tb, tile.cb, tile.slot, tile.release, tile.last))
             if f_valid:
-                fetches.append((fetch.addr, fetch.beats, fetch.half))
+                fetches.append((fetch.addr, fetch.beats, fetch.slot))
             if len(tiles) == 4:
                 break
         assert ctx.get(dut.phase.n_cb) == 2 and ctx.get(dut.phase.d.stride) == 2

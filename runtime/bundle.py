@@ -27,7 +27,8 @@ from .regs import CAPACITY_FIELDS, VERSION
 __all__ = ["Bundle", "write_bundle", "MANIFEST", "FRAME_FILE", "BUNDLE_FORMAT", "BUNDLE_VERSION"]
 
 BUNDLE_FORMAT = "m3vit-bundle"
-BUNDLE_VERSION = 1
+#: 2: the weight tiles' bank-major layout with each bank's parameter records in front of it.
+BUNDLE_VERSION = 2
 MANIFEST = "manifest.json"
 FRAME_FILE = "frame.bin"
 BITSTREAM_FILES = ("top.bit", "top.hwh")

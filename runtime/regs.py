@@ -53,8 +53,9 @@ __all__ = ["Reg", "ErrorCode", "ID_VALUE", "VERSION", "STATUS_BUSY", "STATUS_DON
 #: Contents of the ID register: ASCII "M3VT".
 ID_VALUE = 0x4D33_5654
 #: (major, minor) in the VERSION register: the major number changes when an existing register
-#: changes meaning, the minor one when registers are added.
-VERSION = (1, 4)
+#: changes meaning or the DRAM image's layout changes (2.0: each weight-tile bank carries its own
+#: parameter records, ``gateware/program.py``), the minor one when registers are added.
+VERSION = (2, 0)
 
 STATUS_BUSY = 1 << 0
 STATUS_DONE = 1 << 1

@@ -222,6 +222,14 @@ class _Settings:
                 self.set_sink(Sink.WRITE, kv=1)
         self.start_tiles(self.n_blocks)
 
+    def set_prefetch(self, next_cb, fc2=None):
+        """An expert phase's prefetch at its barrier: as many of the next phase's ``next_cb``
+        tiles as the slots allow, from ``fc2`` (this expert's fc2) or the next expert's fc1."""
+        r = self.r
+        self.m.d.sync += r.pre_limit.eq(Mux(next_cb >= SLOTS - 1, SLOTS - 1, next_cb))
+        if fc2 is not None:
+            self.m.d.sync += r.fetch_next.eq(fc2)
+
     def read_dram(self, addr, beats):
         seq = self.seq
         self.m.d.comb += [seq.rd_cmd.valid.eq(1), seq.rd_cmd.payload.addr.eq(addr), seq.rd_cmd.payload.beats.eq(beats)]
@@ -313,6 +321,7 @@ class _PhaseStates(_Settings):
             self.set_sink(Sink.GELU)
             self.set_columns("count", 0, 0, ins.mult2, ins.shift2)
             self.start_tiles(eb)
+            self.set_prefetch(self.columns["k_chunks"].n_cb, fc2=ins.dram1 + r.expert * ins.stride1 + ins.dram2)
             m.next = "ISSUE"
         with m.State("MOE_FC2"):
             self.set_a(AMode.ROWS, ins.aux_base, ins.aux_stride, 0, ins.count, r.ecount)
@@ -322,6 +331,7 @@ class _PhaseStates(_Settings):
             self.set_sink(Sink.COMBINE)
             self.set_columns("k_chunks", narrow=0)
             self.start_tiles(eb)
+            self.set_prefetch(self.columns["count"].n_cb)
             m.next = "ISSUE"
         with m.State("MOE_FINAL"):
             total = ins.rows * ins.k_chunks
@@ -462,27 +472,28 @@ class _TileStates(_Settings):
                      seq.fetch.payload.beats.eq(r.fetch_beats), seq.fetch.payload.rows.eq(r.fetch_rows),
                      seq.fetch.payload.slot.eq(r.slot)]
         prefetch = Signal(Fetch)
-        next_expert = seq.experts.payload.expert
-        next_base = Signal(ADDR_BITS)
+        # The next expert's first fc1 tile, registered from the head of the expert list (which
+        # holds still from the gate's end until MOE_EXPERT takes it): the product behind it
+        # then ends at a register, not in the fetch queue (10 levels on the board top).
+        m.d.sync += [r.next_fc1.eq(ins.dram1 + seq.experts.payload.expert * ins.stride1),
+                     r.next_fc1_ok.eq(seq.experts.valid)]
         with m.If(self.ph.sink == Sink.GELU):
-            m.d.comb += [next_base.eq(ins.dram1 + r.expert * ins.stride1 + ins.dram2),
+            m.d.comb += [prefetch.addr.eq(Mux(r.prefetched, r.pre_addr, r.fetch_next)),
                          prefetch.beats.eq(tile_bytes(ins.count * N, C) // BEAT_BYTES),
                          prefetch.rows.eq(ins.count * N)]
         with m.Else():
-            m.d.comb += [next_base.eq(ins.dram1 + next_expert * ins.stride1),
+            m.d.comb += [prefetch.addr.eq(Mux(r.prefetched, r.pre_addr, r.next_fc1)),
                          prefetch.beats.eq(tile_bytes(ins.k_chunks * N, C) // BEAT_BYTES),
                          prefetch.rows.eq(ins.k_chunks * N)]
         # The next phase's first tiles, one after another from its first channel block, as many
-        # as it has (at most one slot short of all: the last tile of this phase holds one).
-        m.d.comb += [prefetch.slot.eq(r.slot), prefetch.addr.eq(next_base + r.pre_off),
-                     r.prefetched.eq(r.pre_count != 0),
-                     r.pre_room.eq((r.pre_count != SLOTS - 1)
-                                   & (r.pre_count < Mux(self.ph.sink == Sink.GELU, self.columns["k_chunks"].n_cb,
-                                                        self.columns["count"].n_cb)))]
+        # as it has (at most one slot short of all: the last tile of this phase holds one;
+        # ``pre_limit``, set with the phase).
+        m.d.comb += [prefetch.slot.eq(r.slot), r.prefetched.eq(r.pre_count != 0),
+                     r.pre_room.eq(r.pre_count != r.pre_limit)]
         with m.If(r.prefetch):
             m.d.comb += [seq.fetch.payload.eq(prefetch), seq.fetch.valid.eq(1)]
             m.d.sync += [r.slot.eq(r.slot + 1), r.pre_count.eq(r.pre_count + 1),
-                         r.pre_off.eq(r.pre_off + prefetch.beats * BEAT_BYTES)]
+                         r.pre_addr.eq(prefetch.addr + prefetch.beats * BEAT_BYTES)]
             with m.If(~r.prefetched):
                 m.d.sync += r.pre_slot.eq(r.slot)
 
@@ -503,7 +514,6 @@ class _TileStates(_Settings):
                 with m.Elif(r.need_fetch):
                     m.d.sync += [r.slot.eq(r.slot + 1), r.cur_slot.eq(r.slot)]
                 with m.If(r.last_tile):
-                    m.d.sync += r.pre_off.eq(0)
                     m.next = "BARRIER"
                 with m.If(r.tb_outer):
                     with m.If(r.cb == self.last_cb):
@@ -521,7 +531,7 @@ class _TileStates(_Settings):
             fetched = r.prefetched | seq.fetch_idle
             m.d.comb += r.prefetch.eq((self.ins.op == Op.MOE) & r.pre_room & seq.fetch.ready
                                       & ((sink == Sink.GELU) | (sink == Sink.COMBINE) & ~r.elast
-                                         & seq.experts.valid))
+                                         & seq.experts.valid & r.next_fc1_ok))
             none_out = r.issued == r.retired
             quiet = (none_out & ~seq.scores_pending & ~seq.a_busy & fetched
                      & (sink != Sink.ROUTER) | none_out & (sink == Sink.ROUTER) & seq.experts.valid)
@@ -610,11 +620,13 @@ class _Build(_PhaseStates, _DataStates, _TileStates, _RouteStates):
             cur_slot=Signal(SLOT_BITS),
             # MoE: the next phase's first tiles (this expert's fc2, or the next expert's fc1)
             # are fetched while the current phase drains, so experts follow each other without
-            # waiting for DRAM: ``pre_count`` of them from slot ``pre_slot`` on, not yet taken
-            # by the next phase's tiles (``prefetched``: any), the next at ``pre_off`` from the
-            # next phase's first tile.
+            # waiting for DRAM: ``pre_count`` of them (at most ``pre_limit``) from slot
+            # ``pre_slot`` on, not yet taken by the next phase's tiles (``prefetched``: any), the
+            # next at ``pre_addr``; the first at ``fetch_next`` (fc2's) or ``next_fc1``.
             prefetched=Signal(), pre_slot=Signal(SLOT_BITS), prefetch=Signal(),
-            pre_count=Signal(range(SLOTS)), pre_room=Signal(), pre_off=Signal(ADDR_BITS),
+            pre_count=Signal(range(SLOTS)), pre_limit=Signal(range(SLOTS)), pre_room=Signal(),
+            pre_addr=Signal(ADDR_BITS), fetch_next=Signal(ADDR_BITS), next_fc1=Signal(ADDR_BITS),
+            next_fc1_ok=Signal(),
             expert=Signal(range(cap.num_experts)), ecount=Signal(range(cap.max_tokens + 1)), elast=Signal(),
             qpos=Signal(range(cap.max_tokens + 1)),
             word=Signal(24), sub=Signal(4),

@@ -366,4 +366,6 @@ def test_edge_moe_impolite_verilator():
     golden = run_backbone(artifact, pixels, 0).output
     bad = np.argwhere(r.output != golden)
     assert bad.size == 0, f"{len(bad)} features differ, first at {bad[:3].tolist()}"
-    assert r.cycles > 990_000, "a whole frame ran"
+    # A whole frame ran: the polite frame is 989,963 cycles, and the useful MACs alone need
+    # 764,375 on this array; a frame cut short would be far below.
+    assert r.cycles > 950_000, "a whole frame ran"
